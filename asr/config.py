@@ -1,0 +1,191 @@
+"""Typed, frozen configuration filled from YAML with ``key=value`` overrides.
+
+Config flows one way: YAML -> dataclasses -> code. Unknown keys and type changes are
+errors that name the key; cross-field rules live in :meth:`ExperimentConfig.validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asr.features import FeatureConfig
+from asr.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_manifest: str = ""  # JSONL manifest of the training set (required)
+    dev_manifest: str = ""  # JSONL manifest used for model selection (required)
+    test_manifest: str = ""  # optional: evaluated once after training
+    tokenizer: str = "char"  # char | bpe
+    bpe_vocab_size: int = 256  # sentencepiece vocabulary size when tokenizer=bpe
+    max_batch_seconds: float = 200.0  # cap on padded audio seconds per batch (bucketing)
+    max_batch_size: int = 64  # cap on utterances per batch
+    num_buckets: int = 20  # duration buckets for the batch sampler
+    bucketing: bool = True  # False = random batches (for benchmarking the sampler)
+    max_duration: float = 30.0  # longer training utterances are skipped and counted
+    num_workers: int = 0  # DataLoader workers (0 = in the main process)
+    cache_features: bool = True  # keep log-mels in memory after the first epoch
+    speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]; disables the feature cache
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    warmup_steps: int = 200  # linear warm-up from 0 to lr
+    schedule: str = "cosine"  # cosine | constant | noam, applied after warm-up
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int = 30  # training epochs
+    max_steps: int = -1  # stop after this many optimiser steps (-1 = no limit)
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: Any = "auto"  # number of devices or "auto"
+    num_nodes: int = 1  # machines for DDP
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    gradient_clip_val: float = 5.0  # clip gradient norm (0 = off)
+    accumulate_grad_batches: int = 1  # gradient accumulation
+    check_val_every_n_epoch: int = 1  # validation frequency
+    log_every_n_steps: int = 10  # logging frequency
+    save_top_k: int = 3  # keep the k best checkpoints by dev WER
+    early_stopping_patience: int = 0  # epochs without dev WER improvement before stopping (0 = off)
+    progress_bar: bool = True  # rich progress bar
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    exp_dir: str = "exp/default"  # where checkpoints, logs and the resolved config go
+    seed: int = 1234  # everything random is seeded from this
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        if not self.data.train_manifest or not self.data.dev_manifest:
+            raise ConfigError("data.train_manifest and data.dev_manifest are required")
+        if self.data.tokenizer not in ("char", "bpe"):
+            raise ConfigError(f"data.tokenizer must be char or bpe (is {self.data.tokenizer!r})")
+        if self.optim.schedule not in ("cosine", "constant", "noam"):
+            raise ConfigError(f"optim.schedule must be cosine, constant or noam (is {self.optim.schedule!r})")
+        if self.data.max_batch_seconds <= 0 or self.data.max_batch_size < 1:
+            raise ConfigError("data.max_batch_seconds must be > 0 and data.max_batch_size >= 1")
+        if self.data.speed_perturb and self.data.cache_features:
+            raise ConfigError("data.speed_perturb needs data.cache_features=false (perturbed audio differs each epoch)")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Dataclass -> plain dict (tuples as lists) suitable for YAML/JSON."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(prefix + n for n in names))}")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    data = apply_overrides(data, list(overrides))
+    cfg = from_dict(ExperimentConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,153 @@
+"""Manifests: one JSON object per line describing one utterance.
+
+```
+{"id": "...", "audio": "/abs/or/relative.flac", "duration": 3.21, "text": "normalised words",
+ "speaker": "...", "sample_rate": 16000}            # + "offset": s for segments of long files
+```
+
+Only validated manifests are read by training; every problem is a :class:`ManifestError`
+naming ``path:line``. Unknown keys are ignored so other tools can add their own fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ManifestError(ValueError):
+    """A bad manifest entry; ``str(e) == "path:line: problem"`` when read from a file."""
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, line: int | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = "" if path is None else f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.problem, self.path, self.line))
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest line."""
+
+    id: str  # unique within a manifest
+    audio: str  # audio file path (absolute once read by read_manifest)
+    duration: float  # seconds of audio used (the segment length when offset is set)
+    text: str  # normalised transcript (asr.text.normalize_text)
+    speaker: str  # speaker id, used for speaker-disjoint splits
+    sample_rate: int  # Hz of the file as stored (the loader resamples)
+    offset: float = 0.0  # seconds into the file where the utterance starts
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "audio": self.audio,
+            "duration": self.duration,
+            "text": self.text,
+            "speaker": self.speaker,
+            "sample_rate": self.sample_rate,
+        }
+        if self.offset:
+            d["offset"] = self.offset
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Utterance:
+        """Validate and build; raises ManifestError (without a location) on the first problem."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("id", "audio", "duration", "text", "speaker", "sample_rate") if k not in d]
+        if missing:
+            raise ManifestError(f"missing key(s) {', '.join(missing)}")
+        for key in ("id", "audio", "text", "speaker"):
+            if not isinstance(d[key], str):
+                raise ManifestError(f"{key!r} must be a string (is {d[key]!r})")
+        uid = d["id"]
+        for key in ("id", "audio"):
+            if not d[key].strip():
+                raise ManifestError(f"{key!r} must not be empty")
+        if not d["text"].strip():
+            raise ManifestError(f"utterance {uid}: empty text")
+        duration = _number(d, "duration", uid)
+        if duration <= 0:
+            raise ManifestError(f"utterance {uid}: duration must be > 0 (is {duration})")
+        sr = d["sample_rate"]
+        if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
+            raise ManifestError(f"utterance {uid}: sample_rate must be a positive integer (is {sr!r})")
+        offset = _number(d, "offset", uid) if "offset" in d else 0.0
+        if offset < 0:
+            raise ManifestError(f"utterance {uid}: offset must be >= 0 (is {offset})")
+        return cls(
+            id=uid,
+            audio=d["audio"],
+            duration=duration,
+            text=d["text"],
+            speaker=d["speaker"],
+            sample_rate=sr,
+            offset=offset,
+        )
+
+
+def _number(d: dict[str, Any], key: str, uid: str) -> float:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ManifestError(f"utterance {uid}: {key!r} must be a finite number (is {v!r})")
+    return float(v)
+
+
+def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """Read a JSONL manifest. Relative audio paths are resolved against the manifest's folder.
+
+    Blank lines are skipped. Raises:
+        ManifestError: ``"path:line: problem"`` for bad JSON, missing keys, wrong types,
+            duration <= 0, empty text or a duplicate id.
+        FileNotFoundError: the manifest does not exist.
+    """
+    path = Path(path)
+    base = path.resolve().parent
+    utts: list[Utterance] = []
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", path, lineno) from e
+            try:
+                u = Utterance.from_dict(d)
+            except ManifestError as e:
+                raise ManifestError(e.problem, path, lineno) from None
+            if u.id in first_line:
+                raise ManifestError(
+                    f"duplicate id {u.id!r} (first on line {first_line[u.id]})", path, lineno
+                )
+            first_line[u.id] = lineno
+            audio = Path(u.audio).expanduser()
+            if not audio.is_absolute():
+                audio = base / audio
+            utts.append(
+                Utterance(u.id, str(audio), u.duration, u.text, u.speaker, u.sample_rate, u.offset)
+            )
+    return utts
+
+
+def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
+    """Write ``utts`` as JSONL (UTF-8, one object per line), replacing ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for u in utts:
+            f.write(json.dumps(u.to_dict(), ensure_ascii=False) + "\n")
+    # A reader never sees a half-written manifest, even if the writer is interrupted.
+    os.replace(tmp, path)

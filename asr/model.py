@@ -1,0 +1,198 @@
+"""The acoustic model: log-mel features -> CMVN -> [SpecAugment] -> conv subsampling ->
+N bidirectional LSTM/GRU/RNN layers -> [self-attention] -> linear -> log-softmax.
+
+A plain ``nn.Module``: it knows nothing of Lightning, so inference and export load it
+without the training stack.
+
+Padding invariance: an utterance's output is the same alone as in a padded batch.
+Every stage masks frames past each utterance's length, and the backward direction of each
+recurrent layer runs on each sequence *flipped within its own length* (``rnn_impl="flip"``),
+so the padding is only ever seen after the valid frames. This is exact, like packed
+sequences (``rnn_impl="packed"``, also available), but on CPU its backward pass is several
+times faster (see scripts/bench_rnn.py and BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from asr.features import GlobalCMVN, SpecAugment, SpecAugmentConfig
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "lstm"  # recurrent cell: lstm | gru | rnn
+    num_layers: int = 3  # stacked recurrent layers
+    hidden: int = 256  # hidden units per direction
+    bidirectional: bool = True  # False gives a streaming-capable left-to-right model
+    dropout: float = 0.1  # dropout between recurrent layers and before the output layer
+    layer_norm: bool = False  # LayerNorm on each recurrent layer's output
+    proj: int = 0  # project each layer's output to this size (0 = no projection)
+    subsampling: int = 2  # time subsampling of the conv front-end: 1, 2 or 4
+    conv_channels: int = 32  # channels of the conv front-end (ignored for subsampling 1)
+    attention: bool = False  # one self-attention block over the recurrent outputs
+    attention_heads: int = 4  # heads of that block
+    rnn_impl: str = "flip"  # flip (exact padded path, fast on CPU) | packed (pack_padded_sequence)
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()  # training-time masking
+    spec_augment_enabled: bool = True  # SpecAugment on/off (applies in training mode only)
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"model.cell must be one of {sorted(CELLS)} (is {self.cell!r})")
+        if self.subsampling not in (1, 2, 4):
+            raise ValueError(f"model.subsampling must be 1, 2 or 4 (is {self.subsampling})")
+        if self.num_layers < 1 or self.hidden < 1:
+            raise ValueError("model.num_layers and model.hidden must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1) (is {self.dropout})")
+        if self.rnn_impl not in ("flip", "packed"):
+            raise ValueError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
+        if self.attention:
+            width = self.proj or self.hidden * (2 if self.bidirectional else 1)
+            if width % self.attention_heads:
+                raise ValueError(
+                    f"attention width {width} is not divisible by model.attention_heads="
+                    f"{self.attention_heads}; change model.attention_heads or model.hidden"
+                )
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(N,) lengths -> (N, max_len) bool mask, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of ``x`` (N, T, D) within its own length; padding stays put."""
+    n, t = x.shape[:2]
+    idx = torch.arange(t, device=x.device).expand(n, t)
+    rev = lengths.to(x.device)[:, None] - 1 - idx
+    rev = torch.where(rev >= 0, rev, idx)
+    return x.gather(1, rev.unsqueeze(-1).expand_as(x))
+
+
+class ConvSubsampling(nn.Module):
+    """2-D conv front-end: (N, T, F) -> (N, T // factor (ceil), D) with stride-2 layers."""
+
+    def __init__(self, in_dim: int, channels: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.layers = nn.ModuleList()
+        f, c_in = in_dim, 1
+        for _ in range({1: 0, 2: 1, 4: 2}[factor]):
+            self.layers.append(nn.Conv2d(c_in, channels, kernel_size=3, stride=2, padding=1))
+            c_in, f = channels, (f - 1) // 2 + 1
+        self.out_dim = c_in * f if self.layers else in_dim
+
+    @staticmethod
+    def out_lengths(lengths: Tensor, factor: int) -> Tensor:
+        for _ in range({1: 0, 2: 1, 4: 2}[factor]):
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.layers:
+            return x, lengths
+        h = x.unsqueeze(1)  # (N, 1, T, F)
+        for conv in self.layers:
+            h = F.relu(conv(h))
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+            # Zero the frames past each length so the next conv sees the same zero padding
+            # an utterance would get alone.
+            h = h * length_mask(lengths, h.shape[2])[:, None, :, None]
+        n, c, t, f = h.shape
+        return h.permute(0, 2, 1, 3).reshape(n, t, c * f), lengths
+
+
+class RecurrentLayer(nn.Module):
+    """One (bi)directional recurrent layer, exact for padded batches."""
+
+    def __init__(self, cell: str, in_dim: int, hidden: int, bidirectional: bool, impl: str) -> None:
+        super().__init__()
+        rnn = CELLS[cell]
+        self.fwd = rnn(in_dim, hidden, batch_first=True)
+        self.bwd = rnn(in_dim, hidden, batch_first=True) if bidirectional else None
+        self.impl = impl
+
+    def _run(self, rnn: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.impl == "packed":
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            return out
+        # A causal recurrence never looks at frames after t, so trailing padding cannot
+        # change the valid outputs: the padded path is exact for a forward direction.
+        out, _ = rnn(x)
+        return out
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        out = self._run(self.fwd, x, lengths)
+        if self.bwd is None:
+            return out
+        back = reverse_padded(self._run(self.bwd, reverse_padded(x, lengths), lengths), lengths)
+        return torch.cat([out, back], dim=-1)
+
+
+class AcousticModel(nn.Module):
+    """(feats (N, T, n_mels), feat_lens (N,)) -> (log_probs (N, T', V), out_lens (N,))."""
+
+    def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.cmvn = GlobalCMVN(n_mels)
+        self.spec_augment = SpecAugment(cfg.spec_augment) if cfg.spec_augment_enabled else None
+        self.frontend = ConvSubsampling(n_mels, cfg.conv_channels, cfg.subsampling)
+        dim = self.frontend.out_dim
+        self.rnns = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.projs = nn.ModuleList()
+        width = cfg.hidden * (2 if cfg.bidirectional else 1)
+        for _ in range(cfg.num_layers):
+            self.rnns.append(RecurrentLayer(cfg.cell, dim, cfg.hidden, cfg.bidirectional, cfg.rnn_impl))
+            self.norms.append(nn.LayerNorm(width) if cfg.layer_norm else nn.Identity())
+            self.projs.append(nn.Linear(width, cfg.proj) if cfg.proj else nn.Identity())
+            dim = cfg.proj or width
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.attention:
+            self.attn = nn.MultiheadAttention(dim, cfg.attention_heads, dropout=cfg.dropout, batch_first=True)
+            self.attn_norm = nn.LayerNorm(dim)
+        else:
+            self.attn = None
+        self.output = nn.Linear(dim, vocab_size)
+
+    @property
+    def subsampling(self) -> int:
+        return self.cfg.subsampling
+
+    def out_lengths(self, feat_lens: Tensor) -> Tensor:
+        return ConvSubsampling.out_lengths(feat_lens, self.cfg.subsampling)
+
+    def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        assert feats.ndim == 3, f"expected (N, T, F) features, got {tuple(feats.shape)}"
+        feat_lens = feat_lens.to(feats.device)
+        x = self.cmvn(feats, feat_lens)
+        if self.spec_augment is not None:
+            x = self.spec_augment(x, feat_lens)
+        x, lens = self.frontend(x, feat_lens)
+        for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
+            if i > 0:
+                x = self.dropout(x)
+            x = proj(norm(rnn(x, lens)))
+        mask = length_mask(lens, x.shape[1])
+        if self.attn is not None:
+            a, _ = self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)
+            x = self.attn_norm(x + self.dropout(a))
+        logits = self.output(self.dropout(x)).float()
+        log_probs = logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
+        return log_probs, lens
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
