@@ -95,7 +95,9 @@ def _libsndfile_reason(e: Exception) -> str:
 def _check_header(f: sf.SoundFile, path: str | os.PathLike) -> None:
     """Raise for headers that contradict the file: truncation that libsndfile hides."""
     if f.samplerate <= 0 or f.channels <= 0:
-        raise AudioError(path, f"invalid header (sample rate {f.samplerate}, channels {f.channels})")
+        raise AudioError(
+            path, f"invalid header (sample rate {f.samplerate}, channels {f.channels})"
+        )
     if f.format in ("WAV", "WAVEX", "RF64", "W64"):
         m = _WAV_DATA_TOO_LONG.search(f.extra_info)
         if m:
@@ -175,7 +177,9 @@ def load_audio(
         sr, total = int(f.samplerate), int(f.frames)
         start = round(offset * sr)
         if start >= total:
-            raise AudioError(path, f"segment offset {offset} s is past the end ({total / sr:.3f} s)")
+            raise AudioError(
+                path, f"segment offset {offset} s is past the end ({total / sr:.3f} s)"
+            )
         stop = total
         if duration is not None:
             stop = start + round(duration * sr)

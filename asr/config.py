@@ -138,6 +138,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the float it means.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -78,6 +78,9 @@ class LogMel(nn.Module):
             n_mels=cfg.n_mels,
             power=2.0,
             center=True,
+            # Zero (not reflect) padding: an utterance's edge frames then see the same zeros
+            # alone as they see from batch padding, so features are padding-invariant.
+            pad_mode="constant",
         )
 
     def forward(self, waves: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -142,11 +142,15 @@ def _word_ops(ref: list[str], hyp: list[str], chunks) -> list[dict[str, str | No
             ):
                 ops.append({"op": c.type, "ref": ref[i], "hyp": hyp[j]})
         elif c.type == "delete":
-            ops.extend({"op": "delete", "ref": ref[i], "hyp": None}
-                       for i in range(c.ref_start_idx, c.ref_end_idx))
+            ops.extend(
+                {"op": "delete", "ref": ref[i], "hyp": None}
+                for i in range(c.ref_start_idx, c.ref_end_idx)
+            )
         else:
-            ops.extend({"op": "insert", "ref": None, "hyp": hyp[j]}
-                       for j in range(c.hyp_start_idx, c.hyp_end_idx))
+            ops.extend(
+                {"op": "insert", "ref": None, "hyp": hyp[j]}
+                for j in range(c.hyp_start_idx, c.hyp_end_idx)
+            )
     return ops
 
 

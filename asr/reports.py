@@ -44,8 +44,18 @@ SCHEMA = "asr.evaluation/1"
 DURATION_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 
 # Keys every utterances.jsonl record must have for compare/report rendering.
-_RECORD_KEYS = ("id", "speaker", "duration", "reference", "hypothesis", "ops", "errors",
-                "ref_words", "char_errors", "ref_chars")
+_RECORD_KEYS = (
+    "id",
+    "speaker",
+    "duration",
+    "reference",
+    "hypothesis",
+    "ops",
+    "errors",
+    "ref_words",
+    "char_errors",
+    "ref_chars",
+)
 
 
 class ReportError(ValueError):
@@ -137,7 +147,9 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_report(
-    out_dir: str | Path, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    summary: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
     worst: int = 20,
 ) -> dict[str, Path]:
     """Write summary.json, utterances.jsonl, report.md, report.html into ``out_dir``."""
@@ -232,8 +244,16 @@ def _group_stat(name: str, recs: Sequence[Mapping[str, Any]], seed: int) -> Grou
         # 200 resamples is plenty for a plot's error bar and keeps many-speaker reports fast.
         ci = bootstrap_ci(errors, lens, num_resamples=200, seed=seed)
         lo, hi = ci.low, ci.high
-    return GroupStat(name, len(recs), float(sum(r["duration"] for r in recs)), total,
-                     int(errors.sum()), wer, lo, hi)
+    return GroupStat(
+        name,
+        len(recs),
+        float(sum(r["duration"] for r in recs)),
+        total,
+        int(errors.sum()),
+        wer,
+        lo,
+        hi,
+    )
 
 
 def duration_bucket(seconds: float, edges: Sequence[float] = DURATION_EDGES) -> int:
@@ -255,8 +275,9 @@ def bucket_label(i: int, edges: Sequence[float] = DURATION_EDGES) -> str:
     return f"{f(edges[i - 1])}–{f(edges[i])} s"
 
 
-def analyse(records: Sequence[Mapping[str, Any]], worst: int = 20, top: int = 15,
-            seed: int = 0) -> Analysis:
+def analyse(
+    records: Sequence[Mapping[str, Any]], worst: int = 20, top: int = 15, seed: int = 0
+) -> Analysis:
     """Per-speaker and per-duration WER, frequent error words, worst utterances."""
     by_spk: dict[str, list[Mapping[str, Any]]] = {}
     by_dur: dict[int, list[Mapping[str, Any]]] = {}
@@ -280,8 +301,15 @@ def analyse(records: Sequence[Mapping[str, Any]], worst: int = 20, top: int = 15
         (r for r in records if r["errors"] > 0),
         key=lambda r: (-r["errors"], -(r.get("wer") or 0.0), r["id"]),
     )
-    return Analysis(records, speakers, durations, subs.most_common(top), dels.most_common(top),
-                    ins.most_common(top), ranked[:worst])
+    return Analysis(
+        records,
+        speakers,
+        durations,
+        subs.most_common(top),
+        dels.most_common(top),
+        ins.most_common(top),
+        ranked[:worst],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,14 +340,23 @@ def _settings_line(settings: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items()) or "–"
 
 
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
 def _setup_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     norm = summary.get("normalization") or {}
     rows = [
         ("Model", _model_line(summary.get("model"))),
         ("Decoding", _settings_line(summary.get("decoding") or {})),
         ("Real-time factor", "–" if summary.get("rtf") is None else f"{summary['rtf']:.4f}"),
-        ("Audio", f"{summary.get('audio_seconds', 0) / 3600:.2f} h in "
-                  f"{summary['num_utterances']} utterances"),
+        (
+            "Audio",
+            f"{_hours(summary.get('audio_seconds', 0.0))} in "
+            f"{summary['num_utterances']} utterances",
+        ),
         ("Text normalisation", f"{norm.get('name', '?')}: {norm.get('description', '')}"),
         ("Confidence intervals", _ci_method(summary)),
         ("Toolkit", f"asr {summary.get('toolkit', {}).get('version', '?')}"),
@@ -334,8 +371,10 @@ def _ci_method(summary: Mapping[str, Any]) -> str:
     ci = summary.get("ci") or {}
     if not ci:
         return "–"
-    return (f"{100 * ci['confidence']:g}% {ci['method']}, {ci['num_resamples']} resamples, "
-            f"seed {ci['seed']}")
+    return (
+        f"{100 * ci['confidence']:g}% {ci['method']}, {ci['num_resamples']} resamples, "
+        f"seed {ci['seed']}"
+    )
 
 
 def _sclite_lines(ops: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
@@ -363,15 +402,27 @@ def _md_escape(s: str) -> str:
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[int]) -> str:
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(_md_escape(str(c)) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _group_rows(groups: Sequence[GroupStat]) -> list[list[str]]:
-    return [[g.name, str(g.utterances), f"{g.seconds / 60:.1f}", str(g.ref_words), str(g.errors),
-             _pct(g.wer), _ci(g.ci_low, g.ci_high)] for g in groups]
+    return [
+        [
+            g.name,
+            str(g.utterances),
+            f"{g.seconds / 60:.1f}",
+            str(g.ref_words),
+            str(g.errors),
+            _pct(g.wer),
+            _ci(g.ci_low, g.ci_high),
+        ]
+        for g in groups
+    ]
 
 
 _GROUP_HEADERS = ["", "utts", "min", "words", "errors", "WER", "95% CI"]
@@ -396,20 +447,24 @@ def render_markdown(summary: Mapping[str, Any], analysis: Analysis) -> str:
         "",
         "## WER by utterance duration",
         "",
-        _md_table(["duration", *_GROUP_HEADERS[1:]], _group_rows(analysis.durations),
-                  {1, 2, 3, 4, 5}),
+        _md_table(
+            ["duration", *_GROUP_HEADERS[1:]], _group_rows(analysis.durations), {1, 2, 3, 4, 5}
+        ),
         "",
         "## WER by speaker (highest first)",
         "",
-        _md_table(["speaker", *_GROUP_HEADERS[1:]], _group_rows(analysis.speakers),
-                  {1, 2, 3, 4, 5}),
+        _md_table(
+            ["speaker", *_GROUP_HEADERS[1:]], _group_rows(analysis.speakers), {1, 2, 3, 4, 5}
+        ),
         "",
         "## Frequent errors",
         "",
     ]
-    for title, items in (("Substitutions (ref → hyp)", analysis.substitutions),
-                         ("Deleted words", analysis.deletions),
-                         ("Inserted words", analysis.insertions)):
+    for title, items in (
+        ("Substitutions (ref → hyp)", analysis.substitutions),
+        ("Deleted words", analysis.deletions),
+        ("Inserted words", analysis.insertions),
+    ):
         out += [f"### {title}", ""]
         out += [_md_table(["", "count"], items, {1}) if items else "none", ""]
     out += ["## Worst utterances (most word errors)", ""]
@@ -510,9 +565,9 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
     err = np.vstack([np.maximum(wer - lo, 0), np.maximum(hi - wer, 0)])
     labels = [g.name for g in groups]
     if horizontal:
-        fig, ax = plt.subplots(figsize=(5.6, max(2.2, 0.26 * len(groups) + 1.0)))
+        fig, ax = plt.subplots(figsize=(5.6, max(1.8, 0.26 * len(groups) + 0.9)))
         y = np.arange(len(groups))
-        ax.barh(y, wer, xerr=err, color="#60a5fa", ecolor="#334e68", capsize=2)
+        ax.barh(y, wer, height=0.7, xerr=err, color="#60a5fa", ecolor="#334e68", capsize=2)
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("WER (%)")
@@ -523,8 +578,16 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
         ax.bar(x, wer, yerr=err, color="#60a5fa", ecolor="#334e68", capsize=3)
         ax.set_xticks(x, labels, fontsize=9)
         for xi, g, top in zip(x, groups, hi, strict=True):
-            ax.annotate(f"n={g.utterances}", (xi, top), ha="center", va="bottom",
-                        fontsize=8, color="#52606d", xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"n={g.utterances}",
+                (xi, top),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="#52606d",
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_ylabel("WER (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.12)
@@ -546,9 +609,12 @@ def _html_group_table(groups: Sequence[GroupStat], first: str) -> str:
             f"<td class=n>{_pct(g.wer)}</td><td class='n muted'>{_ci(g.ci_low, g.ci_high)}</td>"
             f"<td><span class=bar style='width:{width}px'></span></td></tr>"
         )
-    return (f"<table><tr><th>{_e(first)}</th><th class=n>utts</th><th class=n>words</th>"
-            "<th class=n>errors</th><th class=n>WER</th><th class=n>95% CI</th><th></th></tr>"
-            + "".join(rows) + "</table>")
+    return (
+        f"<table><tr><th>{_e(first)}</th><th class=n>utts</th><th class=n>words</th>"
+        "<th class=n>errors</th><th class=n>WER</th><th class=n>95% CI</th><th></th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _html_counts(title: str, items: Sequence[tuple[str, int]]) -> str:
@@ -563,8 +629,10 @@ def _html_diff(ops: Sequence[Mapping[str, Any]]) -> str:
     for op in ops:
         r = "<span class=gap>·</span>" if op["ref"] is None else _e(op["ref"])
         h = "<span class=gap>·</span>" if op["hyp"] is None else _e(op["hyp"])
-        toks.append(f"<span class='tok {cls[op['op']]}'><span class=r>{r}</span>"
-                    f"<span class=h>{h}</span></span>")
+        toks.append(
+            f"<span class='tok {cls[op['op']]}'><span class=r>{r}</span>"
+            f"<span class=h>{h}</span></span>"
+        )
     return "<div class=diff>" + "".join(toks) + "</div>"
 
 
@@ -575,39 +643,55 @@ def render_html(summary: Mapping[str, Any], analysis: Analysis) -> str:
     title = "ASR evaluation" + (f" · {Path(str(model['path'])).name}" if model else "")
 
     def card(k: str, v: str, d: str, main: bool = False) -> str:
-        return (f"<div class='card{' main' if main else ''}'><div class=k>{_e(k)}</div>"
-                f"<div class=v>{_e(v)}</div><div class=d>{_e(d)}</div></div>")
+        return (
+            f"<div class='card{' main' if main else ''}'><div class=k>{_e(k)}</div>"
+            f"<div class=v>{_e(v)}</div><div class=d>{_e(d)}</div></div>"
+        )
 
-    cards = "".join([
-        card("WER", _pct(summary["wer"]), f"95% CI {_ci(*summary['wer_ci'])}", main=True),
-        card("CER", _pct(summary["cer"]), f"95% CI {_ci(*summary['cer_ci'])}", main=True),
-        card("Sentence error rate", _pct(summary["ser"], 1),
-             f"{summary['num_utterances']} utterances"),
-        card("Word errors", str(w["errors"]),
-             f"S {w['substitutions']} · D {w['deletions']} · I {w['insertions']} "
-             f"of {w['reference']} words"),
-        card("Char errors", str(c["errors"]),
-             f"S {c['substitutions']} · D {c['deletions']} · I {c['insertions']} "
-             f"of {c['reference']} chars"),
-    ])
+    cards = "".join(
+        [
+            card("WER", _pct(summary["wer"]), f"95% CI {_ci(*summary['wer_ci'])}", main=True),
+            card("CER", _pct(summary["cer"]), f"95% CI {_ci(*summary['cer_ci'])}", main=True),
+            card(
+                "Sentence error rate",
+                _pct(summary["ser"], 1),
+                f"{summary['num_utterances']} utterances",
+            ),
+            card(
+                "Word errors",
+                str(w["errors"]),
+                f"S {w['substitutions']} · D {w['deletions']} · I {w['insertions']} "
+                f"of {w['reference']} words",
+            ),
+            card(
+                "Char errors",
+                str(c["errors"]),
+                f"S {c['substitutions']} · D {c['deletions']} · I {c['insertions']} "
+                f"of {c['reference']} chars",
+            ),
+        ]
+    )
     setup = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in _setup_rows(summary))
 
     dur_plot = _plot_groups(analysis.durations, "WER by utterance duration", horizontal=False)
     max_spk = 40
     spk_shown = analysis.speakers[:max_spk]
-    spk_title = ("WER per speaker" if len(analysis.speakers) <= max_spk
-                 else f"WER per speaker ({max_spk} highest of {len(analysis.speakers)})")
+    spk_title = (
+        "WER per speaker"
+        if len(analysis.speakers) <= max_spk
+        else f"WER per speaker ({max_spk} highest of {len(analysis.speakers)})"
+    )
     spk_plot = _plot_groups(spk_shown, spk_title, horizontal=True)
 
     def img(uri: str | None, alt: str) -> str:
-        return f"<img class=plot alt='{_e(alt)}' src='{uri}'>" if uri else ""
+        return f'<img src="{uri}" class="plot" alt="{_e(alt)}">' if uri else ""
 
     worst = []
     for r in analysis.worst:
         worst.append(
             f"<div class=utt><div class=meta><b>{_e(r['id'])}</b> · speaker {_e(r['speaker'])}"
             f" · {float(r['duration']):.2f} s · WER <b>{_pct(r.get('wer'), 1)}</b> · "
-            f"{r['errors']} errors (S {r['substitutions']}, D {r['deletions']}, "
+            f"{r['errors']} error{'s' if r['errors'] != 1 else ''} (S {r['substitutions']}, D {r['deletions']}, "
             f"I {r['insertions']}){' · <b>hypothesis missing</b>' if r.get('missing') else ''}"
             f"</div>{_html_diff(r['ops'])}</div>"
         )
@@ -620,13 +704,13 @@ def render_html(summary: Mapping[str, Any], analysis: Analysis) -> str:
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body><main>
 <h1>{_e(title)}</h1>
-<p class=sub>{_e(summary['num_utterances'])} utterances · {w['reference']} reference words ·
-{_e(_settings_line(summary.get('decoding') or {}))} · created {_e(summary.get('created', ''))}</p>
+<p class=sub>{_e(summary["num_utterances"])} utterances · {w["reference"]} reference words ·
+{_e(_settings_line(summary.get("decoding") or {}))} · created {_e(summary.get("created", ""))}</p>
 <div class=cards>{cards}</div>
 
 <section><h2>Setup</h2><table class=kv>{setup}</table>
 <p class=muted>Both references and hypotheses were normalised with
-<b>{_e(norm.get('name', '?'))}</b> before scoring. Error rates are corpus-level (total edits /
+<b>{_e(norm.get("name", "?"))}</b> before scoring. Error rates are corpus-level (total edits /
 total reference words or characters), not averages of per-utterance rates.</p></section>
 
 <section><h2>WER by utterance duration</h2><div class=two>
@@ -695,8 +779,11 @@ def group_cues(
             raise ValueError(f"word {i} {word!r}: bad timing start={start} end={end}")
         if cur:
             text_len = len(" ".join(w for w, _, _ in cur)) + 1 + len(word)
-            if (end - cur[0][1] > max_duration or text_len > max_chars
-                    or start - cur[-1][2] > max_gap):
+            if (
+                end - cur[0][1] > max_duration
+                or text_len > max_chars
+                or start - cur[-1][2] > max_gap
+            ):
                 cues.append(Cue(cur[0][1], cur[-1][2], " ".join(w for w, _, _ in cur)))
                 cur = []
         cur.append((word, start, end))
@@ -716,8 +803,10 @@ def _result_cues(result: Any) -> list[Cue]:
             return group_cues([(str(w), float(s), float(e)) for w, s, e in words])
         segments = list(getattr(result, "segments", None) or [])
         if segments:
-            return [Cue(float(_get(s, "start")), float(_get(s, "end")), str(_get(s, "text")).strip())
-                    for s in segments]
+            return [
+                Cue(float(_get(s, "start")), float(_get(s, "end")), str(_get(s, "text")).strip())
+                for s in segments
+            ]
     except ValueError as e:
         raise ValueError(f"{result.path}: {e}") from e
     if str(result.text).strip():
@@ -733,17 +822,24 @@ def write_json(result: Any, out_path: str | Path) -> None:
     doc: dict[str, Any] = {
         "path": str(result.path),
         "text": str(result.text),
-        "words": [{"word": w, "start": round(float(s), 3), "end": round(float(e), 3)}
-                  for w, s, e in (getattr(result, "words", None) or [])],
+        "words": [
+            {"word": w, "start": round(float(s), 3), "end": round(float(e), 3)}
+            for w, s, e in (getattr(result, "words", None) or [])
+        ],
     }
     segments = getattr(result, "segments", None)
     if segments:
         doc["segments"] = [
-            {"start": round(float(_get(s, "start")), 3), "end": round(float(_get(s, "end")), 3),
-             "text": str(_get(s, "text"))} for s in segments
+            {
+                "start": round(float(_get(s, "start")), 3),
+                "end": round(float(_get(s, "end")), 3),
+                "text": str(_get(s, "text")),
+            }
+            for s in segments
         ]
-    Path(out_path).write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n",
-                              encoding="utf-8")
+    Path(out_path).write_text(
+        json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def _cue_end(cue: Cue) -> float:

@@ -220,9 +220,7 @@ class BpeTokenizer(Tokenizer):
         self.tokens = [BLANK, *(self._sp.id_to_piece(i) for i in range(n))]
         # Characters the model can spell: with character_coverage=1.0 every training
         # character is a piece of its own. Anything else would become <unk>.
-        self._chars = {
-            c for p in self.tokens[2:] for c in p.replace(self.word_delimiter, "") if c
-        }
+        self._chars = {c for p in self.tokens[2:] for c in p.replace(self.word_delimiter, "") if c}
 
     @classmethod
     def train(
@@ -243,7 +241,9 @@ class BpeTokenizer(Tokenizer):
             character_coverage: 1.0 keeps every character seen (right for small alphabets).
         """
         if vocab_size < 3:
-            raise TokenizerError(f"vocab_size must be >= 3 (blank, <unk>, one piece); got {vocab_size}")
+            raise TokenizerError(
+                f"vocab_size must be >= 3 (blank, <unk>, one piece); got {vocab_size}"
+            )
         writer = io.BytesIO()
         sentences = (t for t in texts if t.strip())
         try:

@@ -23,7 +23,9 @@ from typing import Any
 class ManifestError(ValueError):
     """A bad manifest entry; ``str(e) == "path:line: problem"`` when read from a file."""
 
-    def __init__(self, problem: str, path: str | os.PathLike | None = None, line: int | None = None):
+    def __init__(
+        self, problem: str, path: str | os.PathLike | None = None, line: int | None = None
+    ):
         self.problem = problem
         self.path = None if path is None else str(path)
         self.line = line
@@ -64,7 +66,9 @@ class Utterance:
         """Validate and build; raises ManifestError (without a location) on the first problem."""
         if not isinstance(d, dict):
             raise ManifestError(f"expected a JSON object, got {type(d).__name__}")
-        missing = [k for k in ("id", "audio", "duration", "text", "speaker", "sample_rate") if k not in d]
+        missing = [
+            k for k in ("id", "audio", "duration", "text", "speaker", "sample_rate") if k not in d
+        ]
         if missing:
             raise ManifestError(f"missing key(s) {', '.join(missing)}")
         for key in ("id", "audio", "text", "speaker"):
@@ -81,7 +85,9 @@ class Utterance:
             raise ManifestError(f"utterance {uid}: duration must be > 0 (is {duration})")
         sr = d["sample_rate"]
         if isinstance(sr, bool) or not isinstance(sr, int) or sr <= 0:
-            raise ManifestError(f"utterance {uid}: sample_rate must be a positive integer (is {sr!r})")
+            raise ManifestError(
+                f"utterance {uid}: sample_rate must be a positive integer (is {sr!r})"
+            )
         offset = _number(d, "offset", uid) if "offset" in d else 0.0
         if offset < 0:
             raise ManifestError(f"utterance {uid}: offset must be >= 0 (is {offset})")
@@ -122,7 +128,9 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", path, lineno) from e
+                raise ManifestError(
+                    f"invalid JSON ({e.msg} at column {e.colno})", path, lineno
+                ) from e
             try:
                 u = Utterance.from_dict(d)
             except ManifestError as e:
@@ -146,8 +154,20 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    seen: set[str] = set()
     with open(tmp, "w", encoding="utf-8") as f:
-        for u in utts:
-            f.write(json.dumps(u.to_dict(), ensure_ascii=False) + "\n")
+        for index, u in enumerate(utts):
+            d = u.to_dict()
+            # Never write a line that read_manifest would refuse.
+            try:
+                Utterance.from_dict(d)
+                if u.id in seen:
+                    raise ManifestError(f"duplicate id {u.id!r}")
+            except ManifestError as e:
+                f.close()
+                tmp.unlink()
+                raise ManifestError(f"utterance #{index}: {e.problem}", path) from None
+            seen.add(u.id)
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
     # A reader never sees a half-written manifest, even if the writer is interrupted.
     os.replace(tmp, path)

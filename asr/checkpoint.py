@@ -1,0 +1,571 @@
+"""The model package: one safetensors file that holds everything ``transcribe`` needs.
+
+```
+MODEL (safetensors)
+  tensors   the AcousticModel state dict (fp32), CMVN statistics included as buffers
+  metadata  {"format": "asr-model-package", "format_version": "1",
+             "config": JSON of the resolved ExperimentConfig, "tokenizer": JSON of Tokenizer.to_dict(),
+             "toolkit_version": "0.1.0", "source_checkpoints": JSON list, "averaged": "3",
+             "quantize": "none" | "int8"}
+```
+
+Loading never unpickles anything: safetensors is a JSON header plus raw tensor bytes.
+Lightning checkpoints (pickles) are read only by ``asr export``, with
+``torch.load(weights_only=True)``, which refuses arbitrary classes. Lightning 2.x writes
+``hyper_parameters`` as a plain dict (we save a dict of JSON-like values) and its callback
+and optimiser states as tensors, numbers and strings, all of which the weights-only
+unpickler accepts; a checkpoint that carries anything else (e.g. an OmegaConf container)
+is refused with the name of the offending class rather than loaded unsafely.
+
+``asr export CKPT... --out MODEL [--average [N]] [--int8] [--torchscript] [--onnx]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from asr import __version__
+from asr.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from asr.features import LogMel
+from asr.model import AcousticModel
+from asr.text import Tokenizer, TokenizerError
+
+FORMAT = "asr-model-package"  # value of the "format" metadata key
+FORMAT_VERSION = 1  # bump when the layout changes; readers refuse newer versions
+QUANTIZE_MODES = ("none", "int8")
+# Modules replaced by dynamically quantised (int8 weights, fp32 activations) versions.
+# RecurrentLayer holds plain nn.LSTM/GRU modules per direction, so they are all covered.
+_INT8_MODULES = {nn.LSTM, nn.GRU, nn.Linear}
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_CKPT_NAME = re.compile(r"wer(\d+(?:\.\d+)?)")  # epoch012-wer0.1234.ckpt -> 0.1234
+
+
+class PackageError(ValueError):
+    """A file that is not a usable model package (the message names the file)."""
+
+
+class CheckpointError(ValueError):
+    """A Lightning checkpoint (or experiment directory) that cannot be exported."""
+
+
+@dataclass
+class ModelPackage:
+    """A loaded model package, ready for inference.
+
+    ``featurizer`` maps waveforms (N, S) at ``config.features.sample_rate`` to log-mel
+    features (N, T, n_mels); ``model`` maps those to log-probs (N, T', V) with
+    T' = ceil(T / model.subsampling).
+    """
+
+    model: AcousticModel  # eval mode, on ``device`` (int8-quantised modules when info["quantize"] == "int8")
+    tokenizer: Tokenizer  # owns the vocabulary and blank id
+    config: ExperimentConfig  # the resolved training config
+    featurizer: LogMel  # waveform -> log-mel, on ``device``
+    info: dict[str, Any] = field(default_factory=dict)  # path, sha256, versions, provenance
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz the featurizer expects."""
+        return self.config.features.sample_rate
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds between consecutive output frames (log-prob rows)."""
+        return self.config.features.frame_shift * self.model.subsampling
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning checkpoints
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    path: Path
+    config: ExperimentConfig
+    config_dict: dict[str, Any]
+    tokenizer: dict[str, Any]
+    state_dict: dict[str, Tensor]  # AcousticModel keys (the "model." prefix removed)
+    epoch: int | None
+    global_step: int | None
+
+
+def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
+    """Read the network weights, config and tokenizer from a ``CTCModule`` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = _UNSAFE_GLOBAL.search(str(e))
+        if m:
+            # We do not fall back to full unpickling: it can run arbitrary code.
+            raise CheckpointError(
+                f"{path}: refusing to load: it pickles {m.group(1)}, which "
+                "torch.load(weights_only=True) does not allow (checkpoints written by `asr train` "
+                "hold only tensors and plain values)"
+            ) from e
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict) or "config" not in hp or "tokenizer" not in hp:
+        raise CheckpointError(
+            f"{path}: checkpoint has no hyper_parameters with 'config' and 'tokenizer' "
+            "(was it written by `asr train`?)"
+        )
+    try:
+        config = from_dict(ExperimentConfig, hp["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad config in hyper_parameters: {e}") from e
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if not state:
+        raise CheckpointError(f"{path}: state_dict has no 'model.*' weights")
+    return _Checkpoint(
+        path=path,
+        config=config,
+        config_dict=to_dict(config),
+        tokenizer=dict(hp["tokenizer"]),
+        state_dict=state,
+        epoch=ckpt.get("epoch"),
+        global_step=ckpt.get("global_step"),
+    )
+
+
+def best_checkpoints(exp_dir: str | os.PathLike, n: int = 1) -> list[Path]:
+    """The ``n`` checkpoints of ``exp_dir/checkpoints`` with the lowest dev WER.
+
+    The WER is read from the file name ``epochNNN-wer0.1234.ckpt`` (``asr train``'s
+    ModelCheckpoint pattern); ``last.ckpt`` is used only when no such file exists.
+    """
+    exp_dir = Path(exp_dir)
+    ckpt_dir = exp_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{exp_dir}: no checkpoints/ directory (is it an experiment directory?)")
+    scored = []
+    for p in ckpt_dir.glob("*.ckpt"):
+        m = _CKPT_NAME.search(p.stem)
+        if p.name != "last.ckpt" and m:
+            scored.append((float(m.group(1).rstrip(".")), p.name, p))
+    if not scored:
+        last = ckpt_dir / "last.ckpt"
+        if last.is_file():
+            return [last]
+        raise CheckpointError(f"{ckpt_dir}: no *.ckpt files")
+    scored.sort()
+    return [p for _, _, p in scored[: max(1, n)]]
+
+
+def resolve_checkpoints(paths: Sequence[str | os.PathLike], n_best: int = 1) -> list[Path]:
+    """Expand experiment directories into their ``n_best`` best checkpoints; files pass through."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out.extend(best_checkpoints(p, n_best) if p.is_dir() else [p])
+    return out
+
+
+def average_state_dicts(states: Sequence[dict[str, Tensor]], names: Sequence[str] = ()) -> dict[str, Tensor]:
+    """Element-wise mean of state dicts with identical keys and shapes.
+
+    Floating-point tensors are averaged in float64 and cast back; integer buffers (counters)
+    are taken from the first state dict.
+    """
+    if not states:
+        raise CheckpointError("nothing to average")
+    names = list(names) or [f"#{i}" for i in range(len(states))]
+    ref = states[0]
+    for s, name in zip(states[1:], names[1:]):
+        if s.keys() != ref.keys():
+            diff = sorted(set(s) ^ set(ref))[:5]
+            raise CheckpointError(f"{name}: parameters differ from {names[0]} ({diff})")
+        for k, v in s.items():
+            if v.shape != ref[k].shape:
+                raise CheckpointError(
+                    f"{name}: {k} has shape {tuple(v.shape)}, {names[0]} has {tuple(ref[k].shape)}"
+                )
+    out = {}
+    for k, v in ref.items():
+        if v.is_floating_point():
+            acc = torch.zeros(v.shape, dtype=torch.float64)
+            for s in states:
+                acc += s[k].to(torch.float64)
+            out[k] = (acc / len(states)).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def _check_compatible(ckpts: Sequence[_Checkpoint]) -> None:
+    first = ckpts[0]
+    for c in ckpts[1:]:
+        for section in ("model", "features"):
+            if c.config_dict[section] != first.config_dict[section]:
+                diff = {k: (first.config_dict[section][k], v) for k, v in c.config_dict[section].items()
+                        if first.config_dict[section].get(k) != v}
+                raise CheckpointError(
+                    f"cannot average {c.path} with {first.path}: their {section} configs differ "
+                    f"({', '.join(f'{section}.{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())})"
+                )
+        if c.tokenizer != first.tokenizer:
+            raise CheckpointError(f"cannot average {c.path} with {first.path}: their tokenizers differ")
+
+
+# --------------------------------------------------------------------------------------------
+# writing and reading packages
+
+
+def export(
+    ckpts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    average: bool | int = False,
+    int8: bool = False,
+    torchscript: bool = False,
+    onnx: bool = False,
+) -> Path:
+    """Write a model package from Lightning checkpoints (or experiment directories).
+
+    Args:
+        ckpts: checkpoint files and/or experiment directories. A directory contributes its
+            best checkpoint, or its ``average`` best when ``average`` is an int.
+        out: the package file to write (parent directories are created).
+        average: False: exactly one checkpoint is expected. True: average all given.
+            N (int >= 1): average the N best of each directory (and all given files).
+        int8: mark the package for dynamic int8 quantisation (applied at load time, CPU).
+        torchscript: also write ``out.with_suffix(".ts")`` (traced, dynamic batch/time).
+        onnx: also write ``out.with_suffix(".onnx")`` (inputs feats (N, T, n_mels) float32,
+            feat_lens (N,) int64; outputs log_probs (N, T', V), out_lens (N,)).
+
+    Returns:
+        The package path.
+    """
+    n_best = int(average) if not isinstance(average, bool) else 1
+    if not isinstance(average, bool) and n_best < 1:
+        raise CheckpointError(f"--average must be >= 1 (is {average})")
+    paths = resolve_checkpoints(ckpts, n_best)
+    if not paths:
+        raise CheckpointError("no checkpoints given")
+    if len(paths) > 1 and average is False:
+        raise CheckpointError(
+            f"{len(paths)} checkpoints given ({', '.join(map(str, paths))}); pass --average to "
+            "average them, or give one"
+        )
+    loaded = [read_lightning_checkpoint(p) for p in paths]
+    _check_compatible(loaded)
+    first = loaded[0]
+    if len(loaded) > 1:
+        state = average_state_dicts([c.state_dict for c in loaded], [str(c.path) for c in loaded])
+    else:
+        state = first.state_dict
+    try:
+        tokenizer = Tokenizer.from_dict(first.tokenizer)
+    except TokenizerError as e:
+        raise CheckpointError(f"{first.path}: bad tokenizer in hyper_parameters: {e}") from e
+
+    # Build the network once so a state dict that does not fit the config fails here, at
+    # export time, not when someone tries to use the package.
+    model = AcousticModel(first.config.model, first.config.features.n_mels, tokenizer.vocab_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{first.path}: weights do not match its config: {e}") from e
+    model.eval()
+
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(first.config_dict),
+        "tokenizer": json.dumps(first.tokenizer),
+        "toolkit_version": __version__,
+        "source_checkpoints": json.dumps(
+            [{"path": str(c.path.resolve()), "epoch": c.epoch, "global_step": c.global_step} for c in loaded]
+        ),
+        "averaged": str(len(loaded)),
+        "quantize": "int8" if int8 else "none",
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    # safetensors refuses views and shared storage: give it one contiguous copy per tensor.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, out)  # never leave a half-written package under the final name
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)  # safetensors creates files 0600; packages are meant to be shared
+
+    if torchscript:
+        export_torchscript(model, out.with_suffix(".ts"), first.config.features.n_mels)
+    if onnx:
+        export_onnx(model, out.with_suffix(".onnx"), first.config.features.n_mels)
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _not_a_package(path: Path, why: str) -> PackageError:
+    return PackageError(f"{path}: not an asr model package ({why}); create one with `asr export CKPT --out MODEL`")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The package's metadata (string dict), validated; tensors are not read."""
+    path = Path(path)
+    if not path.exists():
+        raise PackageError(f"{path}: no such model package")
+    if path.is_dir():
+        raise PackageError(f"{path}: is a directory; a model package is a single file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = path.stat().st_size
+    if head[:2] == b"PK":
+        raise _not_a_package(path, "it is a zip archive: a Lightning/PyTorch checkpoint or TorchScript "
+                                   "module, not a package")
+    if len(head) < 8:
+        raise _not_a_package(path, f"only {size} bytes long")
+    # safetensors starts with the little-endian u64 length of its JSON header.
+    if int.from_bytes(head, "little") > size - 8:
+        raise _not_a_package(path, "not a safetensors file: no valid header length at the start")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _not_a_package(path, f"not a safetensors file: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise _not_a_package(path, f"safetensors file without format={FORMAT!r} metadata")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError as e:
+        raise PackageError(f"{path}: bad format_version {meta.get('format_version')!r}") from e
+    if version > FORMAT_VERSION:
+        raise PackageError(
+            f"{path}: package format version {version} is newer than this toolkit reads "
+            f"({FORMAT_VERSION}); upgrade asr (package written by asr {meta.get('toolkit_version', '?')})"
+        )
+    missing = [k for k in ("config", "tokenizer") if k not in meta]
+    if missing:
+        raise PackageError(f"{path}: package metadata lacks {', '.join(missing)}")
+    if meta.get("quantize", "none") not in QUANTIZE_MODES:
+        raise PackageError(f"{path}: unknown quantize mode {meta.get('quantize')!r} (known: {QUANTIZE_MODES})")
+    return meta
+
+
+def quantize_int8(model: AcousticModel) -> AcousticModel:
+    """Dynamic int8 quantisation of the LSTM/GRU/Linear layers (CPU inference only)."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it moves to torchao; it is still the shipped,
+        # tested eager-mode dynamic quantiser in this torch, and torchao is not a dependency.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(model, _INT8_MODULES, dtype=torch.qint8)
+
+
+def load_package(
+    path: str | os.PathLike, device: str | torch.device = "cpu", quantize: bool | None = None
+) -> ModelPackage:
+    """Load a model package written by :func:`export`.
+
+    Args:
+        path: the package file.
+        device: where the model and featurizer run.
+        quantize: None follows the package's "quantize" flag; True/False force int8 or fp32.
+            int8 runs on CPU only: on another device the fp32 weights are used (with a warning).
+
+    Raises:
+        PackageError: the file is missing or is not a (compatible) model package.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        cfg = from_dict(ExperimentConfig, json.loads(meta["config"]))
+        tokenizer = Tokenizer.from_dict(json.loads(meta["tokenizer"]))
+    except (json.JSONDecodeError, ConfigError, TokenizerError, TypeError) as e:
+        raise PackageError(f"{path}: bad package metadata: {e}") from e
+
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device="cpu")
+    model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PackageError(f"{path}: weights do not match the package config: {e}") from e
+    model.eval()
+
+    device = torch.device(device)
+    int8 = meta.get("quantize", "none") == "int8" if quantize is None else quantize
+    if int8 and device.type != "cpu":
+        warnings.warn(f"{path}: int8 quantisation runs on CPU only; using fp32 weights on {device}", stacklevel=2)
+        int8 = False
+    if int8:
+        model = quantize_int8(model)
+    model = model.to(device)
+    featurizer = LogMel(cfg.features).to(device).eval()
+
+    info = {
+        "path": str(path.resolve()),
+        "sha256": _file_sha256(path),
+        "version": meta.get("toolkit_version"),
+        "toolkit_version": meta.get("toolkit_version"),
+        "format_version": int(meta["format_version"]),
+        "source_checkpoints": json.loads(meta.get("source_checkpoints", "[]")),
+        "averaged": int(meta.get("averaged", "1")),
+        "quantize": "int8" if int8 else "none",
+        "parameters": sum(v.numel() for v in state.values()),
+        "vocab_size": tokenizer.vocab_size,
+    }
+    return ModelPackage(model=model, tokenizer=tokenizer, config=cfg, featurizer=featurizer,
+                        info=info, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# TorchScript / ONNX
+
+
+def _example_inputs(n_mels: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    # Two different batch sizes and lengths, with padding: the second checks that the
+    # exported graph did not bake in the shapes of the first.
+    a = (torch.randn(2, 61, n_mels, generator=g), torch.tensor([61, 40]))
+    b = (torch.randn(3, 97, n_mels, generator=g), torch.tensor([97, 23, 80]))
+    return a, b
+
+
+def _check_same(name: str, got: Sequence[Any], want: tuple[Tensor, Tensor], out: Path) -> None:
+    lp, lens = torch.as_tensor(got[0]), torch.as_tensor(got[1])
+    if lp.shape != want[0].shape or not torch.equal(lens.long(), want[1].long()):
+        raise CheckpointError(
+            f"{out}: {name} export does not generalise to other shapes (got log-probs "
+            f"{tuple(lp.shape)}, lengths {lens.tolist()}; expected {tuple(want[0].shape)}, "
+            f"{want[1].tolist()}); the model has shape-dependent Python control flow"
+        )
+    err = (lp - want[0]).abs().max().item()
+    if err > 1e-3:
+        raise CheckpointError(f"{out}: {name} export differs from the eager model (max |diff| {err:.3g})")
+
+
+def export_torchscript(model: AcousticModel, out: Path, n_mels: int) -> Path:
+    """Write a TorchScript module ``(feats (N, T, F), feat_lens (N,)) -> (log_probs, out_lens)``.
+
+    ``torch.jit.script`` cannot compile AcousticModel (its frozen config dataclasses are
+    not TorchScript types), so the module is traced; the trace is then checked on inputs
+    of another batch size and length, so a graph with baked-in shapes is never written.
+    """
+    model = model.eval()
+    a, b = _example_inputs(n_mels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings from nn.LSTM's own shape checks
+        try:
+            traced = torch.jit.trace(model, a, check_trace=False)
+        except Exception as e:
+            raise CheckpointError(f"{out}: torch.jit.trace failed: {e}") from e
+        _check_same("TorchScript", traced(*b), model(*b), out)
+    traced.save(str(out))
+    return out
+
+
+def export_onnx(model: AcousticModel, out: Path, n_mels: int, opset: int = 17) -> Path:
+    """Write an ONNX graph with dynamic batch and time axes.
+
+    The TorchScript-based exporter (``dynamo=False``) is used: it handles the
+    length-masked bidirectional LSTM in well under a second, while the dynamo exporter
+    of this torch version takes minutes on it and its graph failed on a second batch size.
+    The result is checked with onnx.checker, and numerically against the eager model on
+    another batch size/length when onnxruntime is installed.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise CheckpointError("--onnx needs the onnx package: pip install 'asr[export]'") from e
+    model = model.eval()
+    a, b = _example_inputs(n_mels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model, a, str(out), dynamo=False, opset_version=opset,
+                input_names=["feats", "feat_lens"], output_names=["log_probs", "out_lens"],
+                dynamic_axes={"feats": {0: "batch", 1: "time"}, "feat_lens": {0: "batch"},
+                              "log_probs": {0: "batch", 1: "frames"}, "out_lens": {0: "batch"}},
+            )
+        except Exception as e:
+            raise CheckpointError(f"{out}: torch.onnx.export failed: {e}") from e
+        try:
+            onnx.checker.check_model(str(out))
+        except Exception as e:
+            raise CheckpointError(f"{out}: the exported ONNX graph is invalid: {e}") from e
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return out  # checked structurally only; nothing in the toolkit needs onnxruntime
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"feats": b[0].numpy(), "feat_lens": b[1].numpy()})
+        _check_same("ONNX", got, model(*b), out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "asr export CKPT_OR_EXP_DIR... --out MODEL [--average [N]] [--int8] [--torchscript] [--onnx]"
+    parser.add_argument("checkpoints", nargs="+", type=Path,
+                        help="Lightning checkpoints, or experiment directories (their best checkpoint by dev WER)")
+    parser.add_argument("--out", required=True, type=Path, help="model package file to write, e.g. model.asr")
+    parser.add_argument("--average", nargs="?", type=int, const=0, default=None, metavar="N",
+                        help="average the weights of all given checkpoints; with N, of the N best of each "
+                             "experiment directory")
+    parser.add_argument("--int8", action="store_true", help="quantise LSTM/GRU/Linear to int8 at load (CPU)")
+    parser.add_argument("--torchscript", action="store_true", help="also write MODEL.ts (TorchScript)")
+    parser.add_argument("--onnx", action="store_true", help="also write MODEL.onnx")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.average is not None and args.average < 0:
+        print("error: --average N needs N >= 1", file=sys.stderr)
+        return 2
+    average: bool | int = False if args.average is None else (True if args.average == 0 else args.average)
+    try:
+        out = export(args.checkpoints, args.out, average=average, int8=args.int8,
+                     torchscript=args.torchscript, onnx=args.onnx)
+        pkg = load_package(out)
+    except (CheckpointError, PackageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    info = pkg.info
+    srcs = info["source_checkpoints"]
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {info['parameters'] / 1e6:.2f} M parameters, "
+          f"vocabulary {info['vocab_size']}, quantize={info['quantize']}, sha256 {info['sha256'][:12]})")
+    print(f"from {len(srcs)} checkpoint(s){' (averaged)' if len(srcs) > 1 else ''}: "
+          + ", ".join(Path(s["path"]).name for s in srcs))
+    for flag, suffix in ((args.torchscript, ".ts"), (args.onnx, ".onnx")):
+        if flag:
+            print(f"wrote {out.with_suffix(suffix)} (fp32; inputs: log-mel feats (N, T, "
+                  f"{pkg.config.features.n_mels}) and lengths)")
+    return 0

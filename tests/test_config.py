@@ -1,0 +1,37 @@
+"""YAML config with key=value overrides: unknown keys and type changes are errors."""
+
+from pathlib import Path
+
+import pytest
+
+from asr.config import ConfigError, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ["data.train_manifest=t.jsonl", "data.dev_manifest=d.jsonl"]
+
+
+def test_overrides_apply_and_types_are_checked(tmp_path):
+    cfg = load_config(None, REQUIRED + ["model.cell=gru", "model.hidden=32", "optim.lr=1e-4", "data.speed_perturb=[0.9,1.1]", "data.cache_features=false"])
+    assert cfg.model.cell == "gru" and cfg.model.hidden == 32 and cfg.optim.lr == 1e-4
+    assert cfg.data.speed_perturb == (0.9, 1.1)
+    with pytest.raises(ConfigError, match="model.hiden"):
+        load_config(None, REQUIRED + ["model.hiden=3"])
+    with pytest.raises(ConfigError, match="model.hidden: expected int"):
+        load_config(None, REQUIRED + ["model.hidden=big"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["model.hidden"])
+    with pytest.raises(ConfigError, match="required"):
+        load_config(None, [])
+    with pytest.raises(ValueError, match="model.cell"):
+        load_config(None, REQUIRED + ["model.cell=transformer"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, REQUIRED + ["model.num_layers=2"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "conf").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    load_config(ROOT / "conf" / name)

@@ -1,0 +1,64 @@
+"""Dataset filtering (counted, never silent), features and collate."""
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from asr.data.dataset import FeatureDataset, collate, ctc_min_frames, filter_utterances
+from asr.data.manifest import Utterance
+from asr.features import FeatureConfig
+from asr.model import ConvSubsampling
+from asr.text import CharTokenizer
+
+CFG = FeatureConfig()
+TOK = CharTokenizer.from_texts(["hello world", "aab"])
+
+
+def utt(uid, dur, text, audio="x.wav"):
+    return Utterance(id=uid, audio=audio, duration=dur, text=text, speaker="s", sample_rate=16000)
+
+
+def test_ctc_min_frames_counts_repeats():
+    assert ctc_min_frames([1, 2, 3]) == 3
+    assert ctc_min_frames([1, 1, 2, 2, 2]) == 8
+    assert ctc_min_frames([]) == 0
+
+
+def test_filter_skips_and_counts_with_reasons():
+    out4 = lambda n: ConvSubsampling.out_lengths(n, 4)  # noqa: E731
+    utts = [
+        utt("ok", 2.0, "hello world"),
+        utt("short", 0.1, "hello world"),  # 11 frames -> 3 output frames < 11 tokens
+        utt("long", 40.0, "hello"),
+        utt("oov", 2.0, "hello zzz"),
+    ]
+    keep, targets, skipped = filter_utterances(utts, TOK, CFG, out4, max_duration=30.0)
+    assert [u.id for u in keep] == ["ok"]
+    assert targets[0] == TOK.encode("hello world")
+    reasons = dict(skipped.items)
+    assert set(reasons) == {"short", "long", "oov"}
+    assert reasons["short"].startswith("ctc-infeasible")
+    assert reasons["long"].startswith("too long")
+    assert len(skipped) == 3 and "ctc-infeasible" in skipped.summary()
+
+
+def test_dataset_features_cache_and_collate(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, n in enumerate([8000, 4000]):
+        p = tmp_path / f"{i}.wav"
+        sf.write(p, rng.standard_normal(n).astype("float32") * 0.1, 8000)  # 8 kHz -> 16 kHz
+        paths.append(str(p))
+    utts = [utt("a", 1.0, "aab", paths[0]), utt("b", 0.5, "hello", paths[1])]
+    ds = FeatureDataset(utts, [TOK.encode("aab"), TOK.encode("hello")], CFG, cache=True)
+    uid, feats, target = ds[0]
+    assert uid == "a" and feats.shape == (101, 80) and target.tolist() == TOK.encode("aab")
+    assert 0 in ds.cache and ds[0][1] is feats
+    batch = collate([ds[0], ds[1]])
+    assert batch.feats.shape == (2, 101, 80)
+    assert batch.feat_lens.tolist() == [101, 51]
+    assert batch.target_lens.tolist() == [3, 5]
+    assert batch.feats[1, 51:].abs().sum() == 0
+    assert batch.targets[0, 3:].tolist() == [0, 0]
+    assert batch.ids == ["a", "b"]
+    torch.testing.assert_close(batch.feats[1, :51], ds[1][1])

@@ -1,0 +1,107 @@
+"""Training: the model learns (overfit one batch), the CLI trains/resumes, DDP runs on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from asr.data.manifest import Utterance, write_manifest
+from asr.model import AcousticModel, ModelConfig
+from asr.text import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overfit_single_batch():
+    torch.manual_seed(0)
+    tok = CharTokenizer.from_texts(["abc cab"])
+    texts = ["abc", "cab ab", "b", "ca"]
+    targets = [torch.tensor(tok.encode(t)) for t in texts]
+    feats = torch.randn(4, 40, 20)
+    lens = torch.tensor([40, 33, 20, 25])
+    cfg = ModelConfig(num_layers=2, hidden=32, subsampling=2, conv_channels=4, dropout=0.0, spec_augment_enabled=False)
+    model = AcousticModel(cfg, n_mels=20, vocab_size=tok.vocab_size)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    padded = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True)
+    tlens = torch.tensor([len(t) for t in targets])
+    for _ in range(150):
+        lp, out = model(feats, lens)
+        loss = F.ctc_loss(lp.transpose(0, 1), padded, out, tlens, blank=tok.blank_id)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    from asr.decoding import greedy_decode
+
+    model.eval()
+    with torch.no_grad():
+        lp, out = model(feats, lens)
+    assert [h.text for h in greedy_decode(lp, out, tok)] == texts
+
+
+def make_corpus(root: Path, n: int = 16) -> tuple[Path, Path]:
+    """Tones: 'lo' is a 300 Hz tone, 'hi' a 1200 Hz tone; each file says two words."""
+    rng = np.random.default_rng(0)
+    sr = 16000
+    words = {"lo": 300.0, "hi": 1200.0}
+    utts = []
+    for i in range(n):
+        seq = [("lo", "hi")[(i >> b) & 1] for b in range(2)]
+        t = np.arange(int(0.4 * sr)) / sr
+        parts = [np.zeros(int(0.1 * sr))]
+        for w in seq:
+            parts += [0.5 * np.sin(2 * np.pi * words[w] * t), np.zeros(int(0.1 * sr))]
+        wave = np.concatenate(parts) + 0.01 * rng.standard_normal(sum(len(p) for p in parts))
+        path = root / f"utt{i}.wav"
+        sf.write(path, wave.astype("float32"), sr)
+        utts.append(Utterance(f"utt{i}", str(path), len(wave) / sr, " ".join(seq), f"spk{i % 2}", sr))
+    write_manifest(root / "train.jsonl", utts)
+    write_manifest(root / "dev.jsonl", utts[:4])
+    return root / "train.jsonl", root / "dev.jsonl"
+
+
+def run_train(tmp_path, *overrides, resume=False):
+    train, dev = make_corpus(tmp_path) if not (tmp_path / "train.jsonl").exists() else (tmp_path / "train.jsonl", tmp_path / "dev.jsonl")
+    cmd = [sys.executable, "-m", "asr", "train", str(ROOT / "conf" / "yesno.yaml"),
+           f"exp_dir={tmp_path / 'exp'}", f"data.train_manifest={train}", f"data.dev_manifest={dev}",
+           "model.hidden=16", "model.num_layers=1", "trainer.progress_bar=false", "data.max_batch_seconds=8", *overrides]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "exp" / "train_summary.json").read_text()), proc
+
+
+def test_cli_trains_saves_config_and_resumes(tmp_path):
+    summary, _ = run_train(tmp_path, "trainer.max_epochs=1")
+    exp = tmp_path / "exp"
+    assert summary["epochs"] == 1 and summary["steps"] > 0
+    assert (exp / "config.yaml").exists() and (exp / "tokenizer.json").exists()
+    assert (exp / "checkpoints" / "last.ckpt").exists()
+    assert "model:\n  cell: lstm\n  num_layers: 1\n  hidden: 16" in (exp / "config.yaml").read_text()
+    steps = summary["steps"]
+    summary2, _ = run_train(tmp_path, "trainer.max_epochs=2", resume=True)
+    assert summary2["epochs"] == 2 and summary2["steps"] == 2 * steps
+
+
+def test_cli_rejects_unknown_keys(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "asr", "train", str(ROOT / "conf" / "yesno.yaml"), "model.hiden=3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "model.hiden" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    summary, proc = run_train(tmp_path, "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2",
+                              "trainer.accelerator=cpu")
+    assert summary["epochs"] == 1
+    # each rank runs half the batches (16 utts of 1.1 s, <= 8 s per batch -> 3 batches -> 2 steps per rank)
+    assert summary["steps"] == 2
