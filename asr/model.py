@@ -33,7 +33,7 @@ class ModelConfig:
     hidden: int = 256  # hidden units per direction
     bidirectional: bool = True  # False gives a streaming-capable left-to-right model
     dropout: float = 0.1  # dropout between recurrent layers and before the output layer
-    layer_norm: bool = False  # LayerNorm on each recurrent layer's output
+    layer_norm: bool = True  # LayerNorm on each recurrent layer's output: leaves the CTC blank plateau several times sooner
     proj: int = 0  # project each layer's output to this size (0 = no projection)
     subsampling: int = 2  # time subsampling of the conv front-end: 1, 2 or 4
     conv_channels: int = 32  # channels of the conv front-end (ignored for subsampling 1)

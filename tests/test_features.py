@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from asr.features import FeatureConfig, GlobalCMVN, LogMel, SpecAugment, SpecAugmentConfig, compute_cmvn_stats, num_frames
+from asr.features import (
+    FeatureConfig,
+    GlobalCMVN,
+    LogMel,
+    SpecAugment,
+    SpecAugmentConfig,
+    compute_cmvn_stats,
+    num_frames,
+)
 
 torch.set_num_threads(1)
 CFG = FeatureConfig()

@@ -1,0 +1,562 @@
+"""CTC decoders: pure functions of (log_probs (N, T, V), lengths (N,), tokenizer).
+
+Two decoders share one output type, :class:`Hypothesis` (text, tokens, the output frame
+where each token starts, score, word spans in output frames):
+
+- :func:`greedy_decode`: best path (argmax -> collapse repeats -> drop blanks).
+- :class:`BeamSearchDecoder`: flashlight's CTC prefix beam search through
+  ``torchaudio.models.decoder.ctc_decoder``, optionally with a KenLM n-gram model and a
+  lexicon. With a word-level LM and no lexicon given, the lexicon is written on the fly from
+  the LM's vocabulary (see :func:`lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")``
+  just works for LMs built by ``asr lm build``.
+
+Text convention (both decoders): words joined by single spaces, no leading/trailing space.
+Frames are OUTPUT frames of the acoustic model; multiply by ``FRAME_SHIFT * subsampling``
+(``ModelPackage.frame_shift``) for seconds, see :meth:`Hypothesis.word_times`.
+
+Nothing here imports the model: decoders only see log-probs, lengths and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.text import Tokenizer
+
+LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr lm build`
+LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score from `asr lm tune`
+_LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
+_KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
+
+
+class DecoderError(ValueError):
+    """Bad decoder input: a missing/unreadable LM or lexicon, or log-probs of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    word: str
+    start: int  # output frame where the word's first token starts
+    end: int  # one past the last frame of the word's last token (exclusive)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    text: str  # words joined by single spaces, stripped
+    tokens: list[int]  # emitted token ids: repeats collapsed, blanks dropped, "|" kept
+    timesteps: list[int]  # output frame where each token of ``tokens`` starts
+    score: float  # greedy: path log-prob; beam: flashlight's total (AM + weighted LM + bonuses)
+    words: list[WordSpan]
+
+    def word_times(self, frame_shift_s: float) -> list[tuple[str, float, float]]:
+        """[(word, start_s, end_s)] given the seconds between output frames."""
+        return [(w.word, w.start * frame_shift_s, w.end * frame_shift_s) for w in self.words]
+
+
+_EMPTY = Hypothesis(text="", tokens=[], timesteps=[], score=0.0, words=[])
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _check_inputs(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> list[int]:
+    if log_probs.ndim != 3:
+        raise DecoderError(f"log_probs must be (N, T, V); got shape {tuple(log_probs.shape)}")
+    n, t, v = log_probs.shape
+    if v != len(tokenizer.tokens):
+        raise DecoderError(
+            f"log_probs have {v} classes but the tokenizer has {len(tokenizer.tokens)} tokens"
+        )
+    if lengths.shape != (n,):
+        raise DecoderError(f"lengths must be ({n},) to match log_probs; got {tuple(lengths.shape)}")
+    lens = [int(x) for x in lengths.tolist()]
+    bad = [x for x in lens if not 0 <= x <= t]
+    if bad:
+        raise DecoderError(f"lengths must lie in [0, {t}] (the padded frame count); got {bad}")
+    return lens
+
+
+def _runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]:
+    """Non-blank runs of a frame-level label path (T,): (token ids, start frames, end frames)."""
+    ids, counts = torch.unique_consecutive(path, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    keep = ids != blank_id
+    return ids[keep].tolist(), starts[keep].tolist(), ends[keep].tolist()
+
+
+def _uses_word_pieces(tokenizer: Tokenizer) -> bool:
+    # BPE/sentencepiece: word-initial pieces carry the delimiter as a prefix ("▁the"); for
+    # characters the delimiter is a token of its own ("|") and no other token starts with it.
+    d = tokenizer.word_delimiter
+    return any(t != d and t.startswith(d) for t in tokenizer.tokens)
+
+
+def _split_words(
+    tokens: list[int], starts: list[int], ends: list[int], tokenizer: Tokenizer
+) -> list[WordSpan]:
+    """Group emitted tokens into words: at "|" tokens (chars) or before "▁" pieces (BPE)."""
+    d = tokenizer.word_delimiter
+    pieces = _uses_word_pieces(tokenizer)
+    spans: list[WordSpan] = []
+    cur: list[int] = []  # indices into tokens of the word being built
+
+    def flush() -> None:
+        if cur:
+            word = tokenizer.decode([tokens[k] for k in cur]).strip()
+            if word:  # e.g. a lone "▁" piece spells nothing
+                spans.append(WordSpan(word, starts[cur[0]], ends[cur[-1]]))
+            cur.clear()
+
+    for k, tok in enumerate(tokens):
+        s = tokenizer.tokens[tok]
+        if not pieces and s == d:
+            flush()
+            continue
+        if pieces and s.startswith(d):
+            flush()
+        cur.append(k)
+    flush()
+    return spans
+
+
+def _hypothesis(
+    tokens: list[int], starts: list[int], words: list[WordSpan], score: float
+) -> Hypothesis:
+    return Hypothesis(
+        text=" ".join(w.word for w in words),
+        tokens=tokens,
+        timesteps=starts,
+        score=float(score),
+        words=words,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# greedy
+
+
+def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> list[Hypothesis]:
+    """Best-path CTC decoding.
+
+    Args:
+        log_probs: (N, T, V) log-probabilities (any device/dtype); V == len(tokenizer.tokens).
+        lengths: (N,) valid output frames per utterance; frames at or past ``lengths[i]``
+            are padding and never affect the result.
+        tokenizer: owns blank id, token strings and word delimiter.
+
+    Returns:
+        One Hypothesis per utterance; ``score`` is the best path's total log-prob.
+        A word starts at its first token's first frame and ends after its last token's
+        last frame (repeats of that token included, trailing blanks excluded).
+    """
+    lens = _check_inputs(log_probs, lengths, tokenizer)
+    best, idx = log_probs.detach().max(dim=-1)  # (N, T) each
+    best, idx = best.double().cpu(), idx.cpu()
+    out = []
+    for i, n in enumerate(lens):
+        tokens, starts, ends = _runs(idx[i, :n], tokenizer.blank_id)
+        words = _split_words(tokens, starts, ends, tokenizer)
+        out.append(_hypothesis(tokens, starts, words, best[i, :n].sum().item()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# lexicons and LM side files
+
+
+def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.PathLike) -> list[str]:
+    """Write a flashlight lexicon: one ``word<TAB>tok tok ...`` line per spellable word.
+
+    Each word is spelled with ``tokenizer.encode(word)``: characters for a CharTokenizer
+    (no trailing "|": the decoder inserts the word delimiter between words itself), word
+    pieces starting with "▁" for a BpeTokenizer, i.e. exactly the tokens the acoustic model
+    was trained to emit for that word.
+
+    Args:
+        words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
+            KenLM's ``<s>``, ``</s>``, ``<unk>`` are ignored.
+
+    Returns:
+        The words that were skipped because the tokenizer cannot spell them.
+
+    Raises:
+        DecoderError: not a single word could be spelled.
+    """
+    from asr.text import TokenizerError
+
+    seen: set[str] = set()
+    lines: list[str] = []
+    skipped: list[str] = []
+    for word in words:
+        if not word or word in seen or word in _LM_SPECIAL_WORDS:
+            continue
+        seen.add(word)
+        if any(c.isspace() for c in word) or tokenizer.unknown_chars(word):
+            skipped.append(word)
+            continue
+        try:
+            ids = tokenizer.encode(word)
+        except TokenizerError:
+            skipped.append(word)
+            continue
+        if not ids:
+            skipped.append(word)
+            continue
+        lines.append(word + "\t" + " ".join(tokenizer.tokens[i] for i in ids) + "\n")
+    if not lines:
+        raise DecoderError(
+            f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
+            f"(e.g. {sorted(seen)[:5]}); is the word list in the same script/normalisation?"
+        )
+    Path(path).write_text("".join(lines), encoding="utf-8")
+    return skipped
+
+
+def _is_kenlm_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(_KENLM_BINARY_MAGIC)) == _KENLM_BINARY_MAGIC
+
+
+def _read_arpa_unigrams(path: Path) -> list[str]:
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    words: list[str] = []
+    in_unigrams = False
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not in_unigrams:
+                if line == "\\1-grams:":
+                    in_unigrams = True
+                continue
+            if not line or line.startswith("\\"):
+                break
+            fields = line.split("\t") if "\t" in line else line.split()
+            if len(fields) < 2:
+                raise DecoderError(f"{path}: malformed ARPA unigram line {line!r}")
+            words.append(fields[1])
+    if not in_unigrams:
+        raise DecoderError(f"{path}: not an ARPA file (no \\1-grams: section)")
+    return words
+
+
+@functools.lru_cache(maxsize=8)
+def _lm_vocabulary_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    p = Path(path)
+    if not _is_kenlm_binary(p):
+        return tuple(w for w in _read_arpa_unigrams(p) if w not in _LM_SPECIAL_WORDS)
+    side = Path(path + LM_VOCAB_SUFFIX)
+    if not side.is_file():
+        raise DecoderError(
+            f"{path}: binary KenLM model without its vocabulary list {side.name}; pass a lexicon "
+            f"(see write_lexicon), use the ARPA file, or rebuild it with `asr lm build`"
+        )
+    words = side.read_text(encoding="utf-8").split()
+    return tuple(w for w in words if w not in _LM_SPECIAL_WORDS)
+
+
+def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
+    """Words of a KenLM model (without ``<s>``, ``</s>``, ``<unk>``).
+
+    ARPA files (plain or gzip) are read directly. KenLM binary files store a hashed
+    vocabulary that cannot be listed, so they need the ``<lm>.vocab`` side file written by
+    :func:`asr.lm.build_lm`.
+
+    Raises:
+        DecoderError: the file is missing, not ARPA, or a binary without its side file.
+    """
+    p = Path(lm_path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise DecoderError(f"{p}: cannot read language model: {e.strerror or e}") from e
+    return list(_lm_vocabulary_cached(str(p), st.st_mtime_ns, st.st_size))
+
+
+def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
+    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM, or None."""
+    side = Path(str(lm_path) + LM_TUNE_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        d = json.loads(side.read_text(encoding="utf-8"))
+        return {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DecoderError(f"{side}: malformed tuning file: {e}") from e
+
+
+def _is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
+    """Whether the LM's words are the tokenizer's tokens (a char/piece LM for lexicon-free)."""
+    units = [t for t in tokenizer.tokens[1:] if t not in _LM_SPECIAL_WORDS]
+    try:
+        vocab: set[str] | None = set(lm_vocabulary(lm_path))
+    except DecoderError:
+        if not _is_kenlm_binary(lm_path):
+            raise
+        vocab = None
+    if vocab is not None:
+        hits = sum(u in vocab for u in units)
+    else:  # binary without side file: ask KenLM about each token directly
+        import kenlm
+
+        model = kenlm.Model(str(lm_path))
+        hits = sum(u in model for u in units)
+    # Most tokens present = the LM was trained on token sequences. A word LM contains at
+    # most a handful of one-letter words ("a", "i"), far from half of the alphabet.
+    return hits >= 0.5 * len(units)
+
+
+# --------------------------------------------------------------------------------------------
+# beam search
+
+
+@dataclass(frozen=True)
+class BeamSearchOptions:
+    beam_size: int = 50  # hypotheses kept after each frame
+    beam_threshold: float = 25.0  # prune hypotheses this far (log score) below the best
+    lm: str | None = None  # KenLM model (ARPA or binary); None: no LM
+    lexicon: str | None = None  # "word tok tok ..." file; None: lexicon-free, or from LM vocab
+    lm_weight: float = 0.5  # LM log-prob multiplier
+    word_score: float = 0.0  # bonus per word (lexicon-free chars: per "|"; see BeamSearchDecoder)
+    sil_score: float = 0.0  # bonus per emitted word delimiter / silence token
+    nbest: int = 1  # hypotheses returned per utterance (distinct texts)
+    unk_word: str = "<unk>"  # LM/lexicon entry for unknown words
+
+    def validate(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1 (is {self.beam_size})")
+        if not self.beam_threshold > 0:
+            raise ValueError(f"beam_threshold must be > 0 (is {self.beam_threshold})")
+        if self.nbest < 1:
+            raise ValueError(f"nbest must be >= 1 (is {self.nbest})")
+        if self.nbest > self.beam_size:
+            raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
+        for name in ("lm", "lexicon"):
+            p = getattr(self, name)
+            if p is not None and not Path(p).is_file():
+                raise DecoderError(f"{p}: {name} file not found")
+
+
+class BeamSearchDecoder:
+    """CTC prefix beam search (flashlight, via torchaudio's ``ctc_decoder``), optional KenLM.
+
+    Modes, chosen from ``lm`` and ``lexicon``:
+
+    - no LM, no lexicon: lexicon-free search over tokens (any token sequence allowed).
+    - lexicon given: only lexicon words can be output; a word-level LM (or none) scores them.
+    - word-level LM, no lexicon: a lexicon is written from the LM's vocabulary
+      (:func:`lm_vocabulary`), keeping the words the tokenizer can spell.
+    - token-level LM (its vocabulary is the tokenizer's tokens), no lexicon: lexicon-free
+      search with the LM scoring every token.
+
+    Word boundaries: for characters flashlight's silence token is ``"|"``; for word pieces
+    there is no boundary token (words start at "▁" pieces, which lexicon spellings carry), so
+    the silence token is ``"<unk>"`` (never emitted by a trained model; what NeMo does), and
+    ``sil_score`` has no practical effect. Flashlight's lexicon-free decoder has no word
+    insertion score; for characters ``word_score`` is therefore added to ``sil_score`` (one
+    "|" per word boundary); for word pieces lexicon-free, a non-zero ``word_score`` is refused.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        beam_size: int = 50,
+        beam_threshold: float = 25.0,
+        lm: str | os.PathLike | None = None,
+        lexicon: str | os.PathLike | None = None,
+        lm_weight: float = 0.5,
+        word_score: float = 0.0,
+        sil_score: float = 0.0,
+        nbest: int = 1,
+        unk_word: str = "<unk>",
+    ) -> None:
+        opts = BeamSearchOptions(
+            beam_size=int(beam_size),
+            beam_threshold=float(beam_threshold),
+            lm=None if lm is None else str(lm),
+            lexicon=None if lexicon is None else str(lexicon),
+            lm_weight=float(lm_weight),
+            word_score=float(word_score),
+            sil_score=float(sil_score),
+            nbest=int(nbest),
+            unk_word=unk_word,
+        )
+        opts.validate()
+        self.options = opts
+        self.tokenizer = tokenizer
+        self._pieces = _uses_word_pieces(tokenizer)
+        blank = tokenizer.tokens[tokenizer.blank_id]
+        if self._pieces:
+            sil = "<unk>" if "<unk>" in tokenizer.tokens else blank
+        else:
+            sil = tokenizer.word_delimiter
+            if sil not in tokenizer.tokens:
+                raise DecoderError(
+                    f"word delimiter {sil!r} is not one of the tokenizer's tokens; cannot decode"
+                )
+        self._sil_id = tokenizer.tokens.index(sil)
+
+        # Decide the mode; `lexicon_source` is also reported by settings().
+        self.skipped_words: list[str] = []  # LM words the tokenizer cannot spell (auto lexicon)
+        auto_words: list[str] | None = None
+        if opts.lexicon is not None:
+            self.lexicon_source: str | None = opts.lexicon
+        elif opts.lm is not None and not _is_token_level_lm(Path(opts.lm), tokenizer):
+            auto_words = lm_vocabulary(opts.lm)
+            self.lexicon_source = f"vocabulary of {opts.lm}"
+        else:
+            self.lexicon_source = None
+
+        sil_score = opts.sil_score
+        if self.lexicon_source is None and opts.word_score != 0.0:
+            if self._pieces:
+                raise DecoderError(
+                    "word_score has no effect in lexicon-free decoding of word pieces "
+                    "(flashlight has no word insertion score there); use a lexicon or set it to 0"
+                )
+            sil_score += opts.word_score
+
+        # Imported here: torchaudio + flashlight take a moment to load and greedy decoding
+        # (used during training) needs neither.
+        from torchaudio.models.decoder import ctc_decoder
+
+        with tempfile.TemporaryDirectory(prefix="asr-lexicon-") as tmp:
+            lexicon_path = opts.lexicon
+            if auto_words is not None:
+                lexicon_path = os.path.join(tmp, "lexicon.txt")
+                self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
+            lm_dict = None
+            if lexicon_path is None and opts.lm is not None:
+                # Lexicon-free, flashlight asks the LM about token id n as "word" n of the LM
+                # dictionary. Left alone, torchaudio builds that dictionary from a hash map
+                # (scrambled order: token "a" would be scored as some other token), so we
+                # pass the dictionary explicitly, in token-id order.
+                lm_dict = os.path.join(tmp, "lm_dict.txt")
+                Path(lm_dict).write_text("\n".join(tokenizer.tokens) + "\n", encoding="utf-8")
+            try:
+                # ctc_decoder reads the lexicon while building its trie, so the temporary
+                # file may go away once it returns.
+                self._decoder = ctc_decoder(
+                    lexicon=lexicon_path,
+                    tokens=list(tokenizer.tokens),
+                    lm=opts.lm,
+                    lm_dict=lm_dict,
+                    nbest=opts.nbest,
+                    beam_size=opts.beam_size,
+                    beam_threshold=opts.beam_threshold,
+                    lm_weight=opts.lm_weight,
+                    word_score=opts.word_score,
+                    sil_score=sil_score,
+                    blank_token=blank,
+                    sil_token=sil,
+                    unk_word=opts.unk_word,
+                )
+            except (RuntimeError, ValueError, IndexError) as e:
+                what = opts.lm if opts.lm is not None else lexicon_path
+                raise DecoderError(f"{what}: cannot build the beam search decoder: {e}") from e
+        self._lexicon_mode = lexicon_path is not None
+
+    def settings(self) -> dict[str, Any]:
+        """Options plus the resolved mode, for reports."""
+        d = asdict(self.options)
+        d["decoder"] = "beam"
+        d["mode"] = "lexicon" if self._lexicon_mode else "lexicon-free"
+        d["lexicon_source"] = self.lexicon_source
+        if self.skipped_words:
+            d["lexicon_skipped_words"] = len(self.skipped_words)
+        return d
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[Hypothesis]]:
+        """Decode a padded batch.
+
+        Args:
+            log_probs: (N, T, V) log-probabilities, any device/dtype (copied to float32 CPU,
+                which flashlight requires).
+            lengths: (N,) valid frames; padding beyond them is never read.
+
+        Returns:
+            For each utterance, up to ``nbest`` hypotheses with distinct texts, best first.
+        """
+        lens = _check_inputs(log_probs, lengths, self.tokenizer)
+        em = log_probs.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        v = em.shape[2]
+        out: list[list[Hypothesis]] = []
+        for b, n in enumerate(lens):
+            if n == 0:
+                out.append([_EMPTY])
+                continue
+            # flashlight reads n * V floats from this address: utterance b, frames [0, n).
+            ptr = em.data_ptr() + em.element_size() * b * em.stride(0)
+            # We call the flashlight decoder that torchaudio's CTCDecoder wraps (its public
+            # `decoder` attribute) rather than CTCDecoder.__call__: the raw result keeps the
+            # full frame-level path, needed for token END frames (word end times) and for
+            # the frame at which each lexicon word was completed.
+            results = self._decoder.decoder.decode(ptr, n, v)
+            hyps: list[Hypothesis] = []
+            seen: set[str] = set()
+            for r in results:
+                h = self._to_hypothesis(r, n)
+                if h.text in seen:  # same words through a different path/end state
+                    continue
+                seen.add(h.text)
+                hyps.append(h)
+                if len(hyps) == self.options.nbest:
+                    break
+            out.append(hyps or [_EMPTY])
+        return out
+
+    def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
+        # result.tokens has n + 2 entries: a start-of-sentence silence, one label per frame,
+        # and a final silence. (torchaudio's CTCHypothesis.timesteps index this padded
+        # sequence, i.e. they are frame + 1; ours are frame indices.)
+        raw = list(result.tokens)
+        path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
+        tokens, starts, ends = _runs(path, self.tokenizer.blank_id)
+        if not self._lexicon_mode:
+            words = _split_words(tokens, starts, ends, self.tokenizer)
+        else:
+            words = self._lexicon_words(list(result.words), tokens, starts, ends)
+        return _hypothesis(tokens, starts, words, result.score)
+
+    def _lexicon_words(
+        self, word_ids: list[int], tokens: list[int], starts: list[int], ends: list[int]
+    ) -> list[WordSpan]:
+        # Flashlight marks a word at the frame where its LAST token is first emitted (the trie
+        # reaches a word end there). The word's tokens are those after the previous word's
+        # last token, minus leading silence tokens.
+        spans: list[WordSpan] = []
+        prev = -1  # index into tokens of the previous word's last token
+        word_dict = self._decoder.word_dict
+        for i, w in enumerate(word_ids):
+            if w < 0:
+                continue
+            frame = i - 1  # same +1 offset as the token path
+            k = bisect.bisect_right(starts, frame) - 1  # the run containing/ending before it
+            k = max(k, prev)
+            first = prev + 1
+            while first < k and tokens[first] == self._sil_id:
+                first += 1
+            if k < 0:  # a word with no token at all cannot happen in CTC; keep it visible
+                start = end = 0
+            elif first > k:
+                start = end = ends[k]
+            else:
+                start, end = starts[first], ends[k]
+            spans.append(WordSpan(word_dict.get_entry(w), start, end))
+            prev = k
+        return spans

@@ -1,0 +1,377 @@
+"""Transcribe audio files with a model package: ``asr transcribe`` and :func:`transcribe`.
+
+```
+asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] [--format txt|json|srt|vtt|all]
+               [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]
+```
+
+Files of any rate and channel count are read with :func:`asr.audio.load_audio`; directories
+are walked for the extensions libsndfile reads. Work is cut into *pieces*: a file up to
+``chunk_seconds`` long is one piece; a longer file is read window by window (never whole),
+each window owning ``chunk_seconds`` of the file plus ``overlap_seconds`` of context on each
+side. Pieces of all files are sorted by length and batched. Each window is decoded on its
+own, and a word is kept only from the window whose owned region contains the word's start
+time, so words at the seams are neither lost nor doubled, and memory stays flat in the file
+length (one batch of audio and emissions at a time, plus the words found so far).
+
+Every file is handled on its own: an unreadable file becomes a result with ``error`` set,
+the others are transcribed, and the command exits with status 1 at the end if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from asr.audio import AudioError, audio_info, load_audio
+from asr.checkpoint import ModelPackage, PackageError, load_package
+from asr.decoding import DecoderError, Hypothesis
+from asr.inference import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_SECONDS,
+    _progress,
+    decode_emissions,
+    forward_batch,
+    make_decoder,
+    plan_batches,
+    set_threads,
+)
+
+DEFAULT_CHUNK_SECONDS = 30.0  # files longer than this are read in windows owning this much audio
+DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned region
+
+# File extensions per libsndfile format; only formats this libsndfile build reads are used.
+# Header-less and exotic formats (RAW, MAT, HTK, ...) are left out: a directory walk should
+# not try to decode every data file it meets.
+_FORMAT_EXTENSIONS = {
+    "WAV": ("wav", "wave"), "WAVEX": ("wav",), "RF64": ("rf64",), "W64": ("w64",),
+    "FLAC": ("flac",), "OGG": ("ogg", "oga", "opus"), "MP3": ("mp3",),
+    "AIFF": ("aif", "aiff", "aifc"), "AU": ("au", "snd"), "CAF": ("caf",),
+    "NIST": ("sph", "nist"), "IRCAM": ("sf",), "VOC": ("voc",),
+}
+AUDIO_EXTENSIONS = frozenset(
+    "." + ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in sf.available_formats() for ext in exts
+)
+
+
+@dataclass
+class TranscriptionResult:
+    """The transcript of one file (what the writers in :data:`asr.reports.WRITERS` take)."""
+
+    path: str  # the file, as given or found
+    text: str  # words joined by single spaces ("" when the file failed)
+    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
+    duration: float = 0.0  # seconds of audio (from the header; 0 when unreadable)
+    error: str | None = None  # why the file could not be transcribed, else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One model input: [offset, offset + seconds) of file ``file``."""
+
+    file: int  # index into the file list
+    offset: float  # seconds into the file where reading starts
+    duration: float | None  # seconds to read; None = to the end of the file
+    seconds: float  # audio length, for batching and progress
+    own_start: float  # words starting in [own_start, own_end) (file seconds) are kept
+    own_end: float
+
+
+def find_audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given (whatever their extension) plus, for each directory, every file below
+    it with an audio extension (:data:`AUDIO_EXTENSIONS`), sorted. Missing paths are kept, so
+    they are reported as failed files rather than silently skipped."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+def plan_windows(
+    duration: float, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
+) -> list[tuple[float, float | None, float, float]]:
+    """Windows over a file of ``duration`` seconds: [(offset, read_seconds | None, own_start, own_end)].
+
+    Window k owns [k * chunk, (k + 1) * chunk) and reads ``overlap_seconds`` more on each
+    side (clipped to the file). The owned regions tile [0, inf) exactly: the first starts at
+    0, the last is open-ended, so every word start falls in exactly one of them.
+    """
+    if chunk_seconds <= 0 or overlap_seconds < 0:
+        raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
+    if duration <= chunk_seconds:
+        return [(0.0, None, 0.0, math.inf)]
+    out = []
+    for k in range(math.ceil(duration / chunk_seconds)):
+        own_start = k * chunk_seconds
+        start = max(0.0, own_start - overlap_seconds)
+        stop = own_start + chunk_seconds + overlap_seconds
+        if stop >= duration:
+            # This window reads to the end of the file (None: no header rounding can cut the
+            # last samples), so it also owns the rest; a further window would add nothing.
+            out.append((start, None, own_start, math.inf))
+            break
+        out.append((start, stop - start, own_start, own_start + chunk_seconds))
+    return out
+
+
+def transcribe(
+    model: str | os.PathLike | ModelPackage,
+    paths: Sequence[str | os.PathLike],
+    decoder: str = "greedy",
+    lm: str | os.PathLike | None = None,
+    beam_size: int | None = None,
+    lm_weight: float | None = None,
+    word_score: float | None = None,
+    lexicon: str | os.PathLike | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+    num_threads: int | None = None,
+    progress: bool = False,
+    on_result: Callable[[TranscriptionResult], None] | None = None,
+) -> list[TranscriptionResult]:
+    """Transcribe audio files (directories are walked, see :func:`find_audio_files`).
+
+    Args:
+        model: a package path or a loaded :class:`ModelPackage`.
+        decoder, lm, beam_size, lm_weight, word_score, lexicon: see
+            :func:`asr.inference.make_decoder`.
+        chunk_seconds, overlap_seconds: long-file windowing, see :func:`plan_windows`.
+        on_result: called with each result as soon as its file is finished (failed files
+            first, then in completion order).
+
+    Returns:
+        One result per file, in file order; unreadable files have ``error`` set.
+    """
+    package = model if isinstance(model, ModelPackage) else load_package(model, device)
+    decode, _ = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
+    if package.device.type == "cpu":
+        set_threads(num_threads)
+    files = find_audio_files(paths)
+    n = len(files)
+    results: list[TranscriptionResult | None] = [None] * n
+    durations = [0.0] * n
+    errors: dict[int, str] = {}
+    words: list[list[tuple[str, float, float]]] = [[] for _ in range(n)]
+    remaining = [0] * n
+    pieces: list[_Piece] = []
+
+    def finish(i: int) -> None:
+        if i in errors:
+            r = TranscriptionResult(str(files[i]), "", [], durations[i], errors[i])
+        else:
+            ws = sorted(words[i], key=lambda w: (w[1], w[2]))
+            r = TranscriptionResult(str(files[i]), " ".join(w for w, _, _ in ws), ws, durations[i])
+        results[i] = r
+        words[i] = []
+        if on_result is not None:
+            on_result(r)
+
+    for i, f in enumerate(files):
+        try:
+            durations[i] = audio_info(f).duration
+        except AudioError as e:
+            errors[i] = e.reason
+            finish(i)
+            continue
+        for offset, dur, own_start, own_end in plan_windows(durations[i], chunk_seconds, overlap_seconds):
+            seconds = (durations[i] - offset) if dur is None else dur
+            pieces.append(_Piece(i, offset, dur, seconds, own_start, own_end))
+            remaining[i] += 1
+
+    frame_shift = package.frame_shift
+    total = sum(p.seconds for p in pieces)
+    with _progress(total, "transcribing", progress) as bar:
+        task = bar.add_task(f"transcribing {n} file(s)", total=total)
+        for batch in plan_batches([p.seconds for p in pieces], batch_size, max_batch_seconds):
+            good: list[_Piece] = []
+            waves: list[Tensor] = []
+            for p in (pieces[k] for k in batch):
+                if p.file in errors:
+                    continue
+                try:
+                    waves.append(load_audio(files[p.file], package.sample_rate, offset=p.offset, duration=p.duration))
+                    good.append(p)
+                except AudioError as e:
+                    errors[p.file] = e.reason
+            for p, hyp in _run_pieces(package, decode, good, waves, errors):
+                for word, start, end in hyp.word_times(frame_shift):
+                    start, end = start + p.offset, end + p.offset
+                    if p.own_start <= start < p.own_end:
+                        words[p.file].append((word, start, end))
+            for p in (pieces[k] for k in batch):
+                remaining[p.file] -= 1
+                if remaining[p.file] == 0:
+                    finish(p.file)
+            bar.advance(task, sum(pieces[k].seconds for k in batch))
+    return results  # type: ignore[return-value]
+
+
+def _run_pieces(
+    package: ModelPackage,
+    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
+    pieces: list[_Piece],
+    waves: list[Tensor],
+    errors: dict[int, str],
+) -> list[tuple[_Piece, Hypothesis]]:
+    """Emissions + decoding of one batch. If the batch fails (e.g. out of memory), each piece
+    is retried alone so that only the pieces that fail by themselves mark their file failed."""
+    if not pieces:
+        return []
+    try:
+        return list(zip(pieces, decode_emissions(decode, forward_batch(package, waves))))
+    except (RuntimeError, ValueError) as e:
+        if len(pieces) == 1:
+            errors[pieces[0].file] = f"inference failed: {type(e).__name__}: {e}"
+            return []
+    out = []
+    for p, w in zip(pieces, waves):
+        out.extend(_run_pieces(package, decode, [p], [w], errors))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.usage = ("asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] "
+                    "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]")
+    parser.add_argument("model", type=Path, help="model package written by `asr export`")
+    parser.add_argument("inputs", nargs="+", type=Path, help="audio files and/or directories (walked recursively)")
+    parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy", help="CTC decoder")
+    parser.add_argument("--lm", type=Path, help="KenLM model (ARPA or binary) for --decoder beam")
+    parser.add_argument("--lexicon", type=Path, help="lexicon for --decoder beam (default: from the LM vocabulary)")
+    parser.add_argument("--beam-size", type=int, help="beam width (default: asr.decoding default)")
+    parser.add_argument("--lm-weight", type=float, help="LM weight (default: tuned value beside the LM, else 0.5)")
+    parser.add_argument("--word-score", type=float, help="word insertion bonus (default: tuned value, else 0)")
+    parser.add_argument("--format", choices=("txt", "json", "srt", "vtt", "all"),
+                        help="write transcripts in this format (default txt when --out is given)")
+    parser.add_argument("--out", type=Path, help="directory for transcript files (default . when --format is given)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
+                        help="files longer than this are read in windows of this many seconds")
+    parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
+                        help="context added on each side of a window")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files/windows per batch at most")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
+    parser.add_argument("--quiet", action="store_true", help="no transcripts on stdout, no progress bar")
+
+
+def _validate(args: argparse.Namespace) -> str | None:
+    if args.decoder != "beam":
+        beam_only = [o for o in ("lm", "lexicon", "beam_size", "lm_weight", "word_score") if getattr(args, o) is not None]
+        if beam_only:
+            return f"--{beam_only[0].replace('_', '-')} needs --decoder beam"
+    if args.chunk_seconds <= 0 or args.overlap_seconds < 0:
+        return "--chunk-seconds must be > 0 and --overlap-seconds >= 0"
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        return "--batch-size and --threads must be >= 1"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device available"
+    return None
+
+
+def _print_transcript(r: TranscriptionResult, header: bool) -> None:
+    from asr.reports import format_timestamp, group_cues
+
+    if header:
+        print(f"# {r.path}")
+    if not r.words:
+        print(r.text)
+    for cue in group_cues(r.words):
+        print(f"[{format_timestamp(cue.start, '.')} --> {format_timestamp(cue.end, '.')}] {cue.text}")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _validate(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from asr.reports import WRITERS
+
+    formats = [] if args.format is None else list(WRITERS) if args.format == "all" else [args.format]
+    out_dir: Path | None = args.out
+    if out_dir is not None and not formats:
+        formats = ["txt"]
+    if formats and out_dir is None:
+        out_dir = Path(".")
+    try:
+        package = load_package(args.model, args.device)
+    except PackageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    files = find_audio_files(args.inputs)
+    if not files:
+        print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in "
+              f"{', '.join(map(str, args.inputs))}", file=sys.stderr)
+        return 1
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    used_names: dict[str, int] = {}
+
+    def on_result(r: TranscriptionResult) -> None:
+        if r.error is not None:
+            print(f"error: {r.path}: {r.error}", file=sys.stderr)
+            return
+        if not args.quiet:
+            _print_transcript(r, header=len(files) > 1)
+        if out_dir is None:
+            return
+        # Same-named files from different folders must not overwrite each other.
+        stem = Path(r.path).stem
+        used_names[stem] = used_names.get(stem, 0) + 1
+        if used_names[stem] > 1:
+            stem = f"{stem}-{used_names[stem]}"
+        for fmt in formats:
+            try:
+                WRITERS[fmt](r, out_dir / f"{stem}.{fmt}")
+            except (ValueError, OSError) as e:
+                r.error = f"writing {fmt}: {e}"
+                print(f"error: {r.path}: {r.error}", file=sys.stderr)
+
+    start = time.perf_counter()
+    try:
+        results = transcribe(
+            package, files, decoder=args.decoder, lm=args.lm, beam_size=args.beam_size,
+            lm_weight=args.lm_weight, word_score=args.word_score, lexicon=args.lexicon,
+            chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+            batch_size=args.batch_size, num_threads=args.threads, progress=not args.quiet,
+            on_result=on_result,
+        )
+    except (DecoderError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - start
+    failed = [r for r in results if r.error is not None]
+    audio = sum(r.duration for r in results if r.error is None)
+    rtf = f", RTF {wall / audio:.3f}" if audio > 0 else ""
+    print(f"transcribed {len(results) - len(failed)}/{len(results)} file(s), {audio:.1f} s of audio in "
+          f"{wall:.1f} s{rtf}" + (f"; outputs in {out_dir}" if out_dir is not None else ""), file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} file(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.path}: {r.error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,368 @@
+"""Decoders on hand-built log-probs: greedy vs beam, padding, n-best, lexicons, KenLM."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import pytest
+import torch
+
+from asr.decoding import (
+    LM_TUNE_SUFFIX,
+    LM_VOCAB_SUFFIX,
+    BeamSearchDecoder,
+    DecoderError,
+    Hypothesis,
+    WordSpan,
+    greedy_decode,
+    lm_vocabulary,
+    load_tuned_weights,
+    write_lexicon,
+)
+from asr.text import BpeTokenizer, CharTokenizer
+
+TOK = CharTokenizer("abcnostuy")  # tokens: <blank> | a b c n o s t u y
+
+
+def frames(spec: list[dict[str, float] | str], tok=TOK) -> torch.Tensor:
+    """(T, V) log-probs. Each frame is a token string ("-" = blank) taking 0.9 of the mass,
+    or a {token: prob} dict; the rest of the mass is spread unevenly (seeded) over the other
+    tokens: flashlight breaks exact score ties arbitrarily, even between two identical calls."""
+    v = len(tok.tokens)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for f in spec:
+        dist = {f: 0.9} if isinstance(f, str) else dict(f)
+        dist = {("<blank>" if k == "-" else k): p for k, p in dist.items()}
+        row = torch.rand(v, generator=gen, dtype=torch.float64) + 0.5
+        fixed = torch.tensor([tok.tokens.index(k) for k in dist])
+        row[fixed] = 0.0
+        row *= (1.0 - sum(dist.values())) / row.sum()
+        row[fixed] = torch.tensor(list(dist.values()), dtype=torch.float64)
+        rows.append(row.log())
+    return torch.stack(rows).float()
+
+
+def batch(*utts: torch.Tensor, pad_token: str = "a", tok=TOK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad with confident NON-blank frames so that reading padding would change the text."""
+    t = max(u.shape[0] for u in utts)
+    pad = frames([pad_token] * t, tok)
+    out = torch.stack([torch.cat([u, pad[: t - u.shape[0]]]) for u in utts])
+    return out, torch.tensor([u.shape[0] for u in utts])
+
+
+def arpa_unigrams(path, probs: dict[str, float]) -> str:
+    """An ARPA file that behaves as a unigram model with the given log10 probabilities.
+
+    KenLM refuses order-1 models, so it is a bigram model whose only bigrams repeat the
+    unigram probabilities after <s>."""
+    entries = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.5, **probs}
+    bigrams = {w: p for w, p in entries.items() if w != "<s>"}
+    lines = ["", "\\data\\", f"ngram 1={len(entries)}", f"ngram 2={len(bigrams)}", ""]
+    lines += ["\\1-grams:"] + [f"{p}\t{w}\t0" for w, p in entries.items()] + [""]
+    lines += ["\\2-grams:"] + [f"{p}\t<s> {w}" for w, p in bigrams.items()]
+    lines += ["", "\\end\\", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return str(path)
+
+
+# "cat|on": c c - a | o - n n  plus blanks around
+CAT_ON = ["-", "c", "c", "-", "a", "t", "|", "|", "o", "-", "n", "n", "-"]
+
+
+# --------------------------------------------------------------------------------------------
+# greedy
+
+
+def test_greedy_text_tokens_timesteps_and_words():
+    lp, lens = batch(frames(CAT_ON))
+    [h] = greedy_decode(lp, lens, TOK)
+    assert h.text == "cat on"
+    assert [TOK.tokens[i] for i in h.tokens] == ["c", "a", "t", "|", "o", "n"]
+    assert h.timesteps == [1, 4, 5, 6, 8, 10]
+    assert h.words == [WordSpan("cat", 1, 6), WordSpan("on", 8, 12)]
+    assert h.score == pytest.approx(len(CAT_ON) * math.log(0.9), rel=1e-5)
+
+
+def test_greedy_repeated_letter_needs_blank():
+    lp, lens = batch(frames(["n", "o", "o", "-", "o", "n"]))
+    assert greedy_decode(lp, lens, TOK)[0].text == "noon"
+
+
+def test_greedy_ignores_padded_frames():
+    short = frames(["-", "n", "o", "-"])
+    long = frames(CAT_ON)
+    alone = greedy_decode(*batch(short), TOK)[0]
+    lp, lens = batch(long, short)  # short is padded with 9 confident "a" frames
+    padded = greedy_decode(lp, lens, TOK)[1]
+    assert alone == padded
+    assert padded.text == "no"
+
+
+def test_greedy_zero_length_gives_empty_hypothesis():
+    lp, _ = batch(frames(CAT_ON))
+    [h] = greedy_decode(lp, torch.tensor([0]), TOK)
+    assert (h.text, h.tokens, h.timesteps, h.words, h.score) == ("", [], [], [], 0.0)
+
+
+def test_edge_delimiters_give_no_empty_words():
+    lp, lens = batch(frames(["|", "s", "o", "|", "|", "n", "o", "|"]))
+    h = greedy_decode(lp, lens, TOK)[0]
+    assert h.text == "so no"
+    assert [w.word for w in h.words] == ["so", "no"]
+
+
+def test_word_times_uses_frame_shift():
+    h = Hypothesis("cat on", [], [], 0.0, [WordSpan("cat", 1, 6), WordSpan("on", 8, 12)])
+    assert h.word_times(0.04) == [
+        ("cat", pytest.approx(0.04), pytest.approx(0.24)),
+        ("on", pytest.approx(0.32), pytest.approx(0.48)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: (torch.zeros(5, len(TOK.tokens)), torch.tensor([5])), r"\(N, T, V\)"),
+        (lambda: (torch.zeros(1, 5, 4), torch.tensor([5])), "4 classes"),
+        (lambda: (torch.zeros(2, 5, len(TOK.tokens)), torch.tensor([5])), "lengths must be"),
+        (lambda: (torch.zeros(1, 5, len(TOK.tokens)), torch.tensor([6])), r"\[0, 5\]"),
+    ],
+)
+def test_bad_inputs_raise(make, match):
+    lp, lens = make()
+    with pytest.raises(DecoderError, match=match):
+        greedy_decode(lp, lens, TOK)
+    with pytest.raises(DecoderError, match=match):
+        BeamSearchDecoder(TOK)(lp, lens)
+
+
+# --------------------------------------------------------------------------------------------
+# beam search without LM
+
+
+def test_beam_matches_greedy_on_peaky_log_probs():
+    utts = [frames(CAT_ON), frames(["-", "n", "o", "o", "-", "o", "n", "|", "s", "o", "-"])]
+    lp, lens = batch(*utts)
+    greedy = greedy_decode(lp, lens, TOK)
+    beam = BeamSearchDecoder(TOK, beam_size=10)(lp, lens)
+    for g, [b] in zip(greedy, beam, strict=True):
+        assert (b.text, b.tokens, b.timesteps, b.words) == (g.text, g.tokens, g.timesteps, g.words)
+        # No LM, no bonuses: the beam score is the best path's log-prob (max, not log-add).
+        assert b.score == pytest.approx(g.score, abs=1e-4)
+
+
+def test_beam_alone_equals_padded_in_batch():
+    short = frames(["-", "c", "-", "a", "|", "n", "o", "-"])
+    dec = BeamSearchDecoder(TOK, beam_size=8, nbest=3)
+    alone = dec(*batch(short))[0]
+    lp, lens = batch(frames(CAT_ON), short, pad_token="s")
+    padded = dec(lp, lens)[1]
+    assert [h.text for h in alone] == [h.text for h in padded]
+    assert alone == padded
+    assert alone[0].text == "ca no"
+
+
+def test_beam_accepts_float64_noncontiguous_input():
+    lp, lens = batch(frames(CAT_ON), frames(CAT_ON))
+    nc = lp.double().transpose(0, 1).contiguous().transpose(0, 1)  # (N, T, V) view, not contiguous
+    assert not nc.is_contiguous()
+    assert [h[0].text for h in BeamSearchDecoder(TOK)(nc, lens)] == ["cat on", "cat on"]
+
+
+def test_nbest_is_sorted_distinct_and_starts_with_best():
+    # Third frame is a near tie between "o" and "a": "so" (0.5) beats "sa" (0.4).
+    lp, lens = batch(frames(["-", "s", {"o": 0.5, "a": 0.4}, "-"]))
+    [hyps] = BeamSearchDecoder(TOK, beam_size=20, nbest=4)(lp, lens)
+    assert len(hyps) == 4
+    assert [h.text for h in hyps[:2]] == ["so", "sa"]
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    assert len({h.text for h in hyps}) == len(hyps)
+    assert hyps[0].text == greedy_decode(lp, lens, TOK)[0].text
+
+
+def test_beam_zero_length_gives_empty_hypothesis():
+    lp, _ = batch(frames(CAT_ON))
+    assert BeamSearchDecoder(TOK)(lp, torch.tensor([0])) == [[Hypothesis("", [], [], 0.0, [])]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"beam_threshold": 0}, "beam_threshold"),
+        ({"nbest": 0}, "nbest"),
+        ({"nbest": 5, "beam_size": 2}, "cannot exceed"),
+        ({"lm": "/nonexistent/lm.bin"}, "lm file not found"),
+        ({"lexicon": "/nonexistent/lexicon.txt"}, "lexicon file not found"),
+    ],
+)
+def test_bad_beam_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BeamSearchDecoder(TOK, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# lexicons and language models
+
+# "cut" is acoustically slightly better than "cat" (0.5 vs 0.4 on the vowel frame).
+CUT_OR_CAT = ["-", "c", {"u": 0.5, "a": 0.4}, "t", "-"]
+
+
+def test_kenlm_word_lm_changes_the_decision(tmp_path):
+    lp, lens = batch(frames(CUT_OR_CAT))
+    assert BeamSearchDecoder(TOK)(lp, lens)[0][0].text == "cut"
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {"cat": -0.1, "cut": -3.0})
+    # Word LM without a lexicon: the lexicon comes from the LM's vocabulary.
+    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+    assert dec.settings()["mode"] == "lexicon"
+    [h] = dec(lp, lens)[0]
+    assert h.text == "cat"
+    assert h.words == [WordSpan("cat", 1, 4)]
+    # The same LM with weight 0 leaves the acoustics in charge.
+    assert BeamSearchDecoder(TOK, lm=lm, lm_weight=0.0)(lp, lens)[0][0].text == "cut"
+    # And an LM that prefers "cut" keeps it.
+    lm2 = arpa_unigrams(tmp_path / "lm2.arpa", {"cat": -3.0, "cut": -0.1})
+    assert BeamSearchDecoder(TOK, lm=lm2, lm_weight=1.0)(lp, lens)[0][0].text == "cut"
+
+
+def test_lexicon_restricts_output_to_words(tmp_path):
+    lex = tmp_path / "lexicon.txt"
+    assert write_lexicon(["cat", "on", "cot"], TOK, lex) == []
+    # Acoustically "cxt" is impossible; "cut" is best but not in the lexicon.
+    lp, lens = batch(frames(CUT_OR_CAT + ["|", "o", "n", "-"]))
+    [h] = BeamSearchDecoder(TOK, lexicon=str(lex))(lp, lens)[0]
+    assert h.text == "cat on"
+    assert h.words == [WordSpan("cat", 1, 4), WordSpan("on", 6, 8)]
+    # Lexicon-mode tokens/timesteps still describe the frame path like greedy does.
+    assert [TOK.tokens[i] for i in h.tokens] == ["c", "a", "t", "|", "o", "n"]
+    assert h.timesteps == [1, 2, 3, 5, 6, 7]
+
+
+def test_lexicon_words_without_delimiter_between_them(tmp_path):
+    lex = tmp_path / "lexicon.txt"
+    write_lexicon(["so", "no"], TOK, lex)
+    # "sono" with no "|": only the lexicon can split it into two words.
+    lp, lens = batch(frames(["s", "o", "-", "n", "o", "-"]))
+    assert greedy_decode(lp, lens, TOK)[0].text == "sono"
+    [h] = BeamSearchDecoder(TOK, lexicon=str(lex))(lp, lens)[0]
+    assert h.text == "so no"
+    assert h.words == [WordSpan("so", 0, 2), WordSpan("no", 3, 5)]
+
+
+def test_token_level_lm_runs_lexicon_free(tmp_path):
+    # A character LM (vocabulary = the tokens) makes "a" after "c" far likelier than "u".
+    probs = {t: -1.0 for t in TOK.tokens[1:]}
+    probs.update({"a": -0.05, "u": -4.0})
+    lm = arpa_unigrams(tmp_path / "chars.arpa", probs)
+    lp, lens = batch(frames(CUT_OR_CAT))
+    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+    assert dec.settings()["mode"] == "lexicon-free"
+    assert dec(lp, lens)[0][0].text == "cat"
+
+
+def test_word_score_in_lexicon_free_char_mode_acts_per_delimiter():
+    # Frame 3 is a near tie between "|" (0.45) and "o" (0.5): "so|on" vs "soon"... the bonus
+    # on every "|" (= word_score in lexicon-free char decoding) flips it to two words.
+    lp, lens = batch(frames(["s", "o", "-", {"|": 0.45, "o": 0.5}, "o", "n"]))
+    assert BeamSearchDecoder(TOK)(lp, lens)[0][0].text == "soon"
+    assert BeamSearchDecoder(TOK, word_score=1.0)(lp, lens)[0][0].text == "so on"
+
+
+def test_write_lexicon_skips_unspellable_and_special_words(tmp_path):
+    lex = tmp_path / "lex.txt"
+    skipped = write_lexicon(["<s>", "cat", "cat", "", "dog", "<unk>", "no", "</s>"], TOK, lex)
+    assert skipped == ["dog"]
+    assert lex.read_text(encoding="utf-8") == "cat\tc a t\nno\tn o\n"
+    with pytest.raises(DecoderError, match="none of the 2 words"):
+        write_lexicon(["dog", "zebra"], TOK, tmp_path / "none.txt")
+
+
+def test_lm_vocabulary_reads_arpa_plain_and_gzip(tmp_path):
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {"cat": -1.0, "on": -1.0})
+    assert lm_vocabulary(lm) == ["cat", "on"]
+    gz = tmp_path / "lm.arpa.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "lm.arpa").read_bytes()))
+    assert lm_vocabulary(gz) == ["cat", "on"]
+    with pytest.raises(DecoderError, match="not an ARPA file"):
+        (tmp_path / "x.txt").write_text("hello\n")
+        lm_vocabulary(tmp_path / "x.txt")
+    with pytest.raises(DecoderError, match="cannot read language model"):
+        lm_vocabulary(tmp_path / "missing.arpa")
+
+
+def test_binary_lm_needs_vocab_side_file(tmp_path):
+    fake = tmp_path / "lm.bin"
+    fake.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0\0\0")
+    with pytest.raises(DecoderError, match=f"without its vocabulary list lm.bin{LM_VOCAB_SUFFIX}"):
+        lm_vocabulary(fake)
+    (tmp_path / f"lm.bin{LM_VOCAB_SUFFIX}").write_text("<s>\ncat\non\n</s>\n")
+    assert lm_vocabulary(fake) == ["cat", "on"]
+
+
+def test_load_tuned_weights(tmp_path):
+    lm = tmp_path / "lm.bin"
+    assert load_tuned_weights(lm) is None
+    side = tmp_path / f"lm.bin{LM_TUNE_SUFFIX}"
+    side.write_text(json.dumps({"lm_weight": 0.8, "word_score": -1, "wer": 0.1}))
+    assert load_tuned_weights(lm) == {"lm_weight": 0.8, "word_score": -1.0}
+    side.write_text("{not json")
+    with pytest.raises(DecoderError, match="malformed tuning file"):
+        load_tuned_weights(lm)
+
+
+def test_bad_lm_file_raises_decoder_error(tmp_path):
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=x\n\n\\1-grams:\n-1\tcat\n\n\\end\\\n")
+    with pytest.raises(DecoderError, match="bad.arpa"):
+        BeamSearchDecoder(TOK, lm=str(bad))
+
+
+# --------------------------------------------------------------------------------------------
+# word pieces
+
+
+@pytest.fixture(scope="module")
+def bpe() -> BpeTokenizer:
+    texts = ["the cat sat on the mat", "the cat is on the mat", "a cat and a hat"] * 20
+    return BpeTokenizer.train(texts, vocab_size=24)
+
+
+def piece_frames(tok: BpeTokenizer, text: str) -> torch.Tensor:
+    """Peaky log-probs spelling ``text`` with the tokenizer's own pieces, blank-separated."""
+    spec: list[dict[str, float] | str] = []
+    for i in tok.encode(text):
+        spec += [tok.tokens[i], "-"]
+    return frames(spec, tok)
+
+
+def test_bpe_greedy_and_beam_agree_and_split_words_at_pieces(bpe):
+    text = "the cat sat on a mat"
+    ids = bpe.encode(text)
+    assert any(not bpe.tokens[i].startswith("\u2581") for i in ids), "want a multi-piece word"
+    lp, lens = batch(piece_frames(bpe, text), pad_token="\u2581the", tok=bpe)
+    [g] = greedy_decode(lp, lens, bpe)
+    assert g.text == text
+    assert [w.word for w in g.words] == text.split()
+    assert g.words[0].start == 0 and g.words[-1].end == 2 * len(ids) - 1
+    [[b]] = BeamSearchDecoder(bpe, beam_size=10)(lp, lens)
+    assert (b.text, b.tokens, b.timesteps, b.words) == (g.text, g.tokens, g.timesteps, g.words)
+
+
+def test_bpe_with_word_lm_uses_piece_spellings(bpe, tmp_path):
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {w: -1.0 for w in "the cat sat on a mat hat".split()})
+    lp, lens = batch(piece_frames(bpe, "the cat sat on a mat"), pad_token="\u2581the", tok=bpe)
+    dec = BeamSearchDecoder(bpe, lm=lm, lm_weight=0.5, word_score=0.5)
+    assert dec.settings()["mode"] == "lexicon"
+    [h] = dec(lp, lens)[0]
+    assert h.text == "the cat sat on a mat"
+    assert [w.word for w in h.words] == h.text.split()
+    assert h.words == greedy_decode(lp, lens, bpe)[0].words
+
+
+def test_bpe_lexicon_free_refuses_word_score(bpe):
+    with pytest.raises(DecoderError, match="word_score has no effect"):
+        BeamSearchDecoder(bpe, word_score=1.0)
