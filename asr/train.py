@@ -189,6 +189,36 @@ class CTCDataModule(pl.LightningDataModule):
         return self._loader("dev", shuffle=False)
 
 
+class SamplerEpoch(pl.Callback):
+    """Reshuffle the bucketing sampler every epoch.
+
+    Lightning calls ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler``
+    but not on a custom ``batch_sampler`` itself; without this every epoch would replay the
+    first epoch's batches. Runs before the epoch's iterator is created.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        batch_sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(trainer.current_epoch)
+
+
+class EpochSummary(pl.Callback):
+    """One line per validated epoch (loss, dev WER/CER, elapsed) for logs without a progress bar."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        fmt = lambda k: f"{float(m[k]):.4f}" if k in m else "-"  # noqa: E731
+        print(f"epoch {trainer.current_epoch} step {trainer.global_step}: train/loss {fmt('train/loss')} "
+              f"val/loss {fmt('val/loss')} val_wer {fmt('val_wer')} val_cer {fmt('val_cer')} "
+              f"[{time.time() - self.start:.0f} s]", flush=True)
+
+
 def _progress(iterable, description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -227,6 +257,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
                         mode="min", save_top_k=cfg.trainer.save_top_k, save_last=True, auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
+        EpochSummary(),
+        SamplerEpoch(),
     ]
     if cfg.trainer.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val_wer", mode="min", patience=cfg.trainer.early_stopping_patience))

@@ -62,3 +62,8 @@ def test_bad_arguments():
         BucketBatchSampler(DURS, 0)
     with pytest.raises(ValueError):
         BucketBatchSampler(DURS, 10, num_replicas=2, rank=2)
+
+
+def test_tiny_dev_set_still_gives_every_rank_a_batch():
+    shards = [list(BucketBatchSampler([1.0, 1.0], 60, shuffle=False, num_replicas=2, rank=r, pad_to_replicas=False)) for r in range(2)]
+    assert all(len(s) == 1 for s in shards)

@@ -105,3 +105,36 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["epochs"] == 1
     # each rank runs half the batches (16 utts of 1.1 s, <= 8 s per batch -> 3 batches -> 2 steps per rank)
     assert summary["steps"] == 2
+
+
+def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
+    """Lightning does not call set_epoch on a custom batch_sampler: our callback must."""
+    import pytorch_lightning as pl
+
+    from asr.data.sampler import BucketBatchSampler
+    from asr.train import SamplerEpoch
+
+    seen = []
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            seen.append((self.current_epoch, batch.tolist()))
+            return (self.w * 0).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    sampler = BucketBatchSampler([1.0] * 12, max_batch_seconds=3, num_buckets=1, seed=0)
+    loader = torch.utils.data.DataLoader(list(range(12)), batch_sampler=sampler)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[SamplerEpoch()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(Module(), loader)
+    epoch0 = [b for e, b in seen if e == 0]
+    epoch1 = [b for e, b in seen if e == 1]
+    assert sorted(sum(epoch0, [])) == sorted(sum(epoch1, [])) == list(range(12))
+    assert epoch0 != epoch1

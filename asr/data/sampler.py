@@ -91,9 +91,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         if self.num_replicas == 1:
             return batches
-        if self.pad_to_replicas and batches:
+        if batches and (self.pad_to_replicas or len(batches) < self.num_replicas):
+            # Without padding a rank could get no batch at all, which Lightning refuses; a
+            # set that small then scores a few utterances twice.
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
-            batches = batches + batches[: total - len(batches)]
+            batches = (batches * self.num_replicas)[:total]
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:

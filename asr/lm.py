@@ -1,0 +1,472 @@
+"""KenLM n-gram language models: build one from text, tune its decoding weights on a dev set.
+
+``asr lm build TEXT... --order 3 --out lm.bin``
+    Normalises the text exactly like transcripts (:func:`asr.text.normalize_text`), runs
+    KenLM's ``lmplz`` (modified Kneser-Ney) and, for a ``.bin`` output, ``build_binary``.
+    A binary LM gets a ``lm.bin.vocab`` side file: KenLM binaries cannot list their words,
+    and the beam decoder builds its lexicon from them (:func:`asr.decoding.lm_vocabulary`).
+``asr lm tune MODEL DEV_MANIFEST --lm lm.bin``
+    Grid search over ``lm_weight`` x ``word_score`` by corpus WER; the best pair is saved as
+    ``lm.bin.tune.json``, which decoders pick up as their defaults
+    (:func:`asr.decoding.load_tuned_weights`).
+
+The KenLM tools are not part of the ``kenlm`` pip package; ``scripts/build_kenlm.sh``
+compiles them into ``tools/kenlm/bin`` (see :func:`find_kenlm_bin`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.decoding import (
+    LM_TUNE_SUFFIX,
+    LM_VOCAB_SUFFIX,
+    BeamSearchDecoder,
+    greedy_decode,
+    lm_vocabulary,
+)
+from asr.text import Tokenizer, normalize_text
+
+KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
+DEFAULT_LM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_BUILD_HINT = "run scripts/build_kenlm.sh (builds them into tools/kenlm/bin) or set KENLM_BIN"
+
+
+class LMError(RuntimeError):
+    """KenLM tools missing or failing, or a corpus with no usable text."""
+
+
+@dataclass(frozen=True)
+class LMBuild:
+    path: Path  # the ARPA or binary model written
+    order: int  # n-gram order
+    sentences: int  # non-empty lines after normalisation
+    words: int  # running words in the corpus
+    vocabulary: int  # distinct words in the LM (without <s>, </s>, <unk>)
+
+
+# --------------------------------------------------------------------------------------------
+# KenLM tools
+
+
+def _has_tools(d: Path, names: Sequence[str]) -> bool:
+    return all(os.access(d / n, os.X_OK) for n in names)
+
+
+def find_kenlm_bin(need: Sequence[str] = ("lmplz", "build_binary")) -> Path:
+    """Directory holding the KenLM tools ``need``.
+
+    Looks at ``$KENLM_BIN`` (an error if set but incomplete), ``./tools/kenlm/bin``, the
+    repository's ``tools/kenlm/bin``, then ``PATH``.
+
+    Raises:
+        LMError: not found; the message says how to build them.
+    """
+    env = os.environ.get(KENLM_BIN_ENV)
+    if env:
+        d = Path(env)
+        if not _has_tools(d, need):
+            raise LMError(f"{KENLM_BIN_ENV}={env} lacks {' and '.join(need)}; {_BUILD_HINT}")
+        return d
+    candidates = [Path.cwd() / "tools" / "kenlm" / "bin", _REPO_ROOT / "tools" / "kenlm" / "bin"]
+    for d in candidates:
+        if _has_tools(d, need):
+            return d
+    found = shutil.which(need[0])
+    if found and _has_tools(Path(found).parent, need):
+        return Path(found).parent
+    looked = ", ".join(str(d) for d in dict.fromkeys(candidates))
+    raise LMError(
+        f"KenLM tools {' and '.join(need)} not found (looked in {looked} and PATH); {_BUILD_HINT}"
+    )
+
+
+def _run_tool(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise LMError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def _read_texts(source: str | os.PathLike) -> Iterable[str]:
+    path = Path(source)
+    if path.suffix == ".jsonl":  # a manifest: use its transcripts
+        from asr.data.manifest import read_manifest
+
+        return [u.text for u in read_manifest(path)]
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LMError(f"{path}: cannot read text: {e}") from e
+
+
+def build_lm(
+    text: str | os.PathLike | Iterable[str],
+    order: int,
+    out_path: str | os.PathLike,
+    kenlm_bin: str | os.PathLike | None = None,
+    memory: str = "1G",
+) -> LMBuild:
+    """Estimate a word n-gram LM with KenLM.
+
+    Args:
+        text: a text file (one sentence per line) or JSONL manifest (its ``text`` fields)
+            as a str/Path, a list of such ``Path`` objects, or an iterable of sentences
+            (str items that are not Paths are sentences, never file names).
+            Everything is passed through :func:`normalize_text`; empty lines are dropped.
+        order: n-gram order, >= 2 (KenLM cannot load unigram models).
+        out_path: ``*.arpa`` (text) or ``*.bin`` (KenLM binary, loads much faster). A
+            ``.bin`` gets the ``<out>.vocab`` word list. A stale ``<out>.tune.json`` is
+            removed: tuned weights belong to the model they were tuned with.
+        kenlm_bin: directory of ``lmplz``/``build_binary``; None: :func:`find_kenlm_bin`.
+        memory: ``lmplz -S`` sorting memory (number + unit, or a percentage of RAM).
+
+    ``--discount_fallback`` is always passed: on small corpora the closed-form Kneser-Ney
+    discounts are undefined, and on large ones the flag never triggers.
+    """
+    if order < 2:
+        raise ValueError(f"order must be >= 2 (KenLM cannot load unigram models); got {order}")
+    out = Path(out_path)
+    if out.suffix not in (".arpa", ".bin"):
+        raise ValueError(f"{out}: output must end in .arpa or .bin")
+
+    if isinstance(text, (str, os.PathLike)):
+        sources: list[Iterable[str]] = [_read_texts(text)]
+        name = str(text)
+    else:
+        texts = list(text)
+        if texts and all(isinstance(t, os.PathLike) for t in texts):
+            sources, name = [_read_texts(t) for t in texts], ", ".join(map(str, texts))
+        else:
+            sources, name = [texts], "<texts>"
+    sentences = [s for src in sources for s in (normalize_text(line) for line in src) if s]
+    if not sentences:
+        raise LMError(f"{name}: no text left after normalisation")
+    words = sum(len(s.split()) for s in sentences)
+
+    tools = ("lmplz", "build_binary") if out.suffix == ".bin" else ("lmplz",)
+    bin_dir = Path(kenlm_bin) if kenlm_bin is not None else find_kenlm_bin(tools)
+    if not _has_tools(bin_dir, tools):
+        raise LMError(f"{bin_dir} lacks {' and '.join(tools)}; {_BUILD_HINT}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Temporary files next to the output: the final rename stays on one filesystem.
+    with tempfile.TemporaryDirectory(prefix=".lm-", dir=out.parent) as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+        arpa = Path(tmp) / "lm.arpa"
+        _run_tool(
+            [
+                str(bin_dir / "lmplz"),
+                "-o",
+                str(order),
+                "--discount_fallback",
+                "-S",
+                memory,
+                "-T",
+                tmp + os.sep,
+                "--text",
+                str(corpus),
+                "--arpa",
+                str(arpa),
+            ],
+            "lmplz",
+        )
+        vocab = lm_vocabulary(arpa)
+        if out.suffix == ".bin":
+            binary = Path(tmp) / "lm.bin"
+            _run_tool([str(bin_dir / "build_binary"), str(arpa), str(binary)], "build_binary")
+            Path(tmp, "vocab").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+            os.replace(Path(tmp, "vocab"), str(out) + LM_VOCAB_SUFFIX)
+            os.replace(binary, out)
+        else:
+            os.replace(arpa, out)
+    Path(str(out) + LM_TUNE_SUFFIX).unlink(missing_ok=True)
+    return LMBuild(out, order, len(sentences), words, len(vocab))
+
+
+# --------------------------------------------------------------------------------------------
+# tuning
+
+
+def _decode_all(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
+    texts: list[str] = []
+    for s in range(0, len(emissions), batch):
+        group = list(emissions[s : s + batch])
+        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
+        padded = torch.nn.utils.rnn.pad_sequence(group, batch_first=True)  # (n, T, V)
+        for h in decode(padded, lens):
+            texts.append(h[0].text if isinstance(h, list) else h.text)
+    return texts
+
+
+def tune_lm(
+    emissions: Sequence[Tensor],
+    refs: Sequence[str],
+    tokenizer: Tokenizer,
+    lm_path: str | os.PathLike,
+    lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS,
+    word_scores: Sequence[float] = DEFAULT_WORD_SCORES,
+    beam_size: int = 50,
+    beam_threshold: float = 25.0,
+    lexicon: str | os.PathLike | None = None,
+    save: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Grid-search LM weight and word insertion score by corpus WER on a dev set.
+
+    Args:
+        emissions: [(T_i, V)] log-probs of the dev utterances (a (0, V) tensor decodes to "").
+        refs: their reference transcripts (normalised here).
+        lm_path, lexicon, beam_size, beam_threshold: as for :class:`BeamSearchDecoder`.
+        save: also write the result to ``<lm_path>.tune.json``.
+
+    Returns:
+        ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
+        tie, so list the preferred values first), ``"grid"`` with every point's WER,
+        ``"greedy_wer"`` for reference, and the settings used.
+    """
+    from asr.metrics import score_corpus
+
+    if len(emissions) != len(refs):
+        raise ValueError(f"{len(emissions)} emissions but {len(refs)} references")
+    if not emissions:
+        raise ValueError("cannot tune on an empty dev set")
+    if not lm_weights or not word_scores:
+        raise ValueError("lm_weights and word_scores must each have at least one value")
+    v = len(tokenizer.tokens)
+    for i, e in enumerate(emissions):
+        if e.ndim != 2 or e.shape[1] != v:
+            raise ValueError(f"emissions[{i}] must be (T, {v}); got {tuple(e.shape)}")
+    emissions = [e.detach().float().cpu() for e in emissions]
+    refs = [normalize_text(r) for r in refs]
+
+    greedy = _decode_all(lambda lp, lens: greedy_decode(lp, lens, tokenizer), emissions)
+    greedy_wer = score_corpus(refs, greedy).wer
+    points = [(float(w), float(s)) for w in lm_weights for s in word_scores]
+    grid: list[dict[str, float]] = []
+    settings: dict[str, Any] = {}
+
+    def run_point(w: float, s: float) -> None:
+        dec = BeamSearchDecoder(
+            tokenizer,
+            beam_size=beam_size,
+            beam_threshold=beam_threshold,
+            lm=str(lm_path),
+            lexicon=None if lexicon is None else str(lexicon),
+            lm_weight=w,
+            word_score=s,
+        )
+        settings.update(dec.settings())
+        wer = score_corpus(refs, _decode_all(dec, emissions)).wer
+        grid.append({"lm_weight": w, "word_score": s, "wer": wer})
+
+    if progress:
+        from rich.progress import track
+
+        for w, s in track(points, description="tuning LM weights", transient=True):
+            run_point(w, s)
+    else:
+        for w, s in points:
+            run_point(w, s)
+
+    best = min(grid, key=lambda g: g["wer"])  # min() keeps the first of equal WERs
+    result: dict[str, Any] = {
+        **best,
+        "greedy_wer": greedy_wer,
+        "lm": str(Path(lm_path).resolve()),
+        "mode": settings.get("mode"),
+        "beam_size": beam_size,
+        "beam_threshold": beam_threshold,
+        "utterances": len(refs),
+        "grid": grid,
+    }
+    if save:
+        side = Path(str(lm_path) + LM_TUNE_SUFFIX)
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, side)
+        result["saved_to"] = str(side)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _float_list(s: str) -> list[float]:
+    try:
+        vals = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+    if not vals or not all(math.isfinite(x) for x in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {s!r}")
+    return vals
+
+
+def _order(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"order must be an integer, got {s!r}") from e
+    if n < 2:
+        raise argparse.ArgumentTypeError(
+            f"order must be >= 2 (KenLM cannot load unigram models), got {n}"
+        )
+    return n
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="lm_command", metavar="SUBCOMMAND", required=True)
+
+    b = sub.add_parser(
+        "build",
+        help="estimate an n-gram LM from text with KenLM",
+        description="Estimate a word n-gram LM (modified Kneser-Ney) with KenLM.",
+    )
+    b.add_argument(
+        "text",
+        nargs="+",
+        type=Path,
+        help="text file(s), one sentence per line, or JSONL manifest(s)",
+    )
+    b.add_argument("--order", type=_order, default=3, help="n-gram order (default 3)")
+    b.add_argument("--out", type=Path, required=True, help="output model: *.arpa or *.bin")
+    b.add_argument("--memory", default="1G", help="lmplz sorting memory (default 1G)")
+    b.add_argument("--kenlm-bin", type=Path, help="directory of lmplz/build_binary")
+
+    t = sub.add_parser(
+        "tune",
+        help="grid-search LM weight and word score on a dev set",
+        description="Grid-search lm_weight x word_score by corpus WER; saves "
+        "the best to <LM>.tune.json, used as the decoding defaults.",
+    )
+    t.add_argument("model", type=Path, help="model package")
+    t.add_argument("manifest", type=Path, help="dev manifest (JSONL)")
+    t.add_argument("--lm", type=Path, required=True, help="KenLM model (ARPA or binary)")
+    t.add_argument("--lexicon", type=Path, help="lexicon file (default: from the LM vocabulary)")
+    t.add_argument(
+        "--lm-weights",
+        type=_float_list,
+        default=list(DEFAULT_LM_WEIGHTS),
+        help="comma-separated grid (default %(default)s)",
+    )
+    t.add_argument(
+        "--word-scores",
+        type=_float_list,
+        default=list(DEFAULT_WORD_SCORES),
+        help="comma-separated grid (default %(default)s); negatives: --word-scores=-1,0,1",
+    )
+    t.add_argument("--beam-size", type=int, default=50, help="beam width (default 50)")
+    t.add_argument(
+        "--beam-threshold", type=float, default=25.0, help="pruning threshold (default 25)"
+    )
+    t.add_argument("--device", default="cpu", help="device for the acoustic model (default cpu)")
+    t.add_argument("--no-save", action="store_true", help="do not write <LM>.tune.json")
+    parser.set_defaults(_lm_parser=parser)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    text: Any = args.text[0] if len(args.text) == 1 else list(args.text)
+    try:
+        info = build_lm(text, args.order, args.out, kenlm_bin=args.kenlm_bin, memory=args.memory)
+    except (LMError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {info.path}: order {info.order}, {info.vocabulary} words in the vocabulary, "
+        f"trained on {info.sentences} sentences / {info.words} words"
+    )
+    return 0
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    if args.beam_size < 1:
+        args._lm_parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
+    if not args.lm.is_file():
+        print(f"error: {args.lm}: language model not found", file=sys.stderr)
+        return 1
+    # Imported here: loading a model needs the whole model stack, building an LM does not.
+    from asr.checkpoint import load_package
+    from asr.inference import emissions_for_manifest
+
+    failed: dict[str, str] = {}
+    try:
+        package = load_package(args.model, device=args.device)
+        ems, utts = emissions_for_manifest(package, args.manifest, failed=failed)
+        result = tune_lm(
+            ems,
+            [u.text for u in utts],
+            package.tokenizer,
+            args.lm,
+            lm_weights=args.lm_weights,
+            word_scores=args.word_scores,
+            beam_size=args.beam_size,
+            beam_threshold=args.beam_threshold,
+            lexicon=args.lexicon,
+            save=not args.no_save,
+            progress=True,
+        )
+    except (ValueError, OSError, LMError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{'lm_weight':>9} {'word_score':>10} {'WER':>7}")
+    for g in result["grid"]:
+        mark = (
+            " *"
+            if (g["lm_weight"], g["word_score"]) == (result["lm_weight"], result["word_score"])
+            else ""
+        )
+        print(f"{g['lm_weight']:>9g} {g['word_score']:>10g} {100 * g['wer']:>6.2f}%{mark}")
+    print(
+        f"best: lm_weight={result['lm_weight']:g} word_score={result['word_score']:g} "
+        f"WER {100 * result['wer']:.2f}% (greedy {100 * result['greedy_wer']:.2f}%, "
+        f"{result['utterances']} utterances, {result['mode']})"
+    )
+    if "saved_to" in result:
+        print(f"saved to {result['saved_to']}")
+    if failed:
+        print(
+            f"error: {len(failed)} utterance(s) had unreadable audio and were scored as empty "
+            "hypotheses",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lm_command == "build":
+        return _run_build(args)
+    return _run_tune(args)
+
+
+__all__ = [
+    "DEFAULT_LM_WEIGHTS",
+    "DEFAULT_WORD_SCORES",
+    "LMBuild",
+    "LMError",
+    "build_lm",
+    "find_kenlm_bin",
+    "tune_lm",
+]
