@@ -243,9 +243,10 @@ def export(
 
     Args:
         ckpts: checkpoint files and/or experiment directories. A directory contributes its
-            best checkpoint, or its ``average`` best when ``average`` is an int.
+            best checkpoint by dev WER; with ``average=True`` all its ranked checkpoints
+            (not last.ckpt); with ``average=N`` its N best.
         out: the package file to write (parent directories are created).
-        average: False: exactly one checkpoint is expected. True: average all given.
+        average: False: exactly one checkpoint is expected. True: average all of them.
             N (int >= 1): average the N best of each directory (and all given files).
         int8: mark the package for dynamic int8 quantisation (applied at load time, CPU).
         torchscript: also write ``out.with_suffix(".ts")`` (traced, dynamic batch/time).
@@ -255,9 +256,14 @@ def export(
     Returns:
         The package path.
     """
-    n_best = int(average) if not isinstance(average, bool) else 1
-    if not isinstance(average, bool) and n_best < 1:
-        raise CheckpointError(f"--average must be >= 1 (is {average})")
+    if average is False:
+        n_best = 1
+    elif average is True:
+        n_best = sys.maxsize  # every ranked checkpoint of a directory (save_top_k of them)
+    else:
+        n_best = int(average)
+        if n_best < 1:
+            raise CheckpointError(f"--average must be >= 1 (is {average})")
     paths = resolve_checkpoints(ckpts, n_best)
     if not paths:
         raise CheckpointError("no checkpoints given")
@@ -539,8 +545,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Lightning checkpoints, or experiment directories (their best checkpoint by dev WER)")
     parser.add_argument("--out", required=True, type=Path, help="model package file to write, e.g. model.asr")
     parser.add_argument("--average", nargs="?", type=int, const=0, default=None, metavar="N",
-                        help="average the weights of all given checkpoints; with N, of the N best of each "
-                             "experiment directory")
+                        help="average the weights of the checkpoints (of an experiment directory: all its "
+                             "ranked checkpoints, or with N its N best by dev WER)")
     parser.add_argument("--int8", action="store_true", help="quantise LSTM/GRU/Linear to int8 at load (CPU)")
     parser.add_argument("--torchscript", action="store_true", help="also write MODEL.ts (TorchScript)")
     parser.add_argument("--onnx", action="store_true", help="also write MODEL.onnx")

@@ -95,8 +95,12 @@ def forward_batch(package: ModelPackage, waves: Sequence[Tensor]) -> list[Tensor
     return [log_probs[i, : int(n)].clone() for i, n in enumerate(out_lens.tolist())]
 
 
-def _progress(total: float, description: str, enabled: bool):
-    """A rich progress bar on stderr (stdout stays clean for transcripts), or a no-op."""
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr, or a no-op when not ``enabled``.
+
+    stdout is only redirected through the bar when it is a terminal: a transcript piped to
+    a file must stay on stdout, not be re-routed to the bar's stderr console.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -110,6 +114,7 @@ def _progress(total: float, description: str, enabled: bool):
         TextColumn("[progress.description]{task.description}"), BarColumn(),
         TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"), TimeElapsedColumn(),
         TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled,
+        redirect_stdout=sys.stdout.isatty(),
     )
 
 
@@ -136,7 +141,7 @@ def emissions(
     sr = package.sample_rate
     durations = [w.numel() / sr for w in waves]
     out: list[Tensor | None] = [None] * len(waves)
-    with _progress(sum(durations), "inference", progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("inference", total=sum(durations))
         for batch in plan_batches(durations, batch_size, max_batch_seconds):
             for i, e in zip(batch, forward_batch(package, [waves[i] for i in batch])):
@@ -171,7 +176,7 @@ def emissions_for_manifest(
     vocab = package.tokenizer.vocab_size
     out: list[Tensor | None] = [None] * len(utts)
     total = sum(u.duration for u in utts)
-    with _progress(total, f"inference {Path(manifest_path).name}", progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"inference {Path(manifest_path).name}", total=total)
         for batch in plan_batches([u.duration for u in utts], batch_size, max_batch_seconds):
             good, waves = [], []

@@ -39,11 +39,11 @@ from asr.decoding import DecoderError, Hypothesis
 from asr.inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCH_SECONDS,
-    _progress,
     decode_emissions,
     forward_batch,
     make_decoder,
     plan_batches,
+    progress_bar,
     set_threads,
 )
 
@@ -200,7 +200,7 @@ def transcribe(
 
     frame_shift = package.frame_shift
     total = sum(p.seconds for p in pieces)
-    with _progress(total, "transcribing", progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"transcribing {n} file(s)", total=total)
         for batch in plan_batches([p.seconds for p in pieces], batch_size, max_batch_seconds):
             good: list[_Piece] = []

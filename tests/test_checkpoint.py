@@ -148,6 +148,11 @@ def test_experiment_dir_uses_its_best_checkpoints(tmp_path):
     want = (tiny_model(cfg, 1).output.weight + tiny_model(cfg, 2).output.weight) / 2
     torch.testing.assert_close(two.model.output.weight, want, rtol=0, atol=1e-6)
 
+    # --average without N: every ranked checkpoint of the directory, never last.ckpt.
+    assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "all.asr"), "--average"]) == 0
+    names = [Path(s["path"]).name for s in load_package(tmp_path / "all.asr").info["source_checkpoints"]]
+    assert names == ["epoch001-wer0.2000.ckpt", "epoch002-wer0.3000.ckpt", "epoch000-wer0.5000.ckpt"]
+
 
 def test_cli_export_errors_exit_nonzero(tmp_path, capsys):
     cfg = tiny_config()

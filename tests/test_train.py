@@ -138,3 +138,31 @@ def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
     epoch1 = [b for e, b in seen if e == 1]
     assert sorted(sum(epoch0, [])) == sorted(sum(epoch1, [])) == list(range(12))
     assert epoch0 != epoch1
+
+
+def test_nonfinite_loss_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    from asr.config import load_config
+    from asr.train import CTCModule, train
+
+    train_m, dev_m = make_corpus(tmp_path)
+    real = CTCModule.ctc_loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        loss, lp, lens = real(self, batch)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return loss * float("nan"), lp, lens
+        return loss, lp, lens
+
+    monkeypatch.setattr(CTCModule, "ctc_loss", poisoned)
+    cfg = load_config(ROOT / "conf" / "yesno.yaml", [
+        f"exp_dir={tmp_path / 'exp'}", f"data.train_manifest={train_m}", f"data.dev_manifest={dev_m}",
+        "model.hidden=8", "model.num_layers=1", "trainer.max_epochs=1", "trainer.progress_bar=false",
+        "data.max_batch_seconds=8", "trainer.threads=1"])
+    summary = train(cfg)
+    assert summary["skipped_steps_nonfinite"] == 1
+    assert calls["n"] >= 3  # training went on past the poisoned batch
+    ckpt = torch.load(summary["last_checkpoint"], weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

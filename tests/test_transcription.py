@@ -302,3 +302,45 @@ def test_long_file_windows_neither_lose_nor_duplicate_words_at_seams(long_file, 
         assert s == pytest.approx(t0, abs=0.03)
         assert (w, s, e) == (w2, pytest.approx(s2, abs=1e-6), pytest.approx(e2, abs=1e-6))
     assert chunked.duration == pytest.approx(120.0)
+
+
+BIGRAM_ARPA = """\\data\\
+ngram 1=6
+ngram 2=3
+
+\\1-grams:
+-2.0\t<unk>\t0
+-99\t<s>\t-0.3
+-0.7\t</s>\t0
+-0.7\tabc\t-0.3
+-0.7\thgf\t-0.3
+-0.7\tfed\t-0.3
+
+\\2-grams:
+-0.2\t<s> abc
+-0.2\tabc hgf
+-0.2\thgf </s>
+
+\\end\\
+"""
+
+
+def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
+    from asr.inference import make_decoder
+
+    lm = tmp_path / "lm.arpa"
+    lm.write_text(BIGRAM_ARPA)
+    (tmp_path / "lm.arpa.tune.json").write_text(json.dumps({"lm_weight": 0.3, "word_score": 1.0}))
+    pkg = tone_package()
+    _, settings = make_decoder(pkg, "beam", lm=lm, beam_size=8)
+    assert settings["mode"] == "lexicon" and settings["lm_weight"] == 0.3 and settings["word_score"] == 1.0
+    assert settings["beam_size"] == 8
+    _, settings = make_decoder(pkg, "beam", lm=lm, lm_weight=0.1)
+    assert settings["lm_weight"] == 0.1 and settings["word_score"] == 1.0  # explicit value wins
+
+    path = tmp_path / "short.wav"
+    sf.write(path, tone_audio([("abc", 0.2), ("hgf", 1.0)], 2.0), SR)
+    (r,) = transcribe(pkg, [path], decoder="beam", lm=lm)
+    assert r.text == "abc hgf"
+    assert [w for w, _, _ in r.words] == ["abc", "hgf"]
+    assert r.words[1][1] == pytest.approx(1.0, abs=0.03)
