@@ -12,13 +12,13 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,export]"
 	touch $@
 
 setup: $(VENV)/.installed
 	@# Re-point the editable install at this checkout (cheap; matters when VENV is shared).
 	@$(PY) -m pip install -q --no-deps -e . >/dev/null
-	@bash scripts/build_kenlm.sh >/dev/null || echo "warning: KenLM tools not built; LM features unavailable"
+	@PYTHON=$(PY) bash scripts/build_kenlm.sh >/dev/null || echo "warning: KenLM tools not built; LM features unavailable"
 
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh

