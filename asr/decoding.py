@@ -49,9 +49,9 @@ LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score f
 _LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
 _KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
 # Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
-# mode). Finite on purpose: flashlight prunes with `score > best - beam_threshold`, which is
-# false for -inf everywhere, so an utterance whose path cannot end at a word would lose all of
-# its hypotheses instead of keeping its (heavily penalised) best ones.
+# mode). Finite on purpose: when no hypothesis can end a word by then, flashlight keeps
+# unfinished ones whose closing frame took one of these tokens; with -inf their score would
+# be -inf (NaN once the closing frame's share is taken back out), with -1e4 it stays exact.
 _CLOSING_FRAME_LOG_PROB = -1.0e4
 
 

@@ -242,15 +242,109 @@ def test_lexicon_restricts_output_to_words(tmp_path):
     assert h.timesteps == [1, 2, 3, 5, 6, 7]
 
 
-def test_lexicon_words_without_delimiter_between_them(tmp_path):
+def test_lexicon_words_need_a_delimiter_between_them(tmp_path):
     lex = tmp_path / "lexicon.txt"
     write_lexicon(["so", "no"], TOK, lex)
-    # "sono" with no "|": only the lexicon can split it into two words.
+    # "sono" with no "|": lexicon words end with "|" (as the model was trained to emit
+    # between words), so the search pays for one on the cheapest frame, the blank at 2.
     lp, lens = batch(frames(["s", "o", "-", "n", "o", "-"]))
-    assert greedy_decode(lp, lens, TOK)[0].text == "sono"
+    g = greedy_decode(lp, lens, TOK)[0]
+    assert g.text == "sono"
     [h] = BeamSearchDecoder(TOK, lexicon=str(lex))(lp, lens)[0]
     assert h.text == "so no"
+    assert [TOK.tokens[i] for i in h.tokens] == ["s", "o", "|", "n", "o"]
     assert h.words == [WordSpan("so", 0, 2), WordSpan("no", 3, 5)]
+    assert h.score == pytest.approx(g.score - lp[0, 2, 0].item() + lp[0, 2, 1].item(), abs=1e-4)
+
+
+# "cat" with its "t" held over three frames, then "on" with "n" held to the last frame.
+HELD = ["-", "c", "a", "t", "t", "t", "|", "o", "n", "n"]
+
+
+def test_lexicon_word_may_hold_its_last_character(tmp_path):
+    # Regression (see tests/regressions/test_lexicon_repeats.py): flashlight could not stay
+    # on a word's last character once the word was complete; now lexicon search follows the
+    # best path exactly like greedy, and nothing points at the synthetic closing frame.
+    lex = tmp_path / "lexicon.txt"
+    write_lexicon(["cat", "on"], TOK, lex)
+    lp, lens = batch(frames(HELD))
+    [g] = greedy_decode(lp, lens, TOK)
+    [h] = BeamSearchDecoder(TOK, lexicon=str(lex))(lp, lens)[0]
+    assert (h.text, h.tokens, h.timesteps, h.words) == (g.text, g.tokens, g.timesteps, g.words)
+    assert h.words == [WordSpan("cat", 1, 6), WordSpan("on", 7, 10)]
+    assert h.score == pytest.approx(g.score, abs=1e-4)
+
+
+def test_lexicon_alone_equals_padded_in_batch(tmp_path):
+    # The closing frame goes at each utterance's own length: into padding for the short
+    # one, past the padded length for the longest; padding is still never read.
+    lex = tmp_path / "lexicon.txt"
+    write_lexicon(["cat", "on", "no", "so"], TOK, lex)
+    dec = BeamSearchDecoder(TOK, lexicon=str(lex), beam_size=8, nbest=2)
+    short = frames(["-", "n", "o", "o", "-"])
+    alone = dec(*batch(short))[0]
+    lp, lens = batch(frames(HELD), short, pad_token="s")
+    both = dec(lp, lens)
+    assert both[1] == alone
+    assert alone[0].text == "no" and alone[0].words == [WordSpan("no", 1, 4)]
+    assert both[0][0].text == "cat on"
+
+
+def test_lexicon_score_excludes_the_closing_frame(tmp_path):
+    lex = tmp_path / "lexicon.txt"
+    write_lexicon(["cat", "on"], TOK, lex)
+    # One real "|": sil_score is earned once; the closing "|" (and its bonus) is not counted.
+    lp, lens = batch(frames(["-", "c", "a", "t", "|", "o", "n", "-"]))
+    g = greedy_decode(lp, lens, TOK)[0]
+    for sil in (0.0, 1.5):
+        [h] = BeamSearchDecoder(TOK, lexicon=str(lex), sil_score=sil)(lp, lens)[0]
+        assert h.text == "cat on"
+        assert h.score == pytest.approx(g.score + sil, abs=1e-4)
+    # Only blanks: no word, empty text, the path's own score.
+    lp, lens = batch(frames(["-", "-", "-"]))
+    [h] = BeamSearchDecoder(TOK, lexicon=str(lex), sil_score=1.5)(lp, lens)[0]
+    assert (h.text, h.tokens, h.words) == ("", [], [])
+    assert h.score == pytest.approx(greedy_decode(lp, lens, TOK)[0].score, abs=1e-4)
+
+
+def test_lexicon_path_that_cannot_end_a_word_keeps_a_finite_score(tmp_path):
+    # "c a" certain (every other token -100: more than the beam threshold below it), so no
+    # hypothesis can finish "cat" before the closing frame. Flashlight keeps unfinished ones;
+    # the closing frame's (finite) penalty is taken back out, leaving the path's own score.
+    tok = CharTokenizer("act")
+    lex = tmp_path / "lexicon.txt"
+    write_lexicon(["cat"], tok, lex)
+    path = torch.tensor([tok.tokens.index(c) for c in "ca"])
+    lp = (torch.nn.functional.one_hot(path, len(tok.tokens)).float() - 1)[None] * 100
+    [[h]] = BeamSearchDecoder(tok, lexicon=str(lex), beam_size=5)(lp, torch.tensor([2]))
+    assert (h.text, h.words) == ("", [])
+    assert h.score == 0.0
+
+
+def test_given_lexicon_gets_trailing_delimiters(tmp_path):
+    # Spellings with and without the trailing "|" both work (flashlight's own lexicons have
+    # it; ours did not); an entry listed both ways counts once.
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text("cat\tc a t\ncat c a t |\n\non\to n |\n", encoding="utf-8")
+    lp, lens = batch(frames(HELD))
+    [hyps] = BeamSearchDecoder(TOK, lexicon=str(lex), beam_size=10, nbest=3)(lp, lens)
+    assert hyps[0].text == "cat on"
+    assert hyps[0].words == greedy_decode(lp, lens, TOK)[0].words
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("cat\tc a t\nzoo\tz o o\n", r"lexicon.txt:2: spelling of 'zoo' uses tokens .*\['z'\]"),
+        ("cat\tc a t\non\n", r"lexicon.txt:2: word 'on' has no spelling"),
+        ("\n\n", r"lexicon.txt: lexicon has no entries"),
+    ],
+)
+def test_bad_lexicon_raises(tmp_path, content, match):
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text(content, encoding="utf-8")
+    with pytest.raises(DecoderError, match=match):
+        BeamSearchDecoder(TOK, lexicon=str(lex))
 
 
 def test_token_level_lm_runs_lexicon_free(tmp_path):
@@ -276,7 +370,7 @@ def test_write_lexicon_skips_unspellable_and_special_words(tmp_path):
     lex = tmp_path / "lex.txt"
     skipped = write_lexicon(["<s>", "cat", "cat", "", "dog", "<unk>", "no", "</s>"], TOK, lex)
     assert skipped == ["dog"]
-    assert lex.read_text(encoding="utf-8") == "cat\tc a t\nno\tn o\n"
+    assert lex.read_text(encoding="utf-8") == "cat\tc a t |\nno\tn o |\n"
     with pytest.raises(DecoderError, match="none of the 2 words"):
         write_lexicon(["dog", "zebra"], TOK, tmp_path / "none.txt")
 
@@ -361,6 +455,33 @@ def test_bpe_with_word_lm_uses_piece_spellings(bpe, tmp_path):
     assert h.text == "the cat sat on a mat"
     assert [w.word for w in h.words] == h.text.split()
     assert h.words == greedy_decode(lp, lens, bpe)[0].words
+
+
+def test_bpe_lexicon_has_no_delimiter_token(bpe, tmp_path):
+    # Word pieces mark a word's START ("▁cat"); nothing is appended after the last piece,
+    # and no closing frame is needed (this is the unchanged BPE lexicon path).
+    lex = tmp_path / "lex.txt"
+    write_lexicon(["the", "cat"], bpe, lex)
+    lines = lex.read_text(encoding="utf-8").splitlines()
+    assert lines == [
+        w + "\t" + " ".join(bpe.tokens[i] for i in bpe.encode(w)) for w in ("the", "cat")
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="flashlight's lexicon search cannot hold a word's last piece over several frames "
+    "(the root only repeats the silence token); chars are fixed with a trailing '|', pieces "
+    "have no delimiter token",
+)
+def test_bpe_lexicon_word_may_hold_its_last_piece(bpe, tmp_path):
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {w: -1.0 for w in "the cat sat on a mat hat".split()})
+    spec: list[dict[str, float] | str] = []
+    for i in bpe.encode("the cat"):
+        spec += [bpe.tokens[i], bpe.tokens[i], "-"]
+    lp, lens = batch(frames(spec, bpe), pad_token="\u2581the", tok=bpe)
+    [h] = BeamSearchDecoder(bpe, lm=lm, lm_weight=0.0)(lp, lens)[0]
+    assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat"
 
 
 def test_bpe_lexicon_free_refuses_word_score(bpe):

@@ -337,9 +337,7 @@ def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
     lm = tmp_path / "lm.arpa"
     lm.write_text(BIGRAM_ARPA)
     (tmp_path / "lm.arpa.tune.json").write_text(json.dumps({"lm_weight": 0.3, "word_score": 1.0}))
-    # Peaky emissions: flashlight's lexicon decoder mis-handles a word's last character held
-    # over several frames (reported to asr.decoding's owner), which a trained model rarely emits.
-    pkg = tone_package(peaky=True)
+    pkg = tone_package()
     _, settings = make_decoder(pkg, "beam", lm=lm, beam_size=8)
     assert settings["mode"] == "lexicon" and settings["lm_weight"] == 0.3 and settings["word_score"] == 1.0
     assert settings["beam_size"] == 8
