@@ -58,6 +58,7 @@ from asr.data.corpora import (
     RawItem,
     get_corpus,
 )
+from asr.data.dataset import ctc_min_frames  # one definition: text or token ids alike
 from asr.data.download import DownloadError
 from asr.data.manifest import Utterance, write_manifest
 from asr.text import normalize_text
@@ -222,16 +223,6 @@ def carve_dev(
 
 
 # ---------------------------------------------------------------------------- validation
-
-
-def ctc_min_frames(text: str) -> int:
-    """Fewest CTC frames that can emit ``text`` as characters.
-
-    One frame per character (a space counts: it is the word separator token) plus one blank
-    between two equal consecutive characters, without which CTC would merge them.
-    """
-    repeats = sum(1 for a, b in zip(text, text[1:], strict=False) if a == b)
-    return len(text) + repeats
 
 
 def _init_worker() -> None:
