@@ -56,15 +56,20 @@ def main() -> None:
         m = AcousticModel(cfg.model, cfg.features.n_mels, tok.vocab_size).train()
         sampler = BucketBatchSampler(ds.durations, cfg.data.max_batch_seconds, cfg.data.max_batch_size,
                                      cfg.data.num_buckets, bucketing=bucketing, seed=0)
-        runs[name] = {"model": m, "opt": torch.optim.AdamW(m.parameters(), 1e-3), "batches": iter(list(sampler)),
+        runs[name] = {"model": m, "opt": torch.optim.AdamW(m.parameters(), 1e-3), "sampler": sampler,
+                      "batches": iter(list(sampler)), "epoch": 0,
                       "eff": sampler.padding_efficiency(), "audio": 0.0, "time": 0.0, "steps": 0}
     # Alternate single steps between the two samplers until each has had its time budget.
     while any(r["time"] < args.seconds for r in runs.values()):
         for r in runs.values():
-            b = next(r["batches"], None)
-            if b is None or r["time"] >= args.seconds:
-                r["time"] = max(r["time"], args.seconds)
+            if r["time"] >= args.seconds:
                 continue
+            b = next(r["batches"], None)
+            if b is None:  # next epoch: reshuffled batches
+                r["epoch"] += 1
+                r["sampler"].set_epoch(r["epoch"])
+                r["batches"] = iter(list(r["sampler"]))
+                b = next(r["batches"])
             batch = collate([ds[i] for i in b])
             t0 = time.perf_counter()
             lp, out = r["model"](batch.feats, batch.feat_lens)
