@@ -1,0 +1,220 @@
+# shellcheck shell=bash
+# Shared helpers for recipes/<corpus>/run.sh; sourced, not run.
+#
+# A recipe is a list of numbered stages. Each stage is re-runnable: every step inside it
+# names the file it produces and is skipped when that file already exists (--force redoes
+# it), so an interrupted run continues where it stopped and a finished one costs nothing.
+#
+#   parse_recipe_args CORPUS "$@"     sets STAGE STOP_STAGE FORCE DATA MANIFESTS EXP AVERAGE
+#                                     BEAM_SIZE OVERRIDES (key=value for `asr train`)
+#   stage N "what"                    true when N is in [STAGE, STOP_STAGE]; prints a header
+#   step OUTPUT CMD...                runs CMD unless OUTPUT exists (or --force); echoes CMD
+#   have_kenlm                        true when `asr lm build` can find lmplz/build_binary
+#   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
+#   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage CORPUS
+#
+# The recipe runs from the repository root whatever the caller's working directory, so
+# conf/, data/ and exp/ mean the same thing everywhere; paths given as options are made
+# absolute first.
+
+set -euo pipefail
+
+ASR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The toolkit's CLI and the Python it runs on (helpers import asr). Override with ASR=...
+ASR="${ASR:-$(command -v asr || true)}"
+if [[ -z "$ASR" && -x "$ASR_ROOT/.venv/bin/asr" ]]; then ASR="$ASR_ROOT/.venv/bin/asr"; fi
+if [[ -z "$ASR" ]]; then
+  echo "error: no 'asr' command on PATH (activate the virtualenv or run 'make setup')" >&2
+  exit 2
+fi
+PYTHON="${PYTHON:-$(dirname "$ASR")/python}"
+[[ -x "$PYTHON" ]] || PYTHON="$(command -v python3)"
+
+_abspath() {  # _abspath PATH: absolute form of PATH as seen from the caller's directory
+  case "$1" in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s/%s\n' "$CALLER_PWD" "$1" ;;
+  esac
+}
+
+recipe_usage() {
+  cat <<EOF
+usage: recipes/$1/run.sh [--stage N] [--stop-stage M] [--force] [--data DIR]
+                         [--manifests DIR] [--exp DIR] [--average N] [--beam-size N]
+                         [key=value ...]
+
+Stages: 0 prepare, 1 train, 2 export, 3 LM (build + tune on dev), 4 evaluate
+greedy / beam / beam+LM on dev and test, 5 transcribe examples, 6 results table.
+A stage skips each output that already exists; --force redoes them.
+
+  --stage N        first stage to run (default 0)
+  --stop-stage M   last stage to run (default 6)
+  --force          redo the selected stages even where their outputs exist
+  --data DIR       corpus as published (default ${ASR_DATA_DIR:-../shared/data}/$1,
+                   from the repository root)
+  --manifests DIR  where prepared manifests go (default data/$1)
+  --exp DIR        experiment directory (default exp/$1)
+  --average N      average the N best checkpoints at export (default $AVERAGE)
+  --beam-size N    beam width for the beam decoders (default: the toolkit's)
+  key=value        overrides for 'asr train', e.g. trainer.max_epochs=5 trainer.threads=1
+EOF
+}
+
+# The variables set here are the recipes' interface (read by run.sh, not in this file).
+# shellcheck disable=SC2034
+parse_recipe_args() {  # parse_recipe_args CORPUS "$@"
+  local corpus=$1
+  shift
+  CALLER_PWD="$PWD"
+  STAGE=0
+  STOP_STAGE=6
+  FORCE=0
+  DATA="${ASR_DATA_DIR:-$ASR_ROOT/../shared/data}/$corpus"
+  MANIFESTS="$ASR_ROOT/data/$corpus"
+  EXP="$ASR_ROOT/exp/$corpus"
+  AVERAGE="${AVERAGE:-3}"
+  BEAM_SIZE=""
+  OVERRIDES=()
+  while (($#)); do
+    case "$1" in
+      --stage) STAGE=${2:?--stage needs a number}; shift 2 ;;
+      --stop-stage) STOP_STAGE=${2:?--stop-stage needs a number}; shift 2 ;;
+      --force) FORCE=1; shift ;;
+      --data) DATA=$(_abspath "${2:?--data needs a folder}"); shift 2 ;;
+      --manifests) MANIFESTS=$(_abspath "${2:?--manifests needs a folder}"); shift 2 ;;
+      --exp) EXP=$(_abspath "${2:?--exp needs a folder}"); shift 2 ;;
+      --average) AVERAGE=${2:?--average needs a number}; shift 2 ;;
+      --beam-size) BEAM_SIZE=${2:?--beam-size needs a number}; shift 2 ;;
+      -h|--help) recipe_usage "$corpus"; exit 0 ;;
+      *=*) OVERRIDES+=("$1"); shift ;;
+      *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+  done
+  local n
+  for n in "$STAGE" "$STOP_STAGE" "$AVERAGE" ${BEAM_SIZE:+"$BEAM_SIZE"}; do
+    if ! [[ "$n" =~ ^[0-9]+$ ]]; then
+      echo "error: expected a non-negative integer, got '$n'" >&2
+      exit 2
+    fi
+  done
+  cd "$ASR_ROOT"
+}
+
+stage() {  # stage N "what": is stage N selected? (prints its header when it is)
+  if ((STAGE <= $1 && $1 <= STOP_STAGE)); then
+    echo "== stage $1: $2"
+    return 0
+  fi
+  return 1
+}
+
+step() {  # step OUTPUT CMD...: run CMD unless OUTPUT exists; --force reruns it
+  local out=$1
+  shift
+  if [[ -e "$out" && "$FORCE" == 0 ]]; then
+    echo "   skip: ${out#"$ASR_ROOT"/} exists"
+    return 0
+  fi
+  echo "   + $*"
+  "$@"
+}
+
+have_kenlm() {
+  "$PYTHON" -c "from asr.lm import find_kenlm_bin; find_kenlm_bin()" 2>/dev/null
+}
+
+train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and overrides
+  local config=$1 resume=()
+  if [[ "$FORCE" == 1 && -d "$EXP/checkpoints" ]]; then
+    # Old top-k checkpoints would compete with the new run's at export.
+    echo "   --force: removing $EXP/checkpoints and $EXP/train_summary.json"
+    rm -rf "$EXP/checkpoints" "$EXP/train_summary.json"
+  fi
+  if [[ ! -e "$EXP/train_summary.json" && -e "$EXP/checkpoints/last.ckpt" ]]; then
+    echo "   found $EXP/checkpoints/last.ckpt without train_summary.json: resuming"
+    resume=(--resume)
+  fi
+  local data_overrides=("exp_dir=$EXP" "data.train_manifest=$MANIFESTS/train.jsonl"
+                        "data.dev_manifest=$MANIFESTS/dev.jsonl")
+  if [[ -e "$MANIFESTS/test.jsonl" ]]; then
+    data_overrides+=("data.test_manifest=$MANIFESTS/test.jsonl")
+  fi
+  mkdir -p "$EXP"
+  # Overrides given on the command line come last, so they win over the recipe's.
+  step "$EXP/train_summary.json" "$ASR" train "$config" "${data_overrides[@]}" \
+    ${OVERRIDES[@]+"${OVERRIDES[@]}"} "${resume[@]+"${resume[@]}"}"
+}
+
+export_stage() {
+  step "$EXP/model.asr" "$ASR" export "$EXP" --average "$AVERAGE" --out "$EXP/model.asr"
+}
+
+LM_TUNE_ARGS=()  # extra options for `asr lm tune` (e.g. a coarser grid), set by a recipe
+
+lm_stage() {  # word 3-gram on the training transcripts, weights tuned on dev
+  if ! have_kenlm; then
+    echo "   skip: KenLM tools (lmplz, build_binary) not found; run scripts/build_kenlm.sh" \
+      "or set KENLM_BIN. Stage 4 then evaluates greedy and beam without an LM."
+    return 0
+  fi
+  local lm=$EXP/lm/3gram.bin
+  mkdir -p "$EXP/lm"
+  step "$lm" "$ASR" lm build "$MANIFESTS/train.jsonl" --order 3 --out "$lm"
+  # Tuned weights are written beside the LM as <lm>.tune.json; decoders use them by default.
+  step "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" "$MANIFESTS/dev.jsonl" --lm "$lm" \
+    ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} ${LM_TUNE_ARGS[@]+"${LM_TUNE_ARGS[@]}"}
+}
+
+_evaluate() {  # _evaluate SYSTEM SPLIT DECODER-ARGS...: one evaluation into $EXP/eval/SYSTEM/SPLIT
+  local system=$1 split=$2
+  shift 2
+  local out=$EXP/eval/$system/$split
+  local cmd=("$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" "$@")
+  step "$out/summary.json" "${cmd[@]}"
+  # The exact command goes beside the report so the results table can cite it.
+  if [[ -e "$out/summary.json" && ( ! -e "$out/command.txt" || "$FORCE" == 1 ) ]]; then
+    local rel=() arg
+    for arg in "${cmd[@]}"; do rel+=("${arg#"$ASR_ROOT"/}"); done
+    rel[0]=asr
+    printf '%s\n' "${rel[*]}" >"$out/command.txt"
+  fi
+}
+
+evaluate_stage() {  # evaluate_stage SPLIT...: greedy, beam, beam+LM (when stage 3 made one)
+  local split beam=(--decoder beam ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"})
+  local lm=$EXP/lm/3gram.bin
+  for split in "$@"; do
+    if [[ ! -e "$MANIFESTS/$split.jsonl" ]]; then
+      echo "   skip: no $MANIFESTS/$split.jsonl"
+      continue
+    fi
+    _evaluate greedy "$split" --decoder greedy
+    _evaluate beam "$split" "${beam[@]}"
+    if [[ -e "$lm" ]]; then
+      _evaluate beam-lm "$split" "${beam[@]}" --lm "$lm"
+    else
+      echo "   skip beam+LM on $split: no $lm (stage 3)"
+    fi
+  done
+}
+
+transcribe_stage() {  # transcribe_stage N: the first N test (else dev) files, all formats
+  local n=$1 manifest=$MANIFESTS/test.jsonl
+  [[ -e "$manifest" ]] || manifest=$MANIFESTS/dev.jsonl
+  local files
+  mapfile -t files < <("$PYTHON" -c '
+import sys
+from asr.data.manifest import read_manifest
+for u in read_manifest(sys.argv[1])[: int(sys.argv[2])]:
+    print(u.audio)
+' "$manifest" "$n")
+  step "$EXP/transcripts" "$ASR" transcribe "$EXP/model.asr" "${files[@]}" --format all \
+    --out "$EXP/transcripts"
+}
+
+results_stage() {  # results_stage TITLE: Markdown table from every summary.json under $EXP/eval
+  # Always rewritten: it is cheap and must reflect the evaluations present now.
+  echo "   + $PYTHON scripts/results_table.py $EXP --title \"$1\" --out $EXP/results.md"
+  "$PYTHON" "$ASR_ROOT/scripts/results_table.py" "$EXP" --title "$1" --out "$EXP/results.md"
+  cat "$EXP/results.md"
+}
