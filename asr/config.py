@@ -37,7 +37,7 @@ class DataConfig:
     max_duration: float = 30.0  # longer training utterances are skipped and counted
     num_workers: int = 0  # DataLoader workers (0 = in the main process)
     cache_features: bool = True  # keep log-mels in memory after the first epoch
-    speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]; disables the feature cache
+    speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class ExperimentConfig:
             raise ConfigError(f"optim.schedule must be cosine, constant or noam (is {self.optim.schedule!r})")
         if self.data.max_batch_seconds <= 0 or self.data.max_batch_size < 1:
             raise ConfigError("data.max_batch_seconds must be > 0 and data.max_batch_size >= 1")
-        if self.data.speed_perturb and self.data.cache_features:
-            raise ConfigError("data.speed_perturb needs data.cache_features=false (perturbed audio differs each epoch)")
+        if any(f <= 0 for f in self.data.speed_perturb):
+            raise ConfigError(f"data.speed_perturb factors must be > 0 (are {list(self.data.speed_perturb)})")
 
 
 def to_dict(cfg: Any) -> dict:

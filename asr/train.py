@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from asr.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
-from asr.data.dataset import Batch, FeatureDataset, Skipped, collate, filter_utterances
+from asr.data.dataset import Batch, FeatureDataset, Skipped, collate, fill_cache, filter_utterances
 from asr.data.manifest import read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.decoding import greedy_decode
@@ -128,7 +128,9 @@ class CTCDataModule(pl.LightningDataModule):
         for split, path in (("train", d.train_manifest), ("dev", d.dev_manifest)):
             utts = read_manifest(path)
             max_dur = d.max_duration if split == "train" else float("inf")
-            keep, targets, skipped = filter_utterances(utts, tokenizer, cfg.features, model.out_lengths, max_dur)
+            speeds = d.speed_perturb if split == "train" else ()
+            keep, targets, skipped = filter_utterances(utts, tokenizer, cfg.features, model.out_lengths, max_dur,
+                                                       max_speed=max(speeds, default=1.0))
             self.skipped[split] = skipped
             if not keep:
                 raise ConfigError(f"{path}: no usable utterances ({skipped.summary()})")
@@ -137,7 +139,7 @@ class CTCDataModule(pl.LightningDataModule):
                 targets,
                 cfg.features,
                 cache=d.cache_features,
-                speed_perturb=d.speed_perturb if split == "train" else (),
+                speed_perturb=speeds,
                 seed=cfg.seed,
             )
             print(f"{split}: {len(keep)} utterances ({sum(u.duration for u in keep) / 3600:.2f} h) from {path}; "
@@ -148,17 +150,16 @@ class CTCDataModule(pl.LightningDataModule):
     def precompute(self) -> None:
         """Fill the feature caches (in parallel worker processes when configured)."""
         for split, ds in self.datasets.items():
-            if ds.cache is None:
-                continue
-            loader = DataLoader(ds, batch_size=None, num_workers=self.cfg.data.num_workers)
-            for i, (_, feats, _) in enumerate(_progress(loader, f"features ({split})", len(ds))):
-                ds.cache[i] = feats
+            if ds.cache is not None:
+                fill_cache(ds, self.cfg.data.num_workers,
+                           lambda it, total, split=split: _progress(it, f"features ({split})", total))
 
     def cmvn_stats(self):
         ds = self.datasets["train"]
         n = len(ds) if ds.cache is not None else min(len(ds), CMVN_MAX_UTTERANCES)
         step = max(1, len(ds) // n)
-        return compute_cmvn_stats(ds.features(i) for i in range(0, len(ds), step))
+        # Statistics of the unperturbed audio: that is what the model sees at inference.
+        return compute_cmvn_stats(ds.features(i, 1.0) for i in range(0, len(ds), step))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]

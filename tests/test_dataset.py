@@ -53,7 +53,7 @@ def test_dataset_features_cache_and_collate(tmp_path):
     ds = FeatureDataset(utts, [TOK.encode("aab"), TOK.encode("hello")], CFG, cache=True)
     uid, feats, target = ds[0]
     assert uid == "a" and feats.shape == (101, 80) and target.tolist() == TOK.encode("aab")
-    assert 0 in ds.cache and ds[0][1] is feats
+    assert (0, 1.0) in ds.cache and ds[0][1] is feats
     batch = collate([ds[0], ds[1]])
     assert batch.feats.shape == (2, 101, 80)
     assert batch.feat_lens.tolist() == [101, 51]
@@ -62,3 +62,26 @@ def test_dataset_features_cache_and_collate(tmp_path):
     assert batch.targets[0, 3:].tolist() == [0, 0]
     assert batch.ids == ["a", "b"]
     torch.testing.assert_close(batch.feats[1, :51], ds[1][1])
+
+
+def test_speed_perturbed_versions_are_cached_and_sized(tmp_path):
+    from asr.data.dataset import fill_cache
+
+    p = tmp_path / "a.wav"
+    sf.write(p, np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    ds = FeatureDataset([utt("a", 1.0, "aab", str(p))], [TOK.encode("aab")], CFG, cache=True, speed_perturb=(0.9, 1.0, 1.1))
+    fill_cache(ds)
+    assert set(ds.cache) == {(0, 0.9), (0, 1.0), (0, 1.1)}
+    # slower speech is longer: 1 s at 0.9x lasts 1.11 s
+    assert [ds.cache[(0, f)].shape[0] for f in (0.9, 1.0, 1.1)] == [112, 101, 91]
+    seen = {ds[0][1].shape[0] for _ in range(30)}
+    assert seen == {112, 101, 91}
+
+
+def test_feasibility_accounts_for_the_fastest_speed():
+    out1 = lambda n: n  # noqa: E731
+    u = utt("x", 0.12, "hello")  # 13 frames at 1.0x, 11 at 1.1x; "hello" needs 6
+    keep, _, _ = filter_utterances([u], TOK, CFG, lambda n: out1(n) // 2, max_speed=1.0)
+    assert len(keep) == 1
+    keep, _, skipped = filter_utterances([u], TOK, CFG, lambda n: out1(n) // 2, max_speed=1.1)
+    assert not keep and len(skipped) == 1

@@ -61,8 +61,10 @@ def filter_utterances(
     feature_cfg: FeatureConfig,
     out_lengths: Callable[[Tensor], Tensor],
     max_duration: float = float("inf"),
+    max_speed: float = 1.0,
 ) -> tuple[list[Utterance], list[list[int]], Skipped]:
-    """Keep the utterances a CTC model with output lengths ``out_lengths(frames)`` can learn."""
+    """Keep the utterances a CTC model with output lengths ``out_lengths(frames)`` can learn,
+    also when sped up by ``max_speed`` (the fastest speed-perturbation factor)."""
     keep, targets, skipped = [], [], Skipped()
     for u in utts:
         if u.duration > max_duration:
@@ -76,7 +78,7 @@ def filter_utterances(
         if not ids:
             skipped.add(u.id, "empty transcript")
             continue
-        frames = int(num_frames(int(round(u.duration * feature_cfg.sample_rate)), feature_cfg))
+        frames = int(num_frames(int(u.duration / max_speed * feature_cfg.sample_rate), feature_cfg))
         out = int(out_lengths(torch.tensor([frames]))[0])
         need = ctc_min_frames(ids)
         if out < need:
@@ -88,7 +90,14 @@ def filter_utterances(
 
 
 class FeatureDataset(Dataset):
-    """Item ``i`` -> (id, features (T, F), target ids (L,)). Features optionally cached."""
+    """Item ``i`` -> (id, features (T, F), target ids (L,)). Features optionally cached.
+
+    With ``speed_perturb`` factors (e.g. 0.9, 1.0, 1.1), each access picks one factor at
+    random and uses the utterance's features at that speed (Ko et al. 2015: resampling, so
+    tempo and pitch change together). With the cache on, each (utterance, factor) version
+    is computed once, the "offline" perturbation Kaldi recipes use: epochs stay as fast as
+    without perturbation, at the cost of one feature copy per factor in memory.
+    """
 
     def __init__(
         self,
@@ -104,8 +113,8 @@ class FeatureDataset(Dataset):
         self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
         self.feature_cfg = feature_cfg
         self.logmel = LogMel(feature_cfg)
-        self.cache: dict[int, Tensor] | None = {} if cache else None
-        self.speed_perturb = tuple(speed_perturb)
+        self.cache: dict[tuple[int, float], Tensor] | None = {} if cache else None
+        self.factors = tuple(float(f) for f in speed_perturb) or (1.0,)
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -115,26 +124,57 @@ class FeatureDataset(Dataset):
     def durations(self) -> list[float]:
         return [u.duration for u in self.utts]
 
-    def features(self, i: int) -> Tensor:
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
+    def versions(self) -> list[tuple[int, float]]:
+        """Every (utterance index, speed factor) this dataset can serve."""
+        return [(i, f) for i in range(len(self.utts)) for f in self.factors]
+
+    def compute(self, i: int, factor: float = 1.0) -> Tensor:
+        """Features (T, F) of utterance ``i`` at speed ``factor``, computed (never cached)."""
         u = self.utts[i]
         duration = u.duration if u.offset else None
         wave = load_audio(u.audio, self.feature_cfg.sample_rate, offset=u.offset, duration=duration)
-        if self.speed_perturb:
-            factor = self.rng.choice(self.speed_perturb)
-            if factor != 1.0:
-                # Speed perturbation as resampling (Ko et al. 2015): tempo and pitch change together.
-                sr = self.feature_cfg.sample_rate
-                wave = torchaudio.functional.resample(wave, int(sr * factor), sr)
+        if factor != 1.0:
+            sr = self.feature_cfg.sample_rate
+            wave = torchaudio.functional.resample(wave, int(round(sr * factor)), sr)
         with torch.no_grad():
-            feats = self.logmel.single(wave)
+            return self.logmel.single(wave)
+
+    def features(self, i: int, factor: float | None = None) -> Tensor:
+        if factor is None:
+            factor = self.rng.choice(self.factors) if len(self.factors) > 1 else self.factors[0]
+        key = (i, factor)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        feats = self.compute(i, factor)
         if self.cache is not None:
-            self.cache[i] = feats
+            self.cache[key] = feats
         return feats
 
     def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor]:
         return self.utts[i].id, self.features(i), self.targets[i]
+
+
+class _Versions(Dataset):
+    """(utterance, factor) pairs of a FeatureDataset, for filling its cache in workers."""
+
+    def __init__(self, ds: FeatureDataset) -> None:
+        self.ds = ds
+        self.keys = ds.versions()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, k: int) -> tuple[tuple[int, float], Tensor]:
+        return self.keys[k], self.ds.compute(*self.keys[k])
+
+
+def fill_cache(ds: FeatureDataset, num_workers: int = 0, progress=lambda it, total: it) -> None:
+    """Compute every version of every utterance into ``ds.cache`` (workers compute, we store)."""
+    assert ds.cache is not None, "fill_cache needs a dataset with cache=True"
+    versions = _Versions(ds)
+    loader = torch.utils.data.DataLoader(versions, batch_size=None, num_workers=num_workers)
+    for key, feats in progress(loader, len(versions)):
+        ds.cache[tuple(key)] = feats
 
 
 def collate(items: Sequence[tuple[str, Tensor, Tensor]]) -> Batch:
