@@ -3,10 +3,12 @@
     python scripts/ablate.py CONFIG --out-dir DIR [--variants NAME,...] [--table FILE.md]
                              [--force] [key=value ...]
 
-Each variant is the base config plus a few ``key=value`` overrides, trained by ``asr train``
-in its own experiment directory ``DIR/<variant>`` with the same ``key=value`` options given
-here (e.g. ``trainer.max_epochs=8 trainer.threads=1``) so every variant gets the same number
-of epochs. The dev WER reported is the best greedy dev WER seen during training (from
+The base is CONFIG with the ``key=value`` options given here (e.g. the manifests and
+``trainer.max_epochs=8 trainer.threads=1``); each other variant changes exactly one factor
+of it to another value: cell rnn/gru/lstm, 1/2/3 layers, bidirectional on/off, SpecAugment
+on/off (``--variants`` picks some, e.g. ``base,cell=gru``). Every variant is trained by
+``asr train`` in its own experiment directory ``DIR/<variant>`` with the same options, so
+all get the same number of epochs. The dev WER reported is the best greedy dev WER seen during training (from
 ``train_summary.json``); the dev CER is the one of that same epoch (from the CSV log).
 
 A variant whose ``train_summary.json`` exists is not retrained (``--force`` retrains it), so
@@ -36,37 +38,49 @@ class Variant:
     what: str  # one-line description for the table
 
 
-# One factor at a time around the base config (whatever CONFIG sets is the "base" row).
-VARIANTS: tuple[Variant, ...] = (
-    Variant("base", (), "the config as is"),
-    Variant("rnn", ("model.cell=rnn",), "vanilla tanh RNN cells"),
-    Variant("gru", ("model.cell=gru",), "GRU cells"),
-    Variant("lstm", ("model.cell=lstm",), "LSTM cells"),
-    Variant("layers1", ("model.num_layers=1",), "1 recurrent layer"),
-    Variant("layers2", ("model.num_layers=2",), "2 recurrent layers"),
-    Variant("layers3", ("model.num_layers=3",), "3 recurrent layers"),
-    Variant("unidirectional", ("model.bidirectional=false",), "left-to-right only"),
-    Variant("bidirectional", ("model.bidirectional=true",), "bidirectional"),
-    Variant("specaug-off", ("model.spec_augment_enabled=false",), "no SpecAugment"),
-    Variant("specaug-on", ("model.spec_augment_enabled=true",), "SpecAugment"),
-)
-BY_NAME = {v.name: v for v in VARIANTS}
-_EPOCH = re.compile(r"epoch(\d+)")
+# The factors and the values each can take; a variant changes exactly one factor of the
+# base config (CONFIG + the common key=value options) to one of its other values.
+FACTORS: dict[str, tuple[Any, ...]] = {
+    "model.cell": ("rnn", "gru", "lstm"),
+    "model.num_layers": (1, 2, 3),
+    "model.bidirectional": (True, False),
+    "model.spec_augment_enabled": (True, False),
+}
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def one_factor_variants(base_model: dict[str, Any]) -> list[Variant]:
+    """``base`` plus every single-factor change of ``base_model`` (a resolved model section)."""
+    variants = [Variant("base", (), "the base config")]
+    for key, values in FACTORS.items():
+        field = key.split(".", 1)[1]
+        for value in values:
+            if value != base_model[field]:
+                override = f"{key}={_fmt(value)}"
+                variants.append(Variant(f"{field}={_fmt(value)}", (override,), override))
+    return variants
+
+
+_EPOCH = re.compile(r"epoch(\d+)")  # epoch012-wer0.0133.ckpt -> 12
 
 
 class AblationError(ValueError):
     """Bad command-line input (unknown variant, malformed override)."""
 
 
-def select(names: str | None) -> list[Variant]:
-    """Comma-separated variant names -> variants (None: all)."""
+def select(variants: list[Variant], names: str | None) -> list[Variant]:
+    """Comma-separated variant names -> those variants, in the given order (None: all)."""
     if not names:
-        return list(VARIANTS)
+        return variants
+    by_name = {v.name: v for v in variants}
     chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in BY_NAME]
+    unknown = [n for n in chosen if n not in by_name]
     if unknown:
-        raise AblationError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    return [BY_NAME[n] for n in chosen]
+        raise AblationError(f"unknown variant(s) {', '.join(unknown)}; this config has: {', '.join(by_name)}")
+    return [by_name[n] for n in chosen]
 
 
 def resolved(exp: Path) -> dict[str, Any]:
@@ -157,7 +171,8 @@ def render(rows: list[dict[str, Any]], config: Path, common: list[str], command:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="variants: " + ", ".join(f"{v.name} ({' '.join(v.overrides) or 'as is'})" for v in VARIANTS),
+        epilog="variants: base, then one per other value of "
+        + "; ".join(f"{k} {'/'.join(map(_fmt, v))}" for k, v in FACTORS.items()),
     )
     parser.add_argument("config", type=Path, help="base YAML config, e.g. conf/fsdd.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value for every variant (same budget)")
@@ -167,15 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain variants that already have results")
     parser.add_argument("--asr", default="asr", help="the asr command (default: asr on PATH)")
     args = parser.parse_args(argv)
+    from asr.config import ConfigError, load_config, to_dict
+
     try:
-        variants = select(args.variants)
-        bad = [o for o in args.overrides if "=" not in o]
-        if bad:
-            raise AblationError(f"overrides must be key=value: {', '.join(bad)}")
-    except AblationError as e:
+        base = to_dict(load_config(args.config, args.overrides))
+        variants = select(one_factor_variants(base["model"]), args.variants)
+    except (AblationError, ConfigError, ValueError) as e:
         parser.error(str(e))
-    if not args.config.is_file():
-        parser.error(f"{args.config}: no such config")
 
     asr = shlex.split(args.asr)
     rows = [train_variant(args.config, v, args.out_dir / v.name, args.overrides, args.force, asr)

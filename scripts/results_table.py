@@ -107,7 +107,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], train: dict[str, Any] 
     dec = any_s.get("decoding") or {}
     threads = dec.get("threads")
     lines.append(
-        f"Utterances: " + ", ".join(
+        "Utterances: " + ", ".join(
             f"{sp} {next(r[sp] for r in results.values() if sp in r)['num_utterances']}"
             for sp in splits)
         + f". RTF = decoding wall time / audio duration on {dec.get('device', '?')}"

@@ -213,18 +213,27 @@ def test_ablate_same_budget_table_and_failures(tmp_path, capsys):
     fake.write_text(FAKE_ASR)
     out = tmp_path / "abl"
     argv = [str(ROOT / "conf" / "fsdd.yaml"), "trainer.max_epochs=2", "--out-dir", str(out),
-            "--variants", "layers1,layers3,rnn", "--asr", f"{sys.executable} {fake}"]
+            "--variants", "num_layers=1,num_layers=3,cell=rnn", "--asr", f"{sys.executable} {fake}"]
     assert ablate.main(argv) == 1  # rnn "fails"
     table = (out / "ablation.md").read_text()
-    assert "| layers1 | lstm | 1 | yes | on | 0.00 | 2 | 10.00 | 4.00 | 1 |" in table
-    assert "| layers3 | lstm | 3 | yes | on | 0.00 | 2 | 3.33 | 4.00 | 1 |" in table
-    assert "| rnn | failed: asr train exited 3" in table
+    assert "| num_layers=1 | lstm | 1 | yes | on | 0.00 | 2 | 10.00 | 4.00 | 1 |" in table
+    assert "| num_layers=3 | lstm | 3 | yes | on | 0.00 | 2 | 3.33 | 4.00 | 1 |" in table
+    assert "| cell=rnn | failed: asr train exited 3" in table
     assert "`trainer.max_epochs=2` for every variant" in table
     # Done variants are not retrained.
     assert ablate.main(argv) == 1
-    assert "layers1/train_summary.json exists; not retrained" in capsys.readouterr().out
+    assert "num_layers=1/train_summary.json exists; not retrained" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # num_layers=2 is the base, not a variant of it
+        ablate.main([str(ROOT / "conf" / "fsdd.yaml"), "--out-dir", str(out), "--variants", "num_layers=2"])
     with pytest.raises(SystemExit):
-        ablate.main([str(ROOT / "conf" / "fsdd.yaml"), "--out-dir", str(out), "--variants", "nope"])
+        ablate.main([str(ROOT / "conf" / "fsdd.yaml"), "--out-dir", str(out), "model.hiden=3"])
+
+
+def test_ablate_variants_change_one_factor_of_the_base():
+    names = [v.name for v in ablate.one_factor_variants(
+        {"cell": "lstm", "num_layers": 2, "bidirectional": True, "spec_augment_enabled": False})]
+    assert names == ["base", "cell=rnn", "cell=gru", "num_layers=1", "num_layers=3",
+                     "bidirectional=false", "spec_augment_enabled=true"]
 
 
 # ------------------------------------------------------------------------------ FSDD list

@@ -19,8 +19,7 @@ import csv
 import sys
 from pathlib import Path
 
-from asr.data.corpora import CorpusError, CorpusOptions
-from asr.data.corpora import fsdd
+from asr.data.corpora import CorpusError, CorpusOptions, fsdd
 
 
 def parse_range(text: str) -> range:
