@@ -546,6 +546,8 @@ class BeamSearchDecoder:
     def settings(self) -> dict[str, Any]:
         """Options plus the resolved mode, for reports."""
         d = asdict(self.options)
+        if d.get("lm") is None:
+            d["lm_weight"] = None  # no LM: a weight would mislead a reader of the report
         d["decoder"] = "beam"
         d["mode"] = "lexicon" if self._lexicon_mode else "lexicon-free"
         d["lexicon_source"] = self.lexicon_source

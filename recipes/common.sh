@@ -208,8 +208,13 @@ from asr.data.manifest import read_manifest
 for u in read_manifest(sys.argv[1])[: int(sys.argv[2])]:
     print(u.audio)
 ' "$manifest" "$n")
-  step "$EXP/transcripts" "$ASR" transcribe "$EXP/model.asr" "${files[@]}" --format all \
-    --out "$EXP/transcripts"
+  # The marker is written only after transcribe succeeded: a failed run is redone.
+  step "$EXP/transcripts/DONE" _transcribe "${files[@]}"
+}
+
+_transcribe() {  # _transcribe FILE...: all formats into $EXP/transcripts, then the marker
+  "$ASR" transcribe "$EXP/model.asr" "$@" --format all --out "$EXP/transcripts"
+  printf '%s\n' "$@" >"$EXP/transcripts/DONE"
 }
 
 results_stage() {  # results_stage TITLE: Markdown table from every summary.json under $EXP/eval
