@@ -8,7 +8,8 @@
 #   parse_recipe_args CORPUS "$@"     sets STAGE STOP_STAGE FORCE DATA MANIFESTS EXP AVERAGE
 #                                     BEAM_SIZE OVERRIDES (key=value for `asr train`)
 #   stage N "what"                    true when N is in [STAGE, STOP_STAGE]; prints a header
-#   step OUTPUT CMD...                runs CMD unless OUTPUT exists (or --force); echoes CMD
+#   step [--after IN] OUTPUT CMD...   runs CMD unless OUTPUT exists and is not older than IN
+#                                     (or --force); echoes CMD
 #   have_kenlm                        true when `asr lm build` can find lmplz/build_binary
 #   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
 #   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage CORPUS
@@ -108,12 +109,21 @@ stage() {  # stage N "what": is stage N selected? (prints its header when it is)
   return 1
 }
 
-step() {  # step OUTPUT CMD...: run CMD unless OUTPUT exists; --force reruns it
+step() {  # step [--after INPUT] OUTPUT CMD...: run CMD unless OUTPUT exists (and is not
+  # older than INPUT, as in make); --force reruns it
+  local after=""
+  if [[ "$1" == --after ]]; then
+    after=$2
+    shift 2
+  fi
   local out=$1
   shift
   if [[ -e "$out" && "$FORCE" == 0 ]]; then
-    echo "   skip: ${out#"$ASR_ROOT"/} exists"
-    return 0
+    if [[ -z "$after" || ! "$after" -nt "$out" ]]; then
+      echo "   skip: ${out#"$ASR_ROOT"/} exists"
+      return 0
+    fi
+    echo "   ${after#"$ASR_ROOT"/} is newer than ${out#"$ASR_ROOT"/}: redoing"
   fi
   echo "   + $*"
   "$@"
@@ -124,13 +134,15 @@ have_kenlm() {
 }
 
 train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and overrides
-  local config=$1 resume=()
-  if [[ "$FORCE" == 1 && -d "$EXP/checkpoints" ]]; then
-    # Old top-k checkpoints would compete with the new run's at export.
-    echo "   --force: removing $EXP/checkpoints and $EXP/train_summary.json"
-    rm -rf "$EXP/checkpoints" "$EXP/train_summary.json"
+  local config=$1 resume=() summary=$EXP/train_summary.json
+  if [[ "$FORCE" == 1 || ( -e "$summary" && "$MANIFESTS/train.jsonl" -nt "$summary" ) ]]; then
+    if [[ -e "$summary" || -d "$EXP/checkpoints" ]]; then
+      # Old top-k checkpoints would compete with the new run's at export.
+      echo "   retraining: removing $EXP/checkpoints and $summary"
+      rm -rf "$EXP/checkpoints" "$summary"
+    fi
   fi
-  if [[ ! -e "$EXP/train_summary.json" && -e "$EXP/checkpoints/last.ckpt" ]]; then
+  if [[ ! -e "$summary" && -e "$EXP/checkpoints/last.ckpt" ]]; then
     echo "   found $EXP/checkpoints/last.ckpt without train_summary.json: resuming"
     resume=(--resume)
   fi
@@ -141,12 +153,12 @@ train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and
   fi
   mkdir -p "$EXP"
   # Overrides given on the command line come last, so they win over the recipe's.
-  step "$EXP/train_summary.json" "$ASR" train "$config" "${data_overrides[@]}" \
+  step "$summary" "$ASR" train "$config" "${data_overrides[@]}" \
     ${OVERRIDES[@]+"${OVERRIDES[@]}"} "${resume[@]+"${resume[@]}"}"
 }
 
 export_stage() {
-  step "$EXP/model.asr" "$ASR" export "$EXP" --average "$AVERAGE" --out "$EXP/model.asr"
+  step --after "$EXP/train_summary.json" "$EXP/model.asr" "$ASR" export "$EXP" --average "$AVERAGE" --out "$EXP/model.asr"
 }
 
 LM_TUNE_ARGS=()  # extra options for `asr lm tune` (e.g. a coarser grid), set by a recipe
@@ -159,9 +171,11 @@ lm_stage() {  # word 3-gram on the training transcripts, weights tuned on dev
   fi
   local lm=$EXP/lm/3gram.bin
   mkdir -p "$EXP/lm"
-  step "$lm" "$ASR" lm build "$MANIFESTS/train.jsonl" --order 3 --out "$lm"
+  step --after "$MANIFESTS/train.jsonl" "$lm" "$ASR" lm build "$MANIFESTS/train.jsonl" --order 3 \
+    --out "$lm"
   # Tuned weights are written beside the LM as <lm>.tune.json; decoders use them by default.
-  step "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" "$MANIFESTS/dev.jsonl" --lm "$lm" \
+  # Tuning follows the model: a retrained model gets its weights re-tuned.
+  step --after "$EXP/model.asr" "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" "$MANIFESTS/dev.jsonl" --lm "$lm" \
     ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} ${LM_TUNE_ARGS[@]+"${LM_TUNE_ARGS[@]}"}
 }
 
@@ -170,9 +184,14 @@ _evaluate() {  # _evaluate SYSTEM SPLIT DECODER-ARGS...: one evaluation into $EX
   shift 2
   local out=$EXP/eval/$system/$split
   local cmd=("$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" "$@")
-  step "$out/summary.json" "${cmd[@]}"
+  # Redone when the model (or, with the LM, its tuned weights) changed since.
+  local input=$EXP/model.asr
+  if [[ "$system" == beam-lm && -e "$EXP/lm/3gram.bin.tune.json" ]]; then
+    input=$EXP/lm/3gram.bin.tune.json
+  fi
+  step --after "$input" "$out/summary.json" "${cmd[@]}"
   # The exact command goes beside the report so the results table can cite it.
-  if [[ -e "$out/summary.json" && ( ! -e "$out/command.txt" || "$FORCE" == 1 ) ]]; then
+  if [[ -e "$out/summary.json" && ( ! -e "$out/command.txt" || "$out/summary.json" -nt "$out/command.txt" ) ]]; then
     local rel=() arg
     for arg in "${cmd[@]}"; do rel+=("${arg#"$ASR_ROOT"/}"); done
     rel[0]=asr
@@ -209,7 +228,7 @@ for u in read_manifest(sys.argv[1])[: int(sys.argv[2])]:
     print(u.audio)
 ' "$manifest" "$n")
   # The marker is written only after transcribe succeeded: a failed run is redone.
-  step "$EXP/transcripts/DONE" _transcribe "${files[@]}"
+  step --after "$EXP/model.asr" "$EXP/transcripts/DONE" _transcribe "${files[@]}"
 }
 
 _transcribe() {  # _transcribe FILE...: all formats into $EXP/transcripts, then the marker

@@ -117,6 +117,7 @@ def test_librispeech_recipe_stages_skip_done_work_and_force_redoes_it(tmp_path):
     script = str(ROOT / "recipes" / "librispeech" / "run.sh")
     # Relative --data/--exp/--manifests are taken from the caller's directory.
     args = ["--data", "corpus", "--manifests", "data", "--exp", "exp", "--nj", "1", "--stop-stage", "2",
+            "--subsets", "train-clean-100,dev-clean",
             "--average", "2", *CPU_TINY, "trainer.save_top_k=2"]
     first = ok(run(["bash", script, *args], cwd=tmp_path))
     assert "== stage 0" in first.stdout and "== stage 2" in first.stdout and "== stage 3" not in first.stdout

@@ -13,8 +13,10 @@ parse_recipe_args fsdd "$@"
 if stage 0 "prepare FSDD from $DATA -> $MANIFESTS (dev = recordings 5-9)"; then
   mkdir -p "$MANIFESTS"
   step "$MANIFESTS/list.csv" "$PYTHON" recipes/fsdd/make_list.py "$DATA" "$MANIFESTS/list.csv"
-  step "$MANIFESTS/summary.json" "$ASR" prepare folder --list "$MANIFESTS/list.csv" \
-    --out "$MANIFESTS"
+  # --after: manifests left there by another preparation (e.g. `asr prepare fsdd`, whose
+  # dev is a held-out speaker) are older than the new list and get replaced.
+  step --after "$MANIFESTS/list.csv" "$MANIFESTS/summary.json" \
+    "$ASR" prepare folder --list "$MANIFESTS/list.csv" --out "$MANIFESTS"
 fi
 if stage 1 "train conf/fsdd.yaml -> $EXP"; then
   train_stage conf/fsdd.yaml
