@@ -65,8 +65,8 @@ def main() -> int:
         return 1
     hyp = json.loads((work / "out" / "long.json").read_text())["text"]
     out = jiwer.process_words(" ".join(refs), hyp)
-    print(f"| audio | wall | RTF | peak RSS | WER over the whole file | S/D/I |")
-    print(f"|---|---|---|---|---|---|")
+    print("| audio | wall | RTF | peak RSS | WER over the whole file | S/D/I |")
+    print("|---|---|---|---|---|---|")
     print(f"| {total / 60:.1f} min | {wall:.0f} s | {wall / total:.4f} | {peak_mib:.0f} MiB | "
           f"{100 * out.wer:.2f}% | {out.substitutions}/{out.deletions}/{out.insertions} |")
     return 0
