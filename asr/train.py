@@ -258,7 +258,10 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
     ckpt_dir = exp / "checkpoints"
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
-                        mode="min", save_top_k=cfg.trainer.save_top_k, save_last=True, auto_insert_metric_name=False),
+                        mode="min", save_top_k=cfg.trainer.save_top_k, auto_insert_metric_name=False),
+        # last.ckpt every epoch: Lightning's save_last only rewrites it when a top-k checkpoint
+        # was saved, so --resume would restart from the last improvement.
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         EpochSummary(),
         SamplerEpoch(),

@@ -2,8 +2,10 @@
 # Shared helpers for recipes/<corpus>/run.sh; sourced, not run.
 #
 # A recipe is a list of numbered stages. Each stage is re-runnable: every step inside it
-# names the file it produces and is skipped when that file already exists (--force redoes
-# it), so an interrupted run continues where it stopped and a finished one costs nothing.
+# names the file it produces and is skipped when that file exists and is newer than its
+# input (a retrained model is re-exported and re-scored; --force redoes
+# everything selected), so an interrupted run continues where it stopped and a finished
+# one costs nothing.
 #
 #   parse_recipe_args CORPUS "$@"     sets STAGE STOP_STAGE FORCE DATA MANIFESTS EXP AVERAGE
 #                                     BEAM_SIZE OVERRIDES (key=value for `asr train`)
@@ -12,7 +14,7 @@
 #                                     (or --force); echoes CMD
 #   have_kenlm                        true when `asr lm build` can find lmplz/build_binary
 #   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
-#   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage CORPUS
+#   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage TITLE
 #
 # The recipe runs from the repository root whatever the caller's working directory, so
 # conf/, data/ and exp/ mean the same thing everywhere; paths given as options are made
@@ -59,6 +61,8 @@ A stage skips each output that already exists; --force redoes them.
   --beam-size N    beam width for the beam decoders (default: the toolkit's)
   key=value        overrides for 'asr train', e.g. trainer.max_epochs=5 trainer.threads=1
 EOF
+  # A recipe with options of its own describes them in RECIPE_HELP.
+  if [[ -n "${RECIPE_HELP:-}" ]]; then printf '%s\n' "$RECIPE_HELP"; fi
 }
 
 # The variables set here are the recipes' interface (read by run.sh, not in this file).
@@ -227,13 +231,10 @@ from asr.data.manifest import read_manifest
 for u in read_manifest(sys.argv[1])[: int(sys.argv[2])]:
     print(u.audio)
 ' "$manifest" "$n")
-  # The marker is written only after transcribe succeeded: a failed run is redone.
-  step --after "$EXP/model.asr" "$EXP/transcripts/DONE" _transcribe "${files[@]}"
-}
-
-_transcribe() {  # _transcribe FILE...: all formats into $EXP/transcripts, then the marker
-  "$ASR" transcribe "$EXP/model.asr" "$@" --format all --out "$EXP/transcripts"
-  printf '%s\n' "$@" >"$EXP/transcripts/DONE"
+  step --after "$EXP/model.asr" "$EXP/transcripts/DONE" \
+    "$ASR" transcribe "$EXP/model.asr" "${files[@]}" --format all --out "$EXP/transcripts"
+  # Reached only when transcribe succeeded (set -e) or was skipped: a failed run is redone.
+  printf '%s\n' "${files[@]}" >"$EXP/transcripts/DONE"
 }
 
 results_stage() {  # results_stage TITLE: Markdown table from every summary.json under $EXP/eval

@@ -166,3 +166,12 @@ def test_nonfinite_loss_step_is_skipped_and_counted(tmp_path, monkeypatch):
     assert calls["n"] >= 3  # training went on past the poisoned batch
     ckpt = torch.load(summary["last_checkpoint"], weights_only=False)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_last_checkpoint_is_the_final_epoch_even_without_improvement(tmp_path):
+    # Regression: with ModelCheckpoint(save_last=True) Lightning rewrote last.ckpt only when a
+    # top-k checkpoint was saved, so it could hold an early epoch and --resume went back there.
+    summary, _ = run_train(tmp_path, "trainer.max_epochs=3", "optim.lr=1e-9", "trainer.save_top_k=1")
+    ckpt = torch.load(tmp_path / "exp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert summary["epochs"] == 3 and ckpt["epoch"] == 2
+    assert ckpt["global_step"] == summary["steps"]

@@ -15,6 +15,12 @@
 # shellcheck source=recipes/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
+RECIPE_HELP="
+LibriSpeech options:
+  --subsets A,B    subsets to prepare (default train-clean-100,dev-clean,test-clean);
+                   train-*/dev-*/test-* go to the train/dev/test manifests
+  --nj N           processes decoding audio while preparing (default 8)
+  --download       fetch the subsets from openslr.org into --data first"
 SUBSETS=train-clean-100,dev-clean,test-clean
 NJ=8
 DOWNLOAD=()

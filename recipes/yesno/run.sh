@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# yesno (OpenSLR 1): 60 recordings of 8 Hebrew "yes"/"no" words, one speaker, 8 kHz.
-# Train on the first 30 files (5 carved out as dev), test on the last 30. About a minute
+# yesno (OpenSLR 1): 60 recordings of 8 "yes"/"no" words each, one speaker, 8 kHz.
+# Train on the first 30 files (5 carved out as dev), test on the last 30. Under a minute
 # on one CPU thread. Results and the commands behind them: recipes/yesno/README.md.
 #
 #   recipes/yesno/run.sh [--stage N] [--stop-stage M] [--force] [--data DIR] [key=value ...]
