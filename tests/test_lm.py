@@ -8,6 +8,7 @@ import stat
 
 import pytest
 import torch
+from ctc_frames import frames as ctc_frames
 
 from asr import lm as lm_mod
 from asr.cli import main
@@ -39,20 +40,7 @@ needs_kenlm = pytest.mark.skipif(
 
 
 def frames(spec, tok=TOK) -> torch.Tensor:
-    """(T, V) log-probs; each frame a token ("-" = blank) with 0.9, or a {token: prob} dict."""
-    v = len(tok.tokens)
-    gen = torch.Generator().manual_seed(0)
-    rows = []
-    for f in spec:
-        dist = {f: 0.9} if isinstance(f, str) else dict(f)
-        dist = {("<blank>" if k == "-" else k): p for k, p in dist.items()}
-        row = torch.rand(v, generator=gen, dtype=torch.float64) + 0.5
-        fixed = torch.tensor([tok.tokens.index(k) for k in dist])
-        row[fixed] = 0.0
-        row *= (1.0 - sum(dist.values())) / row.sum()
-        row[fixed] = torch.tensor(list(dist.values()), dtype=torch.float64)
-        rows.append(row.log())
-    return torch.stack(rows).float()
+    return ctc_frames(spec, tok)
 
 
 def fake_tools(d, names=("lmplz", "build_binary")):
