@@ -254,6 +254,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beam-size", type=int, help="beam width; beam only")
     g.add_argument("--lm-weight", type=float, help="language model weight; beam only")
     g.add_argument("--word-score", type=float, help="word insertion score; beam only")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model runs (default cpu)")
     r = parser.add_argument_group("report")
     r.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         if "lm" in opts:
             opts["lm"] = str(opts["lm"])
         hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoder=args.decoder, **opts
+            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
         )
         model_info = dict(info or {})
         model_info.setdefault("path", str(Path(args.inputs[0]).resolve()))

@@ -279,6 +279,7 @@ def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatc
     assert calls == {
         "decoder": "beam",
         "beam_size": 4,
+        "device": "cpu",
         "package": str(model),
         "manifest": str(manifest),
     }
