@@ -27,7 +27,6 @@ class ConfigError(ValueError):
 class DataConfig:
     train_manifest: str = ""  # JSONL manifest of the training set (required)
     dev_manifest: str = ""  # JSONL manifest used for model selection (required)
-    test_manifest: str = ""  # optional test split, for recipes/evaluation only: never used in training or model selection
     tokenizer: str = "char"  # char | bpe
     bpe_vocab_size: int = 256  # sentencepiece vocabulary size when tokenizer=bpe
     max_batch_seconds: float = 200.0  # cap on padded audio seconds per batch (bucketing)

@@ -396,4 +396,11 @@ def run(args: argparse.Namespace) -> int:
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
     _print_summary(summary, args.out)
+    failed = settings.get("failed_items") or {}
+    if failed:
+        # Scored as empty hypotheses (so the WER counts them as deletions), but the run failed.
+        print(f"error: {len(failed)} utterance(s) could not be read and were scored as empty:", file=sys.stderr)
+        for utt_id, reason in list(failed.items())[:10]:
+            print(f"  {utt_id}: {reason}", file=sys.stderr)
+        return 1
     return 0

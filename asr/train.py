@@ -140,7 +140,6 @@ class CTCDataModule(pl.LightningDataModule):
                 cfg.features,
                 cache=d.cache_features,
                 speed_perturb=speeds,
-                seed=cfg.seed,
             )
             print(f"{split}: {len(keep)} utterances ({sum(u.duration for u in keep) / 3600:.2f} h) from {path}; "
                   f"skipped {len(skipped)}: {skipped.summary()}")

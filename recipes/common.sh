@@ -152,9 +152,6 @@ train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and
   fi
   local data_overrides=("exp_dir=$EXP" "data.train_manifest=$MANIFESTS/train.jsonl"
                         "data.dev_manifest=$MANIFESTS/dev.jsonl")
-  if [[ -e "$MANIFESTS/test.jsonl" ]]; then
-    data_overrides+=("data.test_manifest=$MANIFESTS/test.jsonl")
-  fi
   mkdir -p "$EXP"
   # Overrides given on the command line come last, so they win over the recipe's.
   step "$summary" "$ASR" train "$config" "${data_overrides[@]}" \

@@ -435,3 +435,23 @@ def test_txt_json_and_segment_fallback(tmp_path: Path):
     assert (tmp_path / "x.srt").read_text() == "1\n00:00:00,000 --> 00:00:01,250\nhi there\n"
     with pytest.raises(ValueError, match=r"/audio/x.wav: no word or segment timings"):
         WRITERS["vtt"](_Result("untimed", []), tmp_path / "y.vtt")
+
+
+def test_cli_model_mode_exits_1_when_audio_could_not_be_read(tmp_path, manifest, monkeypatch, capsys):
+    first = next(iter(HYPS))
+
+    def transcribe_manifest(package_path, manifest_path, **kwargs):
+        hyps = dict(HYPS, **{first: ""})
+        settings = {"decoder": "greedy", "failed": 1, "failed_items": {first: "x.wav: empty file"}}
+        return hyps, 0.02, settings, {"name": "m"}
+
+    fake = types.ModuleType("asr.inference")
+    fake.transcribe_manifest = transcribe_manifest
+    monkeypatch.setitem(sys.modules, "asr.inference", fake)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    rc = main(["evaluate", str(model), str(manifest), "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{first}: x.wav: empty file" in err
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["decoding"]["failed"] == 1  # the report is still written, and says so

@@ -8,7 +8,6 @@ token plus one blank between each repeated pair).
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +105,6 @@ class FeatureDataset(Dataset):
         feature_cfg: FeatureConfig,
         cache: bool = True,
         speed_perturb: Sequence[float] = (),
-        seed: int = 0,
     ) -> None:
         assert len(utts) == len(targets)
         self.utts = list(utts)
@@ -115,7 +113,6 @@ class FeatureDataset(Dataset):
         self.logmel = LogMel(feature_cfg)
         self.cache: dict[tuple[int, float], Tensor] | None = {} if cache else None
         self.factors = tuple(float(f) for f in speed_perturb) or (1.0,)
-        self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -141,7 +138,8 @@ class FeatureDataset(Dataset):
 
     def features(self, i: int, factor: float | None = None) -> Tensor:
         if factor is None:
-            factor = self.rng.choice(self.factors) if len(self.factors) > 1 else self.factors[0]
+            # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
+            factor = self.factors[int(torch.randint(len(self.factors), ()))]
         key = (i, factor)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
