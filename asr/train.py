@@ -149,9 +149,20 @@ class CTCDataModule(pl.LightningDataModule):
     def precompute(self) -> None:
         """Fill the feature caches (in parallel worker processes when configured)."""
         for split, ds in self.datasets.items():
-            if ds.cache is not None:
-                fill_cache(ds, self.cfg.data.num_workers,
-                           lambda it, total, split=split: _progress(it, f"features ({split})", total))
+            if ds.cache is None:
+                continue
+            bad = fill_cache(ds, self.cfg.data.num_workers,
+                             lambda it, total, split=split: _progress(it, f"features ({split})", total))
+            if not bad:
+                continue
+            self.skipped[split].items.extend(bad.items)
+            print(f"warning: {split}: skipped {len(bad)} utterance(s) with unreadable audio "
+                  f"(listed in skipped.jsonl):")
+            for utt_id, reason in bad.items[:5]:
+                print(f"  skipped {utt_id}: {reason}")
+            if len(ds) == 0:
+                path = self.cfg.data.train_manifest if split == "train" else self.cfg.data.dev_manifest
+                raise ConfigError(f"{path}: no usable utterances ({self.skipped[split].summary()})")
 
     def cmvn_stats(self):
         ds = self.datasets["train"]

@@ -85,3 +85,23 @@ def test_feasibility_accounts_for_the_fastest_speed():
     assert len(keep) == 1
     keep, _, skipped = filter_utterances([u], TOK, CFG, lambda n: out1(n) // 2, max_speed=1.1)
     assert not keep and len(skipped) == 1
+
+
+def test_unreadable_audio_is_removed_and_reported_by_fill_cache(tmp_path):
+    from asr.data.dataset import fill_cache
+
+    good = [tmp_path / f"{n}.wav" for n in "ac"]
+    for p in good:
+        sf.write(p, np.random.default_rng(0).standard_normal(8000).astype("float32") * 0.1, 16000)
+    bad = tmp_path / "b.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVE not really")
+    utts = [utt("a", 0.5, "aab", str(good[0])), utt("b", 0.5, "ab", str(bad)), utt("c", 0.5, "ba", str(good[1]))]
+    ds = FeatureDataset(utts, [TOK.encode(u.text) for u in utts], CFG, cache=True, speed_perturb=(0.9, 1.0))
+    skipped = fill_cache(ds)
+    assert [uid for uid, _ in skipped.items] == ["b"]
+    reason = skipped.items[0][1]
+    assert reason.startswith("unreadable: ") and str(bad) in reason
+    assert [u.id for u in ds.utts] == ["a", "c"] and len(ds) == 2
+    # the survivors keep their own features and targets, re-indexed
+    assert set(ds.cache) == {(0, 0.9), (0, 1.0), (1, 0.9), (1, 1.0)}
+    assert ds[1][0] == "c" and ds.targets[1].tolist() == TOK.encode("ba")

@@ -175,3 +175,15 @@ def test_last_checkpoint_is_the_final_epoch_even_without_improvement(tmp_path):
     ckpt = torch.load(tmp_path / "exp" / "checkpoints" / "last.ckpt", weights_only=False)
     assert summary["epochs"] == 3 and ckpt["epoch"] == 2
     assert ckpt["global_step"] == summary["steps"]
+
+
+def test_unreadable_training_audio_is_skipped_and_listed(tmp_path):
+    train, _ = make_corpus(tmp_path)
+    (tmp_path / "utt5.wav").write_bytes(b"not audio at all")  # corrupted after `asr prepare`
+    summary, proc = run_train(tmp_path, "trainer.max_epochs=1")
+    assert summary["skipped_utterances"]["train"] == 1
+    assert "utt5" in proc.stdout and "unreadable" in proc.stdout
+    rows = [json.loads(line) for line in (tmp_path / "exp" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["split"]) for r in rows] == [("utt5", "train")]
+    assert str(tmp_path / "utt5.wav") in rows[0]["reason"]
+

@@ -3,13 +3,15 @@
 Utterances that cannot be trained on are removed *before* training, counted and reported
 (:class:`Skipped`), never silently: too long for ``max_duration``, or infeasible for CTC
 (fewer output frames, after the model's subsampling, than the transcript needs: one per
-token plus one blank between each repeated pair).
+token plus one blank between each repeated pair). With the feature cache on (the default),
+utterances whose audio turns out to be unreadable when their features are computed are
+removed too and reported the same way (see :func:`fill_cache`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -18,7 +20,7 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from asr.audio import load_audio
+from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance
 from asr.features import FeatureConfig, LogMel, num_frames
 from asr.text import Tokenizer
@@ -152,8 +154,24 @@ class FeatureDataset(Dataset):
         return self.utts[i].id, self.features(i), self.targets[i]
 
 
+    def remove(self, indices: Iterable[int]) -> None:
+        """Drop utterances ``indices`` (and their cached features); the others keep their data."""
+        gone = set(indices)
+        new_index = {}
+        for i in range(len(self.utts)):
+            if i not in gone:
+                new_index[i] = len(new_index)
+        self.utts = [u for i, u in enumerate(self.utts) if i not in gone]
+        self.targets = [t for i, t in enumerate(self.targets) if i not in gone]
+        if self.cache is not None:
+            self.cache = {(new_index[i], f): v for (i, f), v in self.cache.items() if i in new_index}
+
+
 class _Versions(Dataset):
-    """(utterance, factor) pairs of a FeatureDataset, for filling its cache in workers."""
+    """(utterance, factor) pairs of a FeatureDataset, for filling its cache in workers.
+
+    An unreadable file gives its AudioError's message instead of features, so that one bad
+    file does not end the pass (an exception would stop the DataLoader)."""
 
     def __init__(self, ds: FeatureDataset) -> None:
         self.ds = ds
@@ -162,17 +180,35 @@ class _Versions(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, k: int) -> tuple[tuple[int, float], Tensor]:
-        return self.keys[k], self.ds.compute(*self.keys[k])
+    def __getitem__(self, k: int) -> tuple[tuple[int, float], Tensor | str]:
+        try:
+            return self.keys[k], self.ds.compute(*self.keys[k])
+        except AudioError as e:
+            return self.keys[k], str(e)
 
 
-def fill_cache(ds: FeatureDataset, num_workers: int = 0, progress=lambda it, total: it) -> None:
-    """Compute every version of every utterance into ``ds.cache`` (workers compute, we store)."""
+def fill_cache(ds: FeatureDataset, num_workers: int = 0, progress=lambda it, total: it) -> Skipped:
+    """Compute every version of every utterance into ``ds.cache`` (workers compute, we store).
+
+    Utterances whose audio cannot be read are removed from ``ds`` and returned (reason
+    ``unreadable: <file>: <problem>``), so that the caller reports them with the other skipped
+    utterances; training goes on without them.
+    """
     assert ds.cache is not None, "fill_cache needs a dataset with cache=True"
     versions = _Versions(ds)
     loader = torch.utils.data.DataLoader(versions, batch_size=None, num_workers=num_workers)
+    failed: dict[int, str] = {}
     for key, feats in progress(loader, len(versions)):
-        ds.cache[tuple(key)] = feats
+        i, factor = int(key[0]), float(key[1])
+        if isinstance(feats, str):
+            failed.setdefault(i, feats)
+        else:
+            ds.cache[(i, factor)] = feats
+    skipped = Skipped()
+    for i in sorted(failed):
+        skipped.add(ds.utts[i].id, f"unreadable: {failed[i]}")
+    ds.remove(failed)
+    return skipped
 
 
 def collate(items: Sequence[tuple[str, Tensor, Tensor]]) -> Batch:
