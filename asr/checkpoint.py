@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from asr import __version__
-from asr.config import ConfigError, ExperimentConfig, from_dict, to_dict
+from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, from_dict, to_dict
 from asr.features import LogMel
 from asr.model import AcousticModel
 from asr.text import Tokenizer, TokenizerError
@@ -132,7 +132,7 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
             "(was it written by `asr train`?)"
         )
     try:
-        config = from_dict(ExperimentConfig, hp["config"])
+        config = from_dict(ExperimentConfig, drop_retired_keys(hp["config"]))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: bad config in hyper_parameters: {e}") from e
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -408,7 +408,7 @@ def load_package(
     path = Path(path)
     meta = read_metadata(path)
     try:
-        cfg = from_dict(ExperimentConfig, json.loads(meta["config"]))
+        cfg = from_dict(ExperimentConfig, drop_retired_keys(json.loads(meta["config"])))
         tokenizer = Tokenizer.from_dict(json.loads(meta["tokenizer"]))
     except (json.JSONDecodeError, ConfigError, TokenizerError, TypeError) as e:
         raise PackageError(f"{path}: bad package metadata: {e}") from e

@@ -6,6 +6,7 @@ errors that name the key; cross-field rules live in :meth:`ExperimentConfig.vali
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -150,10 +151,34 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that configs once had, with what replaced them. A YAML file or override using one is
+# an error that says so; configs stored inside checkpoints and model packages written by an
+# older version have them dropped on load (drop_retired_keys), so old models keep loading.
+RETIRED_KEYS: dict[str, str] = {
+    "data.test_manifest": "the test split is scored by `asr evaluate MODEL TEST.jsonl`, never during training",
+}
+
+
+def drop_retired_keys(data: dict) -> dict:
+    """A copy of a nested config dict without the keys in :data:`RETIRED_KEYS`."""
+    out = copy.deepcopy(data)
+    for key in RETIRED_KEYS:
+        *sections, leaf = key.split(".")
+        node = out
+        for s in sections:
+            node = node.get(s) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    retired = [prefix + k for k in unknown if prefix + k in RETIRED_KEYS]
+    if retired:
+        raise ConfigError("; ".join(f"{k} is no longer a config key: {RETIRED_KEYS[k]}" for k in retired))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(prefix + n for n in names))}")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})

@@ -19,6 +19,14 @@ emit "|" only BETWEEN words, so :class:`BeamSearchDecoder` appends one synthetic
 "|" possible) to every utterance to let the last word end; that frame never shows in tokens,
 timesteps, word spans or the score.
 
+Lexicons and word pieces: there is no delimiter token (a word ends where the next "▁" piece
+begins), so the same trap is avoided differently. Each word gets a second spelling with its
+last piece doubled ("▁c at at"): in flashlight's CTC search, a repeated token without a blank
+in between cannot *enter* a trie node but can still *complete* the word there, and the search
+may stay on a node while the token repeats; so "▁c at at" completes "cat" on the LAST frame of
+a held "at" run, and "▁c at" on its first. (Side effect: "at - at", a genuinely repeated last
+piece, can also read as "cat"; the LM and the other spelling compete for it.)
+
 Text convention (both decoders): words joined by single spaces, no leading/trailing space.
 Frames are OUTPUT frames of the acoustic model; multiply by ``FRAME_SHIFT * subsampling``
 (``ModelPackage.frame_shift``) for seconds, see :meth:`Hypothesis.word_times`.
@@ -199,7 +207,8 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
     |``: flashlight needs the delimiter to end a word, see the module docstring), word pieces
     starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
-    "▁" piece begins).
+    "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
+    word can hold its last piece over several frames (module docstring).
 
     Args:
         words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
@@ -232,7 +241,12 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         if not ids:
             skipped.append(word)
             continue
-        lines.append(word + "\t" + " ".join(tokenizer.tokens[i] for i in ids) + end + "\n")
+        spelling = " ".join(tokenizer.tokens[i] for i in ids)
+        lines.append(word + "\t" + spelling + end + "\n")
+        if not end:
+            # Word pieces: a second spelling with the last piece doubled lets the word hold
+            # its last piece over several frames (see the module docstring).
+            lines.append(word + "\t" + spelling + " " + tokenizer.tokens[ids[-1]] + "\n")
     if not lines:
         raise DecoderError(
             f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "

@@ -219,6 +219,28 @@ def test_package_from_a_newer_format_is_refused(tmp_path):
         load_package(out)
 
 
+def test_packages_and_checkpoints_with_retired_config_keys_still_load(tmp_path):
+    # Regression: dropping data.test_manifest from the config made every package and
+    # checkpoint written before unloadable ("unknown config key").
+    cfg = tiny_config()
+    old_cfg = to_dict(cfg)
+    old_cfg["data"]["test_manifest"] = "data/old/test.jsonl"
+    model = tiny_model(cfg)
+    ckpt = write_lightning_ckpt(tmp_path / "a.ckpt", model, cfg)
+    blob = torch.load(ckpt, weights_only=False)
+    blob["hyper_parameters"]["config"] = old_cfg
+    torch.save(blob, ckpt)
+    out = export([ckpt], tmp_path / "m.asr")  # reads the checkpoint's config
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(out), "pt") as f:
+        meta = dict(f.metadata())
+    meta["config"] = json.dumps(old_cfg)
+    save_file(load_file(str(out)), str(out), metadata=meta)
+    assert load_package(out).config == cfg
+
+
 def test_unsafe_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(a=1)}, path)

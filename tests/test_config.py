@@ -35,3 +35,9 @@ def test_saved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "conf").glob("*.yaml")))
 def test_shipped_configs_load(name):
     load_config(ROOT / "conf" / name)
+
+
+def test_retired_keys_are_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="data.test_manifest is no longer a config key: the test split is scored by"):
+        load_config(None, ["data.test_manifest=x.jsonl"])
+

@@ -444,30 +444,32 @@ def test_bpe_with_word_lm_uses_piece_spellings(bpe, tmp_path):
 
 
 def test_bpe_lexicon_has_no_delimiter_token(bpe, tmp_path):
-    # Word pieces mark a word's START ("▁cat"); nothing is appended after the last piece,
-    # and no closing frame is needed (this is the unchanged BPE lexicon path).
+    # Word pieces mark a word's START ("▁cat"); no delimiter is appended after the last
+    # piece and no closing frame is needed. Each word has a second spelling with its last
+    # piece doubled, so that it can hold that piece over several frames.
     lex = tmp_path / "lex.txt"
     write_lexicon(["the", "cat"], bpe, lex)
     lines = lex.read_text(encoding="utf-8").splitlines()
-    assert lines == [
-        w + "\t" + " ".join(bpe.tokens[i] for i in bpe.encode(w)) for w in ("the", "cat")
-    ]
+    expected = []
+    for w in ("the", "cat"):
+        pieces = [bpe.tokens[i] for i in bpe.encode(w)]
+        expected += [w + "\t" + " ".join(pieces), w + "\t" + " ".join(pieces + pieces[-1:])]
+    assert lines == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flashlight's lexicon search cannot hold a word's last piece over several frames "
-    "(the root only repeats the silence token); chars are fixed with a trailing '|', pieces "
-    "have no delimiter token",
-)
-def test_bpe_lexicon_word_may_hold_its_last_piece(bpe, tmp_path):
+@pytest.mark.parametrize("hold", [1, 2, 3, 5])
+@pytest.mark.parametrize("blank_after", [True, False])
+def test_bpe_lexicon_word_may_hold_its_last_piece(bpe, tmp_path, hold, blank_after):
+    # Regression: flashlight's root only repeats the silence token, so a word completed on
+    # its last piece could not hold that piece; the search invented other words instead.
     lm = arpa_unigrams(tmp_path / "lm.arpa", {w: -1.0 for w in "the cat sat on a mat hat".split()})
     spec: list[dict[str, float] | str] = []
-    for i in bpe.encode("the cat"):
-        spec += [bpe.tokens[i], bpe.tokens[i], "-"]
+    for i in bpe.encode("the cat on a mat"):
+        spec += [bpe.tokens[i]] * hold + (["-"] if blank_after else [])
     lp, lens = batch(frames(spec, bpe), pad_token="\u2581the", tok=bpe)
     [h] = BeamSearchDecoder(bpe, lm=lm, lm_weight=0.0)(lp, lens)[0]
-    assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat"
+    assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat on a mat"
+    assert h.words == greedy_decode(lp, lens, bpe)[0].words
 
 
 def test_bpe_lexicon_free_refuses_word_score(bpe):
