@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "recipes" / "fsdd"))
 
 import ablate  # noqa: E402
 import make_list  # noqa: E402
+import plot_training  # noqa: E402
 import results_table  # noqa: E402
 
 ASR = [sys.executable, "-m", "asr"]
@@ -276,3 +277,27 @@ def test_yesno_prepare_train_export_evaluate_reaches_wer_5_percent(tmp_path, sha
     summary = json.loads((exp / "eval" / "summary.json").read_text())
     assert summary["num_utterances"] == 30
     assert summary["wer"] <= 0.05, f"test WER {summary['wer']:.3f}"
+
+
+def test_plot_training_reads_lightning_csv_logs(tmp_path):
+    exp = tmp_path / "exp"
+    old, new = exp / "csv" / "version_0", exp / "csv" / "version_10"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    (old / "metrics.csv").write_text("epoch,step,train/loss\n0,1,99\n")
+    # As CSVLogger writes it: step rows with train/loss, an epoch-end row with the dev metrics.
+    (new / "metrics.csv").write_text(
+        "epoch,lr-AdamW,step,train/loss,val/loss,val_cer,val_wer\n"
+        ",0.001,0,,,,\n"
+        "0,,9,10.0,,,\n0,,19,6.0,,,\n0,,19,,7.5,0.5,0.9\n"
+        "1,,29,4.0,,,\n1,,39,,5.0,0.25,0.5\n"
+    )
+    assert plot_training.metrics_file(exp) == new / "metrics.csv"  # newest version, numerically
+    curves = plot_training.epoch_curves(new / "metrics.csv")
+    assert curves["train/loss"] == {0: 8.0, 1: 4.0}
+    assert curves["val_wer"] == {0: 0.9, 1: 0.5} and curves["val/loss"] == {0: 7.5, 1: 5.0}
+    out = tmp_path / "curves.png"
+    assert plot_training.main([str(exp), "--out", str(out), "--labels", "run"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_training.main([str(tmp_path / "nothing"), "--out", str(out)]) == 1
+

@@ -67,3 +67,23 @@ def test_bad_arguments():
 def test_tiny_dev_set_still_gives_every_rank_a_batch():
     shards = [list(BucketBatchSampler([1.0, 1.0], 60, shuffle=False, num_replicas=2, rank=r, pad_to_replicas=False)) for r in range(2)]
     assert all(len(s) == 1 for s in shards)
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_every_epoch_has_the_same_number_of_batches(bucketing):
+    # Regression: Lightning reads len(batch_sampler) once and validates when the batch index
+    # reaches it; greedy packing gave 186-188 batches per epoch on speechocean762, so epochs
+    # with 186 silently skipped validation and their checkpoint.
+    rng = random.Random(7)
+    durs = [rng.uniform(0.5, 15.0) for _ in range(2000)]
+    s = BucketBatchSampler(durs, 60, max_batch_size=32, num_buckets=50, seed=1234, bucketing=bucketing)
+    counts = set()
+    for epoch in range(30):
+        s.set_epoch(epoch)
+        batches = list(s)
+        counts.add(len(batches))
+        assert len(s) == len(batches)
+        assert sorted(i for b in batches for i in b) == list(range(len(durs)))
+        for b in batches:
+            assert len(b) <= 32 and (len(b) == 1 or max(durs[i] for i in b) * len(b) <= 60)
+    assert len(counts) == 1

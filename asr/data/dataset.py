@@ -153,7 +153,6 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor]:
         return self.utts[i].id, self.features(i), self.targets[i]
 
-
     def remove(self, indices: Iterable[int]) -> None:
         """Drop utterances ``indices`` (and their cached features); the others keep their data."""
         gone = set(indices)

@@ -1,10 +1,23 @@
-"""Duration-bucketed batch sampler, DDP-aware.
+"""Duration-bucketed batch sampler, DDP-aware, with the same number of batches every epoch.
 
-Each epoch: sort utterances by duration, cut the sorted list into ``num_buckets``
-contiguous buckets (equal counts), shuffle inside each bucket, pack each bucket greedily into batches whose
-*padded* duration (longest item x batch size) stays under ``max_batch_seconds``, then
-shuffle the batches. Similar lengths share a batch (little padding); batch composition and
+Bucketing (the default): sort utterances by duration and cut the sorted list into
+``num_buckets`` contiguous buckets (equal counts). Each bucket gets a fixed number of
+batches, enough for batches of its longest utterance to stay under ``max_batch_seconds``
+of *padded* audio (longest item x batch size) and ``max_batch_size`` items. Every epoch
+shuffles inside each bucket, cuts it into that many batches of near-equal size, and
+shuffles the batches. Similar lengths share a batch (little padding); batch composition and
 order still change every epoch.
+
+Why the count is fixed: Lightning reads ``len(batch_sampler)`` once and runs validation
+when the batch index reaches it; an epoch with fewer batches than that first count
+silently skipped validation (and its checkpoint), one with more validated before the
+epoch's last batches. Packing each epoch greedily, as this sampler first did, varied the
+count by a batch or two between epochs.
+
+Without bucketing (``bucketing=False``, random batches): each epoch packs a random order
+greedily, then splits its largest batches until the epoch has as many batches as the most
+any of the first 20 epochs needed. A later epoch that needs more keeps them (Lightning
+then validates a few batches before that epoch ends).
 
 Under DDP every rank must run the same number of steps (gradient all-reduce), so with
 ``pad_to_replicas`` the batch list is padded by repeating its first batches to a multiple of
@@ -13,6 +26,7 @@ the world size before rank ``r`` takes batches ``r, r + W, ...``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 
@@ -70,22 +84,54 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches.append(cur)
         return batches
 
+    def _per_batch(self, longest: float) -> int:
+        """Most utterances of at most ``longest`` s a batch may hold (at least one)."""
+        per = max(1, min(self.max_batch_size, int(self.max_batch_seconds // longest) if longest > 0 else self.max_batch_size))
+        while per > 1 and longest * per > self.max_batch_seconds:  # float rounding of //
+            per -= 1
+        return per
+
+    @functools.cached_property
+    def _bucket_plan(self) -> list[tuple[np.ndarray, int]]:
+        """(utterance indices, number of batches) per bucket; the same every epoch."""
+        order = np.argsort(self.durations, kind="stable")
+        plan = []
+        for bucket in np.array_split(order, min(self.num_buckets, max(len(order), 1))):
+            if len(bucket):
+                per = self._per_batch(float(self.durations[bucket].max()))
+                plan.append((bucket, math.ceil(len(bucket) / per)))
+        return plan
+
+    def _random_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + epoch)
+        order = rng.permutation(len(self.durations)) if self.shuffle else np.arange(len(self.durations))
+        return self._pack(order)
+
+    @functools.cached_property
+    def _random_count(self) -> int:
+        """Batches per epoch without bucketing: the most any of the first 20 epochs packs."""
+        epochs = range(20) if self.shuffle else range(1)
+        return max(len(self._random_batches(e)) for e in epochs)
+
     def all_batches(self) -> list[list[int]]:
         """Every batch of this epoch, across all ranks (before sharding)."""
         rng = np.random.default_rng(self.seed + self.epoch)
-        n = len(self.durations)
         if not self.bucketing:
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            batches = self._pack(order)
-        else:
-            order = np.argsort(self.durations, kind="stable")
-            batches = []
-            for bucket in np.array_split(order, min(self.num_buckets, max(n, 1))):
-                # Shuffling inside a bucket varies batch composition between epochs; the
-                # bucket's narrow duration range bounds the padding this costs.
-                batches.extend(self._pack(rng.permutation(bucket) if self.shuffle else bucket))
-            if self.shuffle:
-                batches = [batches[i] for i in rng.permutation(len(batches))]
+            batches = self._random_batches(self.epoch)
+            # Split the largest batches until this epoch has the usual number of batches.
+            while len(batches) < self._random_count and any(len(b) > 1 for b in batches):
+                k = max(range(len(batches)), key=lambda j: len(batches[j]))
+                b = batches.pop(k)
+                batches[k:k] = [b[: len(b) // 2], b[len(b) // 2 :]]
+            return batches
+        batches = []
+        for bucket, count in self._bucket_plan:
+            # Shuffling inside a bucket varies batch composition between epochs; the
+            # bucket's narrow duration range bounds the padding this costs.
+            items = rng.permutation(bucket) if self.shuffle else bucket
+            batches.extend([int(i) for i in chunk] for chunk in np.array_split(items, count))
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
