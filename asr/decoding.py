@@ -256,18 +256,20 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     return skipped
 
 
-def _delimit_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
-    """Copy a user's character lexicon to ``dst``, ending every spelling with "|".
+def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
+    """Copy a user's lexicon to ``dst`` in the form our search needs (module docstring).
 
-    Lexicons written for flashlight usually spell "c a t |" already; ones spelled "c a t"
-    (what :func:`write_lexicon` wrote before) would hit the repeated-last-character problem
-    described in the module docstring. Unknown tokens are reported here, with the line,
-    rather than by flashlight's terse dictionary error.
+    Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
+    "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would
+    hit the repeated-last-character problem. Word pieces: every spelling also gets a copy
+    with its last piece doubled, as :func:`write_lexicon` writes them. Unknown tokens are
+    reported here, with the line, rather than by flashlight's terse dictionary error.
 
     Raises:
         DecoderError: unreadable file, a line without a spelling, or an unknown token.
     """
     d = tokenizer.word_delimiter
+    pieces = _uses_word_pieces(tokenizer)
     known = set(tokenizer.tokens)
     out: list[str] = []
     seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
@@ -287,12 +289,15 @@ def _delimit_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
             raise DecoderError(
                 f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
             )
-        if spelling[-1] != d:
-            spelling.append(d)
-        key = (word, *spelling)
-        if key not in seen:
-            seen.add(key)
-            out.append(word + "\t" + " ".join(spelling) + "\n")
+        if pieces:
+            spellings = [spelling, spelling + spelling[-1:]]
+        else:
+            spellings = [spelling if spelling[-1] == d else spelling + [d]]
+        for sp in spellings:
+            key = (word, *sp)
+            if key not in seen:
+                seen.add(key)
+                out.append(word + "\t" + " ".join(sp) + "\n")
     if not out:
         raise DecoderError(f"{src}: lexicon has no entries")
     Path(dst).write_text("".join(out), encoding="utf-8")
@@ -515,9 +520,9 @@ class BeamSearchDecoder:
             if auto_words is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
                 self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
-            elif opts.lexicon is not None and not self._pieces:
+            elif opts.lexicon is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
-                _delimit_lexicon(opts.lexicon, lexicon_path, tokenizer)
+                _copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
             lm_dict = None
             if lexicon_path is None and opts.lm is not None:
                 # Lexicon-free, flashlight asks the LM about token id n as "word" n of the LM
@@ -649,7 +654,8 @@ class BeamSearchDecoder:
     ) -> list[WordSpan]:
         # Flashlight marks a word at the frame where its LAST token is first emitted (the trie
         # reaches a word end there): for characters that is the trailing "|", possibly the
-        # closing frame (index n, past every run: bisect then lands on the last real run).
+        # closing frame (index n, past every run: bisect then lands on the last real run);
+        # for word pieces the last piece, or the last frame of its run (doubled spelling).
         # The word's tokens are those after the previous word's last token, minus leading
         # silence tokens (the previous word's "|") and trailing ones (its own "|").
         spans: list[WordSpan] = []

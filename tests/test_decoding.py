@@ -475,3 +475,16 @@ def test_bpe_lexicon_word_may_hold_its_last_piece(bpe, tmp_path, hold, blank_aft
 def test_bpe_lexicon_free_refuses_word_score(bpe):
     with pytest.raises(DecoderError, match="word_score has no effect"):
         BeamSearchDecoder(bpe, word_score=1.0)
+
+
+def test_bpe_user_lexicon_also_lets_a_word_hold_its_last_piece(bpe, tmp_path):
+    # A lexicon the user passes gets the same doubled-last-piece spelling as a generated one.
+    lex = tmp_path / "lex.txt"
+    lex.write_text("".join(f"{w}\t{' '.join(bpe.tokens[i] for i in bpe.encode(w))}\n" for w in ("the", "cat", "on")),
+                   encoding="utf-8")
+    spec: list[dict[str, float] | str] = []
+    for i in bpe.encode("the cat on"):
+        spec += [bpe.tokens[i]] * 3
+    lp, lens = batch(frames(spec, bpe), pad_token="\u2581the", tok=bpe)
+    [h] = BeamSearchDecoder(bpe, lexicon=str(lex))(lp, lens)[0]
+    assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat on"
