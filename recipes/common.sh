@@ -15,6 +15,7 @@
 #   have_kenlm                        true when `asr lm build` can find lmplz/build_binary
 #   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
 #   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage TITLE
+#   model_stages TITLE                stages 2-6 (export .. results table), the same in every recipe
 #
 # The recipe runs from the repository root whatever the caller's working directory, so
 # conf/, data/ and exp/ mean the same thing everywhere; paths given as options are made
@@ -240,3 +241,22 @@ results_stage() {  # results_stage TITLE: Markdown table from every summary.json
   "$PYTHON" "$ASR_ROOT/scripts/results_table.py" "$EXP" --title "$1" --out "$EXP/results.md"
   cat "$EXP/results.md"
 }
+
+model_stages() {  # model_stages TITLE: stages 2-6, shared by every recipe (LM_TUNE_ARGS may be set)
+  if stage 2 "export the average of the $AVERAGE best checkpoints -> $EXP/model.asr"; then
+    export_stage
+  fi
+  if stage 3 "word 3-gram LM on the training transcripts, weights tuned on dev"; then
+    lm_stage
+  fi
+  if stage 4 "evaluate greedy, beam, beam+LM on dev (and test when prepared)"; then
+    evaluate_stage dev test
+  fi
+  if stage 5 "transcribe three test (else dev) files (txt, json, srt, vtt)"; then
+    transcribe_stage 3
+  fi
+  if stage 6 "results table -> $EXP/results.md"; then
+    results_stage "$1"
+  fi
+}
+

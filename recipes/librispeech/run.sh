@@ -42,20 +42,6 @@ fi
 if stage 1 "train conf/librispeech100.yaml -> $EXP"; then
   train_stage conf/librispeech100.yaml
 fi
-if stage 2 "export the average of the $AVERAGE best checkpoints -> $EXP/model.asr"; then
-  export_stage
-fi
-if stage 3 "word 3-gram LM on the training transcripts, weights tuned on dev"; then
-  # A coarser grid than the default: each point decodes all of dev-clean (2703 utterances).
-  LM_TUNE_ARGS=(--lm-weights "0.5,1.0,1.5" --word-scores "0,1")
-  lm_stage
-fi
-if stage 4 "evaluate greedy, beam, beam+LM on dev and test"; then
-  evaluate_stage dev test
-fi
-if stage 5 "transcribe three test files (txt, json, srt, vtt)"; then
-  transcribe_stage 3
-fi
-if stage 6 "results table -> $EXP/results.md"; then
-  results_stage "LibriSpeech train-clean-100"
-fi
+# A coarser LM-tuning grid than the default: each point decodes all of dev-clean (2703 utterances).
+LM_TUNE_ARGS=(--lm-weights "0.5,1.0,1.5" --word-scores "0,1")
+model_stages "LibriSpeech train-clean-100"

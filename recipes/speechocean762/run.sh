@@ -17,18 +17,4 @@ fi
 if stage 1 "train conf/speechocean762.yaml -> $EXP"; then
   train_stage conf/speechocean762.yaml
 fi
-if stage 2 "export the average of the $AVERAGE best checkpoints -> $EXP/model.asr"; then
-  export_stage
-fi
-if stage 3 "word 3-gram LM on the training transcripts, weights tuned on dev"; then
-  lm_stage
-fi
-if stage 4 "evaluate greedy, beam, beam+LM on dev (and test when prepared)"; then
-  evaluate_stage dev test
-fi
-if stage 5 "transcribe three files (txt, json, srt, vtt)"; then
-  transcribe_stage 3
-fi
-if stage 6 "results table -> $EXP/results.md"; then
-  results_stage "speechocean762"
-fi
+model_stages "speechocean762"

@@ -15,18 +15,4 @@ fi
 if stage 1 "train conf/yesno.yaml -> $EXP"; then
   train_stage conf/yesno.yaml
 fi
-if stage 2 "export the average of the $AVERAGE best checkpoints -> $EXP/model.asr"; then
-  export_stage
-fi
-if stage 3 "word 3-gram LM on the training transcripts, weights tuned on dev"; then
-  lm_stage
-fi
-if stage 4 "evaluate greedy, beam, beam+LM on dev and test"; then
-  evaluate_stage dev test
-fi
-if stage 5 "transcribe three test files (txt, json, srt, vtt)"; then
-  transcribe_stage 3
-fi
-if stage 6 "results table -> $EXP/results.md"; then
-  results_stage "yesno"
-fi
+model_stages "yesno"
