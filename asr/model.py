@@ -42,6 +42,8 @@ class ModelConfig:
     rnn_impl: str = "flip"  # flip (exact padded path, fast on CPU) | packed (pack_padded_sequence)
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()  # training-time masking
     spec_augment_enabled: bool = True  # SpecAugment on/off (applies in training mode only)
+    cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's own mean removed)
+    inter_ctc_weight: float = 0.0  # weight of an intermediate CTC loss on the middle recurrent layer (0 = off)
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -52,6 +54,12 @@ class ModelConfig:
             raise ValueError("model.num_layers and model.hidden must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1) (is {self.dropout})")
+        if self.cmvn not in ("global", "utterance"):
+            raise ValueError(f"model.cmvn must be global or utterance (is {self.cmvn!r})")
+        if not 0.0 <= self.inter_ctc_weight < 1.0:
+            raise ValueError(f"model.inter_ctc_weight must be in [0, 1) (is {self.inter_ctc_weight})")
+        if self.inter_ctc_weight > 0 and self.num_layers < 2:
+            raise ValueError("model.inter_ctc_weight needs model.num_layers >= 2 (it taps the middle layer)")
         if self.rnn_impl not in ("flip", "packed"):
             raise ValueError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
         if self.attention:
@@ -175,24 +183,48 @@ class AcousticModel(nn.Module):
     def out_lengths(self, feat_lens: Tensor) -> Tensor:
         return ConvSubsampling.out_lengths(feat_lens, self.cfg.subsampling)
 
+    @property
+    def inter_layer(self) -> int:
+        """Index of the recurrent layer the intermediate CTC loss taps: layer ceil(L / 2)
+        (the 2nd of 3, the 2nd of 4), never the last one."""
+        return (self.cfg.num_layers + 1) // 2 - 1
+
+    def _log_probs(self, x: Tensor, mask: Tensor) -> Tensor:
+        logits = self.output(self.dropout(x)).float()
+        return logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
+
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        log_probs, lens, _ = self.forward_with_intermediate(feats, feat_lens)
+        return log_probs, lens
+
+    def forward_with_intermediate(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Like :meth:`forward`, plus the middle layer's CTC log-probs when
+        ``inter_ctc_weight > 0`` (Lee & Watanabe 2021: the same output layer applied to an
+        intermediate layer, as an auxiliary loss that regularises the lower layers)."""
         assert feats.ndim == 3, f"expected (N, T, F) features, got {tuple(feats.shape)}"
         feat_lens = feat_lens.to(feats.device)
         x = self.cmvn(feats, feat_lens)
+        if self.cfg.cmvn == "utterance":
+            # Per-utterance mean removal over the valid frames only (padding-invariant): the
+            # cheap speaker/channel normalisation that unseen speakers benefit from.
+            valid = length_mask(feat_lens, x.shape[1]).unsqueeze(-1)
+            mean = x.sum(1, keepdim=True) / feat_lens.clamp_min(1)[:, None, None].to(x.dtype)
+            x = (x - mean) * valid
         if self.spec_augment is not None:
             x = self.spec_augment(x, feat_lens)
         x, lens = self.frontend(x, feat_lens)
+        mask = length_mask(lens, x.shape[1])
+        inter = None
         for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
             if i > 0:
                 x = self.dropout(x)
             x = proj(norm(rnn(x, lens)))
-        mask = length_mask(lens, x.shape[1])
+            if self.training and self.cfg.inter_ctc_weight > 0 and i == self.inter_layer:
+                inter = self._log_probs(x, mask)
         if self.attn is not None:
             a, _ = self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)
             x = self.attn_norm(x + self.dropout(a))
-        logits = self.output(self.dropout(x)).float()
-        log_probs = logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
-        return log_probs, lens
+        return self._log_probs(x, mask), lens, inter
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -49,9 +49,8 @@ class CTCModule(pl.LightningModule):
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         return self.model(feats, feat_lens)
 
-    def ctc_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        log_probs, out_lens = self.model(batch.feats, batch.feat_lens)
-        loss = F.ctc_loss(
+    def _ctc(self, log_probs: torch.Tensor, out_lens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.ctc_loss(
             log_probs.transpose(0, 1),  # (T, N, V)
             batch.targets,
             out_lens,
@@ -60,6 +59,19 @@ class CTCModule(pl.LightningModule):
             reduction="sum",
             zero_infinity=True,
         ) / len(batch.ids)
+
+    def ctc_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The CTC loss to optimise (per utterance) and the final layer's log-probs.
+
+        With ``model.inter_ctc_weight = w > 0`` the loss is ``(1 - w) * final + w * middle``
+        in training; validation reports the final layer's loss alone, so dev losses stay
+        comparable across configurations.
+        """
+        log_probs, out_lens, inter = self.model.forward_with_intermediate(batch.feats, batch.feat_lens)
+        loss = self._ctc(log_probs, out_lens, batch)
+        w = self.model.cfg.inter_ctc_weight
+        if inter is not None and self.training:
+            loss = (1 - w) * loss + w * self._ctc(inter, out_lens, batch)
         return loss, log_probs, out_lens
 
     def training_step(self, batch: Batch, batch_idx: int):

@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 def make(cell="lstm", **kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(cell=cell, num_layers=2, hidden=16, conv_channels=4, **kw)
+    cfg = ModelConfig(**{"cell": cell, "num_layers": 2, "hidden": 16, "conv_channels": 4, **kw})
     return AcousticModel(cfg, n_mels=10, vocab_size=7).eval()
 
 
@@ -42,6 +42,45 @@ def test_output_alone_equals_output_in_padded_batch(cell, impl, subsampling):
     with torch.no_grad():
         lp2, _ = model(noisy, lens)
     torch.testing.assert_close(lp2[1, : batch_lens[1]], batch_lp[1, : batch_lens[1]], atol=1e-5, rtol=0)
+
+
+def test_utterance_cmvn_is_padding_invariant_and_removes_each_utterance_mean():
+    model = make(cmvn="utterance", subsampling=2)
+    lens = torch.tensor([12, 5])
+    feats = torch.randn(2, 12, 10) + 3.0
+    feats[1, 5:] = 0.0
+    with torch.no_grad():
+        batch_lp, batch_lens = model(feats, lens)
+        alone, _ = model(feats[1:, :5], lens[1:])
+        # a constant offset on one utterance (a louder speaker, another microphone) is removed
+        shifted, _ = model(feats[1:, :5] + 7.0, lens[1:])
+    torch.testing.assert_close(batch_lp[1, : batch_lens[1]], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shifted, alone, atol=1e-4, rtol=0)
+    global_model = make(cmvn="global", subsampling=2)
+    with torch.no_grad():
+        g, _ = global_model(feats[1:, :5], lens[1:])
+        g_shifted, _ = global_model(feats[1:, :5] + 7.0, lens[1:])
+    assert not torch.allclose(g, g_shifted, atol=1e-3)
+
+
+def test_intermediate_ctc_taps_the_middle_layer_in_training_only():
+    model = make(num_layers=3, inter_ctc_weight=0.3, subsampling=2)
+    assert model.inter_layer == 1
+    assert make(num_layers=4, inter_ctc_weight=0.3).inter_layer == 1
+    feats, lens = torch.randn(2, 16, 10), torch.tensor([16, 9])
+    with torch.no_grad():
+        lp, out, inter = model.forward_with_intermediate(feats, lens)
+        assert inter is None  # eval: nothing extra is computed
+        model.train()
+        lp, out, inter = model.forward_with_intermediate(feats, lens)
+    assert inter.shape == lp.shape
+    torch.testing.assert_close(inter.exp().sum(-1)[0], torch.ones(out[0].item()))
+    assert inter[1, out[1] :].abs().sum() == 0  # masked past the length like the final output
+    assert make(num_layers=3).train().forward_with_intermediate(feats, lens)[2] is None
+    with pytest.raises(ValueError, match="num_layers >= 2"):
+        ModelConfig(num_layers=1, inter_ctc_weight=0.3).validate()
+    with pytest.raises(ValueError, match="model.cmvn"):
+        ModelConfig(cmvn="speaker").validate()
 
 
 def test_flip_and_packed_give_the_same_output_and_gradients():

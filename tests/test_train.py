@@ -187,3 +187,31 @@ def test_unreadable_training_audio_is_skipped_and_listed(tmp_path):
     assert [(r["id"], r["split"]) for r in rows] == [("utt5", "train")]
     assert str(tmp_path / "utt5.wav") in rows[0]["reason"]
 
+
+
+def test_intermediate_ctc_loss_mixes_final_and_middle_layers_in_training_only():
+    from dataclasses import replace
+
+    from asr.config import ExperimentConfig
+    from asr.data.dataset import Batch
+    from asr.train import CTCModule
+
+    tok = CharTokenizer.from_texts(["ab ba"])
+    mcfg = ModelConfig(num_layers=3, hidden=8, subsampling=2, conv_channels=4, dropout=0.0,
+                       spec_augment_enabled=False, inter_ctc_weight=0.25)
+    torch.manual_seed(0)
+    module = CTCModule(AcousticModel(mcfg, n_mels=10, vocab_size=tok.vocab_size), tok,
+                       replace(ExperimentConfig(), model=mcfg))
+    targets = [torch.tensor(tok.encode(t)) for t in ["ab", "b a"]]
+    batch = Batch(torch.randn(2, 30, 10), torch.tensor([30, 22]),
+                  torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), torch.tensor([2, 3]), ["u1", "u2"])
+    module.train()
+    loss, lp, lens = module.ctc_loss(batch)
+    _, _, inter = module.model.forward_with_intermediate(batch.feats, batch.feat_lens)
+    final, middle = module._ctc(lp, lens, batch), module._ctc(inter, lens, batch)
+    torch.testing.assert_close(loss, 0.75 * final + 0.25 * middle)
+    assert not torch.isclose(final, middle)
+    module.eval()
+    with torch.no_grad():
+        eval_loss, lp, lens = module.ctc_loss(batch)
+    torch.testing.assert_close(eval_loss, module._ctc(lp, lens, batch))  # dev loss: final layer only
