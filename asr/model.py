@@ -1,4 +1,5 @@
-"""The acoustic model: log-mel features -> CMVN -> [SpecAugment] -> conv subsampling ->
+"""The acoustic model: log-mel features -> CMVN [-> per-utterance mean removal] ->
+[SpecAugment] -> conv subsampling ->
 N bidirectional LSTM/GRU/RNN layers -> [self-attention] -> linear -> log-softmax.
 
 A plain ``nn.Module``: it knows nothing of Lightning, so inference and export load it
@@ -42,7 +43,7 @@ class ModelConfig:
     rnn_impl: str = "flip"  # flip (exact padded path, fast on CPU) | packed (pack_padded_sequence)
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()  # training-time masking
     spec_augment_enabled: bool = True  # SpecAugment on/off (applies in training mode only)
-    cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's own mean removed)
+    cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's, or long-file chunk's, own mean removed; needs the whole input, so not for streaming)
     inter_ctc_weight: float = 0.0  # weight of an intermediate CTC loss on the middle recurrent layer (0 = off)
 
     def validate(self) -> None:
