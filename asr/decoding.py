@@ -225,7 +225,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     seen: set[str] = set()
     lines: list[str] = []
     skipped: list[str] = []
-    end = "" if _uses_word_pieces(tokenizer) else " " + tokenizer.word_delimiter
+    pieces = _uses_word_pieces(tokenizer)
     for word in words:
         if not word or word in seen or word in _LM_SPECIAL_WORDS:
             continue
@@ -241,12 +241,8 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         if not ids:
             skipped.append(word)
             continue
-        spelling = " ".join(tokenizer.tokens[i] for i in ids)
-        lines.append(word + "\t" + spelling + end + "\n")
-        if not end:
-            # Word pieces: a second spelling with the last piece doubled lets the word hold
-            # its last piece over several frames (see the module docstring).
-            lines.append(word + "\t" + spelling + " " + tokenizer.tokens[ids[-1]] + "\n")
+        for sp in _search_spellings([tokenizer.tokens[i] for i in ids], tokenizer.word_delimiter, pieces):
+            lines.append(word + "\t" + " ".join(sp) + "\n")
     if not lines:
         raise DecoderError(
             f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
@@ -254,6 +250,15 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         )
     Path(path).write_text("".join(lines), encoding="utf-8")
     return skipped
+
+
+def _search_spellings(spelling: list[str], delimiter: str, pieces: bool) -> list[list[str]]:
+    """The lexicon spellings our beam search needs for one word (module docstring):
+    characters end with the word delimiter; word pieces come twice, once with the last
+    piece doubled, so the word can hold its last piece over several frames."""
+    if pieces:
+        return [spelling, spelling + spelling[-1:]]
+    return [spelling if spelling[-1] == delimiter else spelling + [delimiter]]
 
 
 def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
@@ -289,11 +294,7 @@ def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
             raise DecoderError(
                 f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
             )
-        if pieces:
-            spellings = [spelling, spelling + spelling[-1:]]
-        else:
-            spellings = [spelling if spelling[-1] == d else spelling + [d]]
-        for sp in spellings:
+        for sp in _search_spellings(spelling, d, pieces):
             key = (word, *sp)
             if key not in seen:
                 seen.add(key)

@@ -69,8 +69,8 @@ class CTCModule(pl.LightningModule):
         """
         log_probs, out_lens, inter = self.model.forward_with_intermediate(batch.feats, batch.feat_lens)
         loss = self._ctc(log_probs, out_lens, batch)
-        w = self.model.cfg.inter_ctc_weight
-        if inter is not None and self.training:
+        if inter is not None:  # only computed in training mode
+            w = self.model.cfg.inter_ctc_weight
             loss = (1 - w) * loss + w * self._ctc(inter, out_lens, batch)
         return loss, log_probs, out_lens
 
