@@ -30,7 +30,7 @@ import pickle
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,15 @@ QUANTIZE_MODES = ("none", "int8")
 # Modules replaced by dynamically quantised (int8 weights, fp32 activations) versions.
 # RecurrentLayer holds plain nn.LSTM/GRU modules per direction, so they are all covered.
 _INT8_MODULES = {nn.LSTM, nn.GRU, nn.Linear}
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# What torch's weights-only unpickler names when it refuses a pickle (torch 2.6 - 2.14 wording):
+# "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default",
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked",
+# "Trying to call reduce for unrecognized function <f>", "... but got <class 'x.Y'>".
+_UNSAFE_GLOBAL = (
+    re.compile(r"\bGLOBAL (\S+?)\.? (?:was not an allowed global|whose module)"),
+    re.compile(r"unrecognized function (.+?)(?: which belongs to|$)", re.MULTILINE),
+    re.compile(r"(?:create new object|Can only build).* but got <class '([^']+)'>"),
+)
 _CKPT_NAME = re.compile(r"wer(\d+(?:\.\d+)?)")  # epoch012-wer0.1234.ckpt -> 0.1234
 
 
@@ -60,6 +68,89 @@ class PackageError(ValueError):
 
 class CheckpointError(ValueError):
     """A Lightning checkpoint (or experiment directory) that cannot be exported."""
+
+
+# Bounds on what a package's or checkpoint's config may ask to build, checked before anything
+# is allocated: a 1 MB file whose config says hidden=100000 must be refused, not turned into a
+# 160 GB model. Far beyond any model this toolkit trains; tighten nothing the recipes use.
+_LIMITS: dict[str, tuple[int, int]] = {
+    "model.num_layers": (1, 64),
+    "model.hidden": (1, 16384),
+    "model.proj": (0, 16384),
+    "model.conv_channels": (1, 4096),
+    "model.attention_heads": (1, 256),
+    "features.n_mels": (1, 1024),
+    "features.sample_rate": (1000, 384000),
+    "features.n_fft": (16, 65536),
+    "vocabulary size": (2, 1_000_000),
+}
+
+
+def _unsafe_global(message: str) -> str | None:
+    """The class/function a weights-only ``torch.load`` refused, from its error message."""
+    for pattern in _UNSAFE_GLOBAL:
+        m = pattern.search(message)
+        if m:
+            return m.group(1)
+    return None
+
+
+def check_model_config(cfg: ExperimentConfig, vocab_size: int) -> None:
+    """Refuse (ValueError, one line) a config that is invalid or asks for an absurd model.
+
+    Cheap: nothing is allocated. Run it before :func:`expected_shapes` or building a model.
+    """
+    m, f = cfg.model, cfg.features
+    values = {
+        "model.num_layers": m.num_layers, "model.hidden": m.hidden, "model.proj": m.proj,
+        "model.conv_channels": m.conv_channels, "model.attention_heads": m.attention_heads,
+        "features.n_mels": f.n_mels, "features.sample_rate": f.sample_rate, "features.n_fft": f.n_fft,
+        "vocabulary size": vocab_size,
+    }
+    for key, value in values.items():
+        lo, hi = _LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{key} = {value!r} is outside [{lo}, {hi}]")
+    m.validate()
+    if not (isinstance(f.win_ms, int | float) and isinstance(f.hop_ms, int | float)
+            and f.hop_length >= 1 and 1 <= f.win_length <= f.n_fft):
+        raise ValueError(f"features: window {f.win_ms} ms / hop {f.hop_ms} ms do not fit n_fft={f.n_fft} "
+                         f"at {f.sample_rate} Hz")
+    f_max = f.sample_rate / 2 if f.f_max is None else f.f_max
+    if not 0 <= f.f_min < f_max <= f.sample_rate / 2:
+        raise ValueError(f"features: need 0 <= f_min < f_max <= sample_rate / 2 (f_min={f.f_min}, "
+                         f"f_max={f.f_max}, sample_rate={f.sample_rate})")
+
+
+def expected_shapes(cfg: ExperimentConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes an AcousticModel of this config has, built on the meta device
+    (no memory for weights). Call :func:`check_model_config` first."""
+    with torch.device("meta"):
+        model = AcousticModel(cfg.model, cfg.features.n_mels, vocab_size)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _weights_mismatch(cfg: ExperimentConfig, vocab_size: int, stored: dict[str, tuple[int, ...]]) -> str | None:
+    """Why the stored tensor shapes do not fit the config (None when they do, exactly)."""
+    want = expected_shapes(cfg, vocab_size)
+    missing, extra = sorted(want.keys() - stored.keys()), sorted(stored.keys() - want.keys())
+    if missing or extra:
+        return (f"the config implies {len(want)} tensors; missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''}")
+    for k, shape in want.items():
+        if tuple(stored[k]) != shape:
+            n_want = sum(_numel(s) for s in want.values())
+            n_have = sum(_numel(s) for s in stored.values())
+            return (f"{k} is stored as {tuple(stored[k])} but the config implies {shape} "
+                    f"({n_want:,} parameters implied, {n_have:,} stored)")
+    return None
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 @dataclass
@@ -102,6 +193,7 @@ class _Checkpoint:
     state_dict: dict[str, Tensor]  # AcousticModel keys (the "model." prefix removed)
     epoch: int | None
     global_step: int | None
+    run_id: str | None = None  # hyper_parameters["run_id"]: one id per `asr train` run (None before it existed)
 
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
@@ -112,18 +204,20 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        m = _UNSAFE_GLOBAL.search(str(e))
-        if m:
+        unsafe = _unsafe_global(str(e))
+        if unsafe:
             # We do not fall back to full unpickling: it can run arbitrary code.
             raise CheckpointError(
-                f"{path}: refusing to load: it pickles {m.group(1)}, which "
+                f"{path}: refusing to load: it pickles {unsafe}, which "
                 "torch.load(weights_only=True) does not allow (checkpoints written by `asr train` "
                 "hold only tensors and plain values)"
             ) from e
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        # A truncated or crafted file can make the (weights-only) unpickler fail in many ways.
+        why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({why})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, dict) or "config" not in hp or "tokenizer" not in hp:
@@ -133,11 +227,18 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
         )
     try:
         config = from_dict(ExperimentConfig, drop_retired_keys(hp["config"]))
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: bad config in hyper_parameters: {e}") from e
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(hp["tokenizer"], dict):
+        raise CheckpointError(f"{path}: bad tokenizer in hyper_parameters (not a mapping)")
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+             if isinstance(k, str) and k.startswith("model.")}
     if not state:
         raise CheckpointError(f"{path}: state_dict has no 'model.*' weights")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:3]}")
+    run_id = hp.get("run_id")
     return _Checkpoint(
         path=path,
         config=config,
@@ -146,6 +247,7 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> _Checkpoint:
         state_dict=state,
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
+        run_id=str(run_id) if run_id is not None else None,
     )
 
 
@@ -213,8 +315,21 @@ def average_state_dicts(states: Sequence[dict[str, Tensor]], names: Sequence[str
 
 
 def _check_compatible(ckpts: Sequence[_Checkpoint]) -> None:
+    """Refuse to average checkpoints of different training runs or model configurations.
+
+    Checkpoints written by `asr train` carry a run id; two that differ come from different
+    runs (a leftover ``epoch000-wer1.0000-v1.ckpt`` of an earlier run in the same directory,
+    say) and are never averaged, even when their configs agree. Older checkpoints without a
+    run id fall back to comparing the model/feature configs and tokenizers.
+    """
     first = ckpts[0]
     for c in ckpts[1:]:
+        if c.run_id is not None and first.run_id is not None and c.run_id != first.run_id:
+            raise CheckpointError(
+                f"cannot average {c.path} with {first.path}: they come from different training runs "
+                f"(run_id {c.run_id} vs {first.run_id}); average checkpoints of one run (retrain into a "
+                "fresh exp_dir, or name the checkpoints to use)"
+            )
         for section in ("model", "features"):
             if c.config_dict[section] != first.config_dict[section]:
                 diff = {k: (first.config_dict[section][k], v) for k, v in c.config_dict[section].items()
@@ -238,6 +353,7 @@ def export(
     int8: bool = False,
     torchscript: bool = False,
     onnx: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a model package from Lightning checkpoints (or experiment directories).
 
@@ -252,6 +368,8 @@ def export(
         torchscript: also write ``out.with_suffix(".ts")`` (traced, dynamic batch/time).
         onnx: also write ``out.with_suffix(".onnx")`` (inputs feats (N, T, n_mels) float32,
             feat_lens (N,) int64; outputs log_probs (N, T', V), out_lens (N,)).
+        note: called with one-line remarks the caller should show (e.g. fewer checkpoints
+            than ``average=N`` asked for).
 
     Returns:
         The package path.
@@ -264,7 +382,13 @@ def export(
         n_best = int(average)
         if n_best < 1:
             raise CheckpointError(f"--average must be >= 1 (is {average})")
-    paths = resolve_checkpoints(ckpts, n_best)
+    paths: list[Path] = []
+    for p in map(Path, ckpts):
+        found = best_checkpoints(p, n_best) if p.is_dir() else [p]
+        if p.is_dir() and average is not True and average is not False and len(found) < n_best and note:
+            note(f"--average {n_best}: {p} has only {len(found)} ranked checkpoint(s); averaging those "
+                 f"{len(found)}")
+        paths.extend(found)
     if not paths:
         raise CheckpointError("no checkpoints given")
     if len(paths) > 1 and average is False:
@@ -281,8 +405,17 @@ def export(
         state = first.state_dict
     try:
         tokenizer = Tokenizer.from_dict(first.tokenizer)
-    except TokenizerError as e:
+    except (TokenizerError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{first.path}: bad tokenizer in hyper_parameters: {e}") from e
+    # Config bounds and stored shapes first: nothing is allocated for a config the weights
+    # do not fit (hidden=100000 in a 1 MB checkpoint must not become a 160 GB model).
+    try:
+        check_model_config(first.config, tokenizer.vocab_size)
+    except ValueError as e:
+        raise CheckpointError(f"{first.path}: bad config in hyper_parameters: {e}") from e
+    why = _weights_mismatch(first.config, tokenizer.vocab_size, {k: tuple(v.shape) for k, v in state.items()})
+    if why:
+        raise CheckpointError(f"{first.path}: weights do not match its config: {why}")
 
     # Build the network once so a state dict that does not fit the config fails here, at
     # export time, not when someone tries to use the package.
@@ -381,6 +514,36 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+def _parse_metadata(path: Path, meta: dict[str, str]) -> tuple[ExperimentConfig, Tokenizer, dict[str, Any]]:
+    """Config, tokenizer and provenance from package metadata, checked for sane sizes.
+
+    Every way crafted metadata can be wrong (bad JSON, a list where a mapping belongs, an
+    unknown cell, n_mels=0, a negative sample rate, a huge hidden size) ends here as one
+    PackageError line; nothing has been allocated yet.
+    """
+    try:
+        raw_cfg, raw_tok = json.loads(meta["config"]), json.loads(meta["tokenizer"])
+        if not isinstance(raw_cfg, dict):
+            raise ValueError(f"config is a JSON {type(raw_cfg).__name__}, not an object")
+        cfg = from_dict(ExperimentConfig, drop_retired_keys(raw_cfg))
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # JSONDecodeError, ConfigError
+        raise PackageError(f"{path}: bad package metadata: config: {e}") from e
+    try:
+        tokenizer = Tokenizer.from_dict(raw_tok)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # TokenizerError
+        raise PackageError(f"{path}: bad package metadata: tokenizer: {e}") from e
+    try:
+        check_model_config(cfg, tokenizer.vocab_size)
+    except ValueError as e:
+        raise PackageError(f"{path}: bad package metadata: {e}") from e
+    try:
+        extra = {"source_checkpoints": json.loads(meta.get("source_checkpoints", "[]")),
+                 "averaged": int(meta.get("averaged", "1"))}
+    except ValueError as e:
+        raise PackageError(f"{path}: bad package metadata: source_checkpoints/averaged: {e}") from e
+    return cfg, tokenizer, extra
+
+
 def quantize_int8(model: AcousticModel) -> AcousticModel:
     """Dynamic int8 quantisation of the LSTM/GRU/Linear layers (CPU inference only)."""
     with warnings.catch_warnings():
@@ -407,15 +570,25 @@ def load_package(
     """
     path = Path(path)
     meta = read_metadata(path)
-    try:
-        cfg = from_dict(ExperimentConfig, drop_retired_keys(json.loads(meta["config"])))
-        tokenizer = Tokenizer.from_dict(json.loads(meta["tokenizer"]))
-    except (json.JSONDecodeError, ConfigError, TokenizerError, TypeError) as e:
-        raise PackageError(f"{path}: bad package metadata: {e}") from e
+    cfg, tokenizer, extra = _parse_metadata(path, meta)
 
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device="cpu")
+    # The stored shapes (from the header; no tensor data read) must be exactly what the config
+    # implies before anything is allocated: the weights then take no more memory than the file.
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PackageError(f"{path}: unreadable tensors: {e}") from e
+    why = _weights_mismatch(cfg, tokenizer.vocab_size, stored)
+    if why:
+        raise PackageError(f"{path}: weights do not match the package config: {why}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PackageError(f"{path}: unreadable tensors: {e}") from e
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
     try:
         model.load_state_dict(state, strict=True)
@@ -431,7 +604,10 @@ def load_package(
     if int8:
         model = quantize_int8(model)
     model = model.to(device)
-    featurizer = LogMel(cfg.features).to(device).eval()
+    try:
+        featurizer = LogMel(cfg.features).to(device).eval()
+    except (ValueError, RuntimeError) as e:  # torchaudio's own checks of the mel settings
+        raise PackageError(f"{path}: bad package metadata: features: {e}") from e
 
     info = {
         "path": str(path.resolve()),
@@ -439,8 +615,7 @@ def load_package(
         "version": meta.get("toolkit_version"),
         "toolkit_version": meta.get("toolkit_version"),
         "format_version": int(meta["format_version"]),
-        "source_checkpoints": json.loads(meta.get("source_checkpoints", "[]")),
-        "averaged": int(meta.get("averaged", "1")),
+        **extra,
         "quantize": "int8" if int8 else "none",
         "parameters": sum(v.numel() for v in state.values()),
         "vocab_size": tokenizer.vocab_size,
@@ -547,7 +722,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--average", nargs="?", type=int, const=0, default=None, metavar="N",
                         help="average the weights of the checkpoints (of an experiment directory: all its "
                              "ranked checkpoints, or with N its N best by dev WER)")
-    parser.add_argument("--int8", action="store_true", help="quantise LSTM/GRU/Linear to int8 at load (CPU)")
+    parser.add_argument("--int8", action="store_true",
+                        help="mark the package to quantise LSTM/GRU/Linear to int8 when it is loaded (CPU "
+                             "inference); the file still holds fp32 weights, so it is as large as without")
     parser.add_argument("--torchscript", action="store_true", help="also write MODEL.ts (TorchScript)")
     parser.add_argument("--onnx", action="store_true", help="also write MODEL.onnx")
 
@@ -559,11 +736,12 @@ def run(args: argparse.Namespace) -> int:
     average: bool | int = False if args.average is None else (True if args.average == 0 else args.average)
     try:
         out = export(args.checkpoints, args.out, average=average, int8=args.int8,
-                     torchscript=args.torchscript, onnx=args.onnx)
+                     torchscript=args.torchscript, onnx=args.onnx,
+                     note=lambda m: print(f"note: {m}", file=sys.stderr))
         pkg = load_package(out)
     except (CheckpointError, PackageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2  # unusable input (or an unwritable --out)
     info = pkg.info
     srcs = info["source_checkpoints"]
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {info['parameters'] / 1e6:.2f} M parameters, "

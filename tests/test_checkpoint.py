@@ -157,9 +157,9 @@ def test_experiment_dir_uses_its_best_checkpoints(tmp_path):
 def test_cli_export_errors_exit_nonzero(tmp_path, capsys):
     cfg = tiny_config()
     paths = [str(write_lightning_ckpt(tmp_path / f"{i}.ckpt", tiny_model(cfg, i), cfg)) for i in range(2)]
-    assert main(["export", *paths, "--out", str(tmp_path / "m.asr")]) == 1
+    assert main(["export", *paths, "--out", str(tmp_path / "m.asr")]) == 2  # unusable input
     assert "pass --average" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.asr")]) == 1
+    assert main(["export", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.asr")]) == 2
     assert "missing.ckpt: no such checkpoint file" in capsys.readouterr().err
 
 
