@@ -2,16 +2,19 @@
 # Shared helpers for recipes/<corpus>/run.sh; sourced, not run.
 #
 # A recipe is a list of numbered stages. Each stage is re-runnable: every step inside it
-# names the file it produces and is skipped when that file exists and is newer than its
-# input (a retrained model is re-exported and re-scored; --force redoes
-# everything selected), so an interrupted run continues where it stopped and a finished
-# one costs nothing.
+# names the file it produces and writes OUTPUT.provenance beside it (the command line and the
+# sha256 of its inputs). The output is reused only while that record matches what the step
+# would run now: a file made by something else (scripts/demo.sh, a hand-run command, another
+# option set), or from an input that has since changed (a retrained model is re-exported
+# and re-scored), is redone with a one-line note. --force redoes everything selected. So an
+# interrupted run continues where it stopped and a finished one costs nothing.
 #
 #   parse_recipe_args CORPUS "$@"     sets STAGE STOP_STAGE FORCE DATA MANIFESTS EXP AVERAGE
 #                                     BEAM_SIZE OVERRIDES (key=value for `asr train`)
 #   stage N "what"                    true when N is in [STAGE, STOP_STAGE]; prints a header
-#   step [--after IN] OUTPUT CMD...   runs CMD unless OUTPUT exists and is not older than IN
-#                                     (or --force); echoes CMD
+#   step [--after IN]... OUTPUT CMD...  runs CMD unless OUTPUT exists with a matching
+#                                     OUTPUT.provenance (CMD and the sha256 of each IN);
+#                                     echoes CMD, then writes OUTPUT.provenance
 #   have_kenlm                        true when `asr lm build` can find lmplz/build_binary
 #   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
 #   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage TITLE
@@ -49,7 +52,8 @@ usage: recipes/$1/run.sh [--stage N] [--stop-stage M] [--force] [--data DIR]
 
 Stages: 0 prepare, 1 train, 2 export, 3 LM (build + tune on dev), 4 evaluate
 greedy / beam / beam+LM on dev and test, 5 transcribe examples, 6 results table.
-A stage skips each output that already exists; --force redoes them.
+A stage reuses an output only when it made it with the same command and inputs
+(recorded in OUTPUT.provenance); --force redoes them all.
 
   --stage N        first stage to run (default 0)
   --stop-stage M   last stage to run (default 6)
@@ -114,49 +118,101 @@ stage() {  # stage N "what": is stage N selected? (prints its header when it is)
   return 1
 }
 
-step() {  # step [--after INPUT] OUTPUT CMD...: run CMD unless OUTPUT exists (and is not
-  # older than INPUT, as in make); --force reruns it
-  local after=""
-  if [[ "$1" == --after ]]; then
-    after=$2
+_sha256() {  # _sha256 FILE: hex digest
+  if command -v sha256sum >/dev/null; then
+    sha256sum "$1" | cut -d' ' -f1
+  else
+    shasum -a 256 "$1" | cut -d' ' -f1
+  fi
+}
+
+_step_parse() {  # _step_parse [--after INPUT]... OUTPUT CMD...: sets STEP_OUT STEP_CMD STEP_RECORD
+  local after=() input
+  while [[ "$1" == --after ]]; do
+    after+=("$2")
     shift 2
-  fi
-  local out=$1
+  done
+  STEP_OUT=$1
   shift
-  if [[ -e "$out" && "$FORCE" == 0 ]]; then
-    if [[ -z "$after" || ! "$after" -nt "$out" ]]; then
-      echo "   skip: ${out#"$ASR_ROOT"/} exists"
-      return 0
+  STEP_CMD=("$@")
+  # What the output is reused against: the exact command, and each input's content (a hash,
+  # not an mtime: a touched or copied file is not a change, a rewritten one is).
+  STEP_RECORD="command:$(printf ' %q' "$@")"
+  for input in ${after[@]+"${after[@]}"}; do
+    if [[ -f "$input" ]]; then
+      STEP_RECORD+=$'\n'"input: $input sha256 $(_sha256 "$input")"
+    else
+      STEP_RECORD+=$'\n'"input: $input missing"
     fi
-    echo "   ${after#"$ASR_ROOT"/} is newer than ${out#"$ASR_ROOT"/}: redoing"
+  done
+}
+
+step_is_current() {  # step_is_current [--after INPUT]... OUTPUT CMD...: would step reuse OUTPUT?
+  _step_parse "$@"
+  [[ "$FORCE" == 0 && -e "$STEP_OUT" && -f "$STEP_OUT.provenance" &&
+     "$(<"$STEP_OUT.provenance")" == "$STEP_RECORD" ]]
+}
+
+_step_why_redo() {  # after step_is_current said no: one line on why an existing output is redone
+  local out=$STEP_OUT prov=$STEP_OUT.provenance
+  [[ -e "$out" && "$FORCE" == 0 ]] || return 0
+  if [[ ! -f "$prov" ]]; then
+    echo "   redo: ${out#"$ASR_ROOT"/} has no provenance record (not made by this step, e.g. by scripts/demo.sh)"
+  elif [[ "$(head -n 1 "$prov")" != "${STEP_RECORD%%$'\n'*}" ]]; then
+    echo "   redo: ${out#"$ASR_ROOT"/} was made by another command or other options"
+  else
+    echo "   redo: an input of ${out#"$ASR_ROOT"/} changed since it was made"
   fi
-  echo "   + $*"
-  "$@"
+}
+
+step() {  # step [--after INPUT]... OUTPUT CMD...: run CMD unless OUTPUT was made by this very
+  # command from inputs with the same content (OUTPUT.provenance); --force reruns it
+  if step_is_current "$@"; then
+    echo "   skip: ${STEP_OUT#"$ASR_ROOT"/} exists (made by this step, same command and inputs)"
+    return 0
+  fi
+  local out=$STEP_OUT prov=$STEP_OUT.provenance record=$STEP_RECORD
+  local cmd=("${STEP_CMD[@]}")
+  _step_why_redo
+  rm -f "$prov"  # an interrupted command leaves no record, so its output is never reused
+  echo "   + ${cmd[*]}"
+  "${cmd[@]}"
+  printf '%s\n' "$record" >"$prov"
 }
 
 have_kenlm() {
   "$PYTHON" -c "from asr.lm import find_kenlm_bin; find_kenlm_bin()" 2>/dev/null
 }
 
+TRAIN_RESUME=()  # set by train_stage for _train
+
+_train() {  # _train ARGS...: asr train ARGS (+ --resume when train_stage found this run interrupted)
+  "$ASR" train "$@" ${TRAIN_RESUME[@]+"${TRAIN_RESUME[@]}"}
+}
+
 train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and overrides
-  local config=$1 resume=() summary=$EXP/train_summary.json
-  if [[ "$FORCE" == 1 || ( -e "$summary" && "$MANIFESTS/train.jsonl" -nt "$summary" ) ]]; then
-    if [[ -e "$summary" || -d "$EXP/checkpoints" ]]; then
-      # Old top-k checkpoints would compete with the new run's at export.
-      echo "   retraining: removing $EXP/checkpoints and $summary"
-      rm -rf "$EXP/checkpoints" "$summary"
-    fi
-  fi
-  if [[ ! -e "$summary" && -e "$EXP/checkpoints/last.ckpt" ]]; then
-    echo "   found $EXP/checkpoints/last.ckpt without train_summary.json: resuming"
-    resume=(--resume)
-  fi
+  local config=$1 summary=$EXP/train_summary.json started=$EXP/train_started.provenance
   local data_overrides=("exp_dir=$EXP" "data.train_manifest=$MANIFESTS/train.jsonl"
                         "data.dev_manifest=$MANIFESTS/dev.jsonl")
-  mkdir -p "$EXP"
   # Overrides given on the command line come last, so they win over the recipe's.
-  step "$summary" "$ASR" train "$config" "${data_overrides[@]}" \
-    ${OVERRIDES[@]+"${OVERRIDES[@]}"} "${resume[@]+"${resume[@]}"}"
+  local args=(--after "$MANIFESTS/train.jsonl" --after "$MANIFESTS/dev.jsonl" "$summary"
+              _train "$config" "${data_overrides[@]}" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+  mkdir -p "$EXP"
+  TRAIN_RESUME=()
+  if ! step_is_current "${args[@]}"; then
+    if [[ "$FORCE" == 0 && ! -e "$summary" && -e "$EXP/checkpoints/last.ckpt" && -f "$started" &&
+          "$(<"$started")" == "$STEP_RECORD" ]]; then
+      echo "   found $EXP/checkpoints/last.ckpt of this stage's interrupted run: resuming"
+      TRAIN_RESUME=(--resume)
+    elif [[ -e "$summary" || -d "$EXP/checkpoints" ]]; then
+      _step_why_redo
+      # Another run's top-k checkpoints would compete with the new run's at export.
+      echo "   (re)training: removing $EXP/checkpoints and $summary"
+      rm -rf "$EXP/checkpoints" "$summary"
+    fi
+    printf '%s\n' "$STEP_RECORD" >"$started"  # lets an interrupted run of the same stage resume
+  fi
+  step "${args[@]}"
 }
 
 export_stage() {
@@ -177,7 +233,7 @@ lm_stage() {  # word 3-gram on the training transcripts, weights tuned on dev
     --out "$lm"
   # Tuned weights are written beside the LM as <lm>.tune.json; decoders use them by default.
   # Tuning follows the model: a retrained model gets its weights re-tuned.
-  step --after "$EXP/model.asr" "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" "$MANIFESTS/dev.jsonl" --lm "$lm" \
+  step --after "$EXP/model.asr" --after "$lm" "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" "$MANIFESTS/dev.jsonl" --lm "$lm" \
     ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} ${LM_TUNE_ARGS[@]+"${LM_TUNE_ARGS[@]}"}
 }
 
@@ -186,12 +242,12 @@ _evaluate() {  # _evaluate SYSTEM SPLIT DECODER-ARGS...: one evaluation into $EX
   shift 2
   local out=$EXP/eval/$system/$split
   local cmd=("$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" "$@")
-  # Redone when the model (or, with the LM, its tuned weights) changed since.
-  local input=$EXP/model.asr
-  if [[ "$system" == beam-lm && -e "$EXP/lm/3gram.bin.tune.json" ]]; then
-    input=$EXP/lm/3gram.bin.tune.json
+  # Redone when the model (or, with the LM, the LM or its tuned weights) changed since.
+  local inputs=(--after "$EXP/model.asr")
+  if [[ "$system" == beam-lm ]]; then
+    inputs+=(--after "$EXP/lm/3gram.bin" --after "$EXP/lm/3gram.bin.tune.json")
   fi
-  step --after "$input" "$out/summary.json" "${cmd[@]}"
+  step "${inputs[@]}" "$out/summary.json" "${cmd[@]}"
   # The exact command goes beside the report so the results table can cite it.
   if [[ -e "$out/summary.json" && ( ! -e "$out/command.txt" || "$out/summary.json" -nt "$out/command.txt" ) ]]; then
     local rel=() arg

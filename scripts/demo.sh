@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # The main job end to end on a small real corpus: prepare -> train -> export -> evaluate
 # (dev and test WER reports) -> transcribe an example. A few minutes on 2 CPU cores.
-#   CORPUS=yesno|fsdd  DATA=/path/to/corpus  EXP=exp/<corpus>  bash scripts/demo.sh [key=value ...]
+#   CORPUS=yesno|fsdd  DATA=/path/to/corpus  EXP=exp/demo-<corpus>  bash scripts/demo.sh [key=value ...]
+# The demo trains into exp/demo-<corpus>, not exp/<corpus>: that one belongs to
+# recipes/<corpus>/run.sh, whose results (averaged checkpoints, beam + LM) must not be mixed
+# with, or silently replaced by, the demo's single best checkpoint, nor the other way round.
 set -euo pipefail
 corpus="${CORPUS:-yesno}"
 src="${DATA:-../shared/data/$corpus}"
-exp="${EXP:-exp/$corpus}"
+exp="${EXP:-exp/demo-$corpus}"
 data="data/$corpus"
 
 echo "== 1/5 prepare $corpus from $src -> $data"
 asr prepare "$corpus" --src "$src" --out "$data"
 
 echo "== 2/5 train (conf/$corpus.yaml) -> $exp"
+if [ -d "$exp/checkpoints" ]; then
+  # A rerun starts afresh: an earlier run's checkpoints would compete with this run's at export.
+  echo "   removing $exp/checkpoints of an earlier demo run"
+  rm -rf "$exp/checkpoints"
+fi
 asr train "conf/$corpus.yaml" "exp_dir=$exp" "data.train_manifest=$data/train.jsonl" \
   "data.dev_manifest=$data/dev.jsonl" "$@"
 

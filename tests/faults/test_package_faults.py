@@ -332,3 +332,77 @@ def test_int8_help_says_the_file_stays_fp32(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "still holds fp32 weights" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------------------ recipe step reuse
+
+FAKE_ASR = """#!{python}
+# Stands in for `asr` in recipe tests: logs its arguments, writes what the real command would.
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["FAKE_ASR_LOG"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if args[0] == "export":
+    Path(args[args.index("--out") + 1]).write_text("package from " + " ".join(args))
+elif args[0] == "train":
+    exp = Path(next(a.split("=", 1)[1] for a in args if a.startswith("exp_dir=")))
+    (exp / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (exp / "checkpoints" / "last.ckpt").write_text("ckpt")
+    manifest = next(a.split("=", 1)[1] for a in args if a.startswith("data.train_manifest="))
+    (exp / "train_summary.json").write_text(json.dumps({{"args": args, "data": Path(manifest).read_text()}}))
+"""
+
+
+def _recipe(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    fake, log = tmp_path / "bin" / "asr", tmp_path / "asr.log"
+    if not fake.exists():
+        fake.parent.mkdir()
+        fake.write_text(FAKE_ASR.format(python=sys.executable))
+        fake.chmod(0o755)
+    log.write_text("")
+    env = dict(ENV, ASR=str(fake), PYTHON=sys.executable, FAKE_ASR_LOG=str(log))
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "yesno" / "run.sh"), "--manifests", "data", "--exp", "exp",
+                           "--stage", "1", "--stop-stage", "2", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, log.read_text().splitlines()
+
+
+def test_recipe_redoes_outputs_it_did_not_make_and_reuses_its_own(tmp_path):
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.jsonl").write_text(f"{split} v1\n")
+    # What `make demo` used to leave in exp/yesno: a model and a run, no provenance.
+    (exp / "checkpoints").mkdir(parents=True)
+    (exp / "checkpoints" / "epoch000-wer1.0000.ckpt").write_text("demo ckpt")
+    (exp / "train_summary.json").write_text("{}")
+    (exp / "model.asr").write_text("the demo's single-checkpoint package")
+
+    proc, calls = _recipe(tmp_path)
+    assert "redo: " in proc.stdout and "train_summary.json has no provenance record" in proc.stdout
+    assert "model.asr has no provenance record" in proc.stdout
+    assert [c.split()[0] for c in calls] == ["train", "export"] and "--resume" not in calls[0]
+    assert not (exp / "checkpoints" / "epoch000-wer1.0000.ckpt").exists()  # never averaged with the new run's
+    assert (exp / "model.asr").read_text().startswith("package from export")
+    assert (exp / "model.asr.provenance").read_text().startswith("command: ")
+
+    proc, calls = _recipe(tmp_path)  # made by the stages, same inputs: nothing redone
+    assert calls == [] and proc.stdout.count("skip:") == 2
+
+    proc, calls = _recipe(tmp_path, "--average", "5")  # other options: export redone, training kept
+    assert [c.split()[0] for c in calls] == ["export"] and "--average 5" in calls[0]
+    assert "made by another command or other options" in proc.stdout
+
+    (data / "train.jsonl").write_text("train v2\n")  # changed input: retrained, re-exported
+    proc, calls = _recipe(tmp_path, "--average", "5")
+    assert [c.split()[0] for c in calls] == ["train", "export"]
+    assert f"redo: an input of {exp}/train_summary.json changed" in proc.stdout
+    assert f"redo: an input of {exp}/model.asr changed" in proc.stdout
+
+    # An interrupted run of the same stage resumes; its output is not reused half-made.
+    (exp / "train_summary.json").unlink()
+    (exp / "train_summary.json.provenance").unlink()
+    proc, calls = _recipe(tmp_path, "--average", "5")
+    assert calls[0].startswith("train") and calls[0].endswith("--resume"), calls
