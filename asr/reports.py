@@ -22,8 +22,11 @@ import io
 import json
 import math
 import os
+import sys
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +63,64 @@ _RECORD_KEYS = (
 
 class ReportError(ValueError):
     """An evaluation directory or one of its files is missing or malformed (names the file)."""
+
+
+class OutputLockedError(ReportError):
+    """Another run is writing into the same output directory (the message names it)."""
+
+
+LOCK_FILE = ".lock"  # in an output directory; flock()ed by the run writing there
+
+
+@contextmanager
+def output_lock(out_dir: str | Path, command: str | None = None) -> Iterator[Path]:
+    """Hold ``out_dir`` for one writer: create it, flock ``out_dir/.lock`` (which records
+    the holder's pid and command) and yield the directory.
+
+    Two runs writing the same files (fixed names) would leave a directory mixing both
+    runs' results, so a second writer fails at once instead of waiting. The lock is released
+    by the kernel when the process dies, so a crashed run never leaves a stale lock; the file
+    itself stays (unlinking it would let two later runs lock two different files).
+
+    Raises:
+        ReportError: ``out_dir`` exists and is not a directory, or cannot be created.
+        OutputLockedError: another process holds the lock.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"{out}: cannot create the output directory ({e.strerror or e})") from e
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, as before
+        yield out
+        return
+    lock = out / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ReportError(f"{lock}: cannot create the lock file ({e.strerror or e})") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            raise OutputLockedError(
+                f"{out}: another run is writing here ({holder}); wait for it to finish or "
+                "choose another output directory"
+            ) from None
+        what = command if command is not None else " ".join(sys.argv)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        try:
+            yield out
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,9 +202,15 @@ def build_summary(
 
 def _write_text_atomic(path: Path, text: str) -> None:
     # Write-then-rename so an interrupted run never leaves a half-written report behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # The temporary name is unique, so even two writers cannot rename each other's halves.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_report(
@@ -397,8 +464,13 @@ def _sclite_lines(ops: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 # Markdown
 
 
+# Characters that Markdown (or the HTML it may embed, or GitHub's $math$) would interpret.
+# Ids, speaker names and paths come from users' files, so report.md shows them literally.
+_MD_SPECIAL = {c: "\\" + c for c in "\\`*_[]|$"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
 def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
+    return "".join(_MD_SPECIAL.get(c, c) for c in s)
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[int]) -> str:
@@ -473,7 +545,8 @@ def render_markdown(summary: Mapping[str, Any], analysis: Analysis) -> str:
     for r in analysis.worst:
         ref, hyp = _sclite_lines(r["ops"])
         out += [
-            f"**{r['id']}** · speaker {r['speaker']} · {r['duration']:.2f} s · "
+            f"**{_md_escape(str(r['id']))}** · speaker {_md_escape(str(r['speaker']))} · "
+            f"{r['duration']:.2f} s · "
             f"WER {_pct(r.get('wer'))} · S={r['substitutions']} D={r['deletions']} "
             f"I={r['insertions']}",
             "",
@@ -549,6 +622,11 @@ def _png_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _mpl_escape(s: str) -> str:
+    """User text shown literally by matplotlib: an escaped dollar never starts mathtext."""
+    return str(s).replace("$", r"\$")
+
+
 def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> str | None:
     """Bar chart of WER per group with bootstrap error bars; a data: URI, or None if empty."""
     groups = [g for g in groups if g.wer is not None]
@@ -563,7 +641,8 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
     lo = np.array([100 * g.ci_low for g in groups])
     hi = np.array([100 * g.ci_high for g in groups])
     err = np.vstack([np.maximum(wer - lo, 0), np.maximum(hi - wer, 0)])
-    labels = [g.name for g in groups]
+    # "$" would start matplotlib mathtext (a parse error for "$x^2" aborts the whole report).
+    labels = [_mpl_escape(g.name) for g in groups]
     if horizontal:
         fig, ax = plt.subplots(figsize=(5.6, max(1.8, 0.26 * len(groups) + 0.9)))
         y = np.arange(len(groups))
@@ -591,7 +670,7 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
         ax.set_ylabel("WER (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.12)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_mpl_escape(title), fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     uri = _png_data_uri(fig)
     plt.close(fig)
