@@ -23,7 +23,7 @@ import json
 import math
 import os
 import sys
-import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,8 +79,9 @@ def output_lock(out_dir: str | Path, command: str | None = None) -> Iterator[Pat
 
     Two runs writing the same files (fixed names) would leave a directory mixing both
     runs' results, so a second writer fails at once instead of waiting. The lock is released
-    by the kernel when the process dies, so a crashed run never leaves a stale lock; the file
-    itself stays (unlinking it would let two later runs lock two different files).
+    by the kernel when the process dies, so a crashed run never leaves a stale lock (only,
+    at worst, a stale ``.lock`` file that the next run simply locks); a finished run
+    removes the file.
 
     Raises:
         ReportError: ``out_dir`` exists and is not a directory, or cannot be created.
@@ -94,33 +95,49 @@ def output_lock(out_dir: str | Path, command: str | None = None) -> Iterator[Pat
     except OSError as e:
         raise ReportError(f"{out}: cannot create the output directory ({e.strerror or e})") from e
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (availability check; used in _acquire)
     except ImportError:  # not POSIX: no locking, as before
         yield out
         return
     lock = out / LOCK_FILE
+    fd = _acquire(lock, out)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise ReportError(f"{lock}: cannot create the lock file ({e.strerror or e})") from e
-    try:
+        what = command if command is not None else " ".join(sys.argv)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        yield out
+    finally:
+        # Unlink while still holding the lock; a run that opened the old file meanwhile
+        # sees it was unlinked (see _acquire) and retries on a fresh one.
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the flock
+
+
+def _acquire(lock: Path, out: Path) -> int:
+    """flock ``lock`` (created if needed); the fd of a file still linked at ``lock``."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ReportError(f"{lock}: cannot create the lock file ({e.strerror or e})") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
             raise OutputLockedError(
                 f"{out}: another run is writing here ({holder}); wait for it to finish or "
                 "choose another output directory"
             ) from None
-        what = command if command is not None else " ".join(sys.argv)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
         try:
-            yield out
-        finally:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
             os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the flock
+            return fd
+        os.close(fd)  # the holder we waited on removed it: lock the new file instead
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,14 +219,14 @@ def build_summary(
 
 def _write_text_atomic(path: Path, text: str) -> None:
     # Write-then-rename so an interrupted run never leaves a half-written report behind.
-    # The temporary name is unique, so even two writers cannot rename each other's halves.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temporary name is unique to this process, so even two writers (which the output
+    # lock prevents) could not rename each other's halves into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

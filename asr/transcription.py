@@ -31,7 +31,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from asr.checkpoint import ModelPackage, PackageError, load_package
+from asr.checkpoint import ModelPackage, load_package
 from asr.decoding import DecoderError
 from asr.inference import (
     DEFAULT_BATCH_SIZE,
@@ -211,18 +211,29 @@ def run(args: argparse.Namespace) -> int:
         formats = ["txt"]
     if formats and out_dir is None:
         out_dir = Path(".")
-    try:
-        package = load_package(args.model, args.device)
-    except PackageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {out_dir}: exists and is not a directory", file=sys.stderr)
+        return 2
+    # A PackageError (missing/corrupt package) reaches asr.cli.main: one `error:` line, exit 2.
+    package = load_package(args.model, args.device)
     files = find_audio_files(args.inputs)
     if not files:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in "
               f"{', '.join(map(str, args.inputs))}", file=sys.stderr)
-        return 1
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        return 2
+    if out_dir is None:
+        return _transcribe(args, package, files, formats, None)
+    from asr.reports import output_lock
+
+    # One writer per output directory: same-named transcripts of two runs would mix.
+    with output_lock(out_dir, "asr transcribe " + " ".join(map(str, [args.model, *args.inputs]))):
+        return _transcribe(args, package, files, formats, out_dir)
+
+
+def _transcribe(
+    args: argparse.Namespace, package: ModelPackage, files: list[Path], formats: list[str], out_dir: Path | None
+) -> int:
+    from asr.reports import WRITERS
 
     used_names: dict[str, int] = {}
 
@@ -234,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
             _print_transcript(r, header=len(files) > 1)
         if out_dir is None:
             return
-        # Same-named files from different folders must not overwrite each other.
+        # Same-named files from different folders must not overwrite each other; results
+        # arrive in input order, so the numbering (x, x-2, ...) follows the input order too.
         stem = Path(r.path).stem
         used_names[stem] = used_names.get(stem, 0) + 1
         if used_names[stem] > 1:
@@ -255,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, num_threads=args.threads, progress=not args.quiet,
             on_result=on_result,
         )
-    except (DecoderError, ValueError) as e:
+    except DecoderError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     wall = time.perf_counter() - start
     failed = [r for r in results if r.error is not None]
     audio = sum(r.duration for r in results if r.error is None)
