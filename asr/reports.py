@@ -269,21 +269,24 @@ def read_report(report_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, 
         summary = json.loads(spath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ReportError(f"{spath}: invalid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ReportError(f"{spath}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(summary, dict) or "wer" not in summary:
         raise ReportError(f"{spath}: not an evaluation summary (no 'wer')")
     records: list[dict[str, Any]] = []
-    with upath.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{upath}:{lineno}: invalid JSON: {e}") from e
-            missing = [k for k in _RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise ReportError(f"{upath}:{lineno}: record lacks {', '.join(missing)}")
-            records.append(rec)
+    from asr.data.manifest import utf8_lines
+
+    for lineno, line in utf8_lines(upath, ReportError):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{upath}:{lineno}: invalid JSON: {e}") from e
+        missing = [k for k in _RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ReportError(f"{upath}:{lineno}: record lacks {', '.join(missing)}")
+        records.append(rec)
     if not records:
         raise ReportError(f"{upath}: no utterances")
     return summary, records

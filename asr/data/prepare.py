@@ -649,8 +649,11 @@ def run(args: argparse.Namespace) -> int:
             f"Check the network, or download it yourself, unpack it and pass --src DIR."
         )
         return 1
-    except (CorpusError, PrepareError) as e:
-        err.print(f"[red]error:[/red] {e}")
+    except CorpusError as e:  # unusable input (layout, list file): usage-level failure
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PrepareError as e:  # e.g. every item rejected: a batch whose items all failed
+        print(f"error: {e}", file=sys.stderr)
         return 1
     written = [f"{s}.jsonl" for s in result.summary["splits"]]
     console.print(f"wrote {', '.join([*written, 'rejected.jsonl', 'summary.json'])} in {args.out}")
