@@ -41,6 +41,15 @@ _WAV_DATA_TOO_LONG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M
 # Streaming writers that cannot seek back leave a placeholder data size; not truncation.
 _WAV_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
 
+# Largest sample magnitude accepted. Integer PCM is decoded to [-1, 1]; float files are
+# returned as stored, and those are nominally in [-1, 1] too, but legitimately a little over
+# after processing, and some tools write floats at integer scale (up to 32768 for 16-bit,
+# 2**31 ~ 2.1e9 for 32-bit). So the bound sits above every integer scale: 1e10. Beyond it a
+# file is corrupt (random bytes read as floats give peaks like 1e29), and it is far below
+# where the log-mel overflows: float32 power |X|^2 ~ (peak * n_fft / 2)^2 reaches 3.4e38 at a
+# peak of ~7e16, after which features are inf/NaN and the model silently emits nothing.
+MAX_SAMPLE_MAGNITUDE = 1e10
+
 
 class AudioError(ValueError):
     """A file that cannot be used as audio. ``str(e) == f"{path}: {reason}"``."""
@@ -69,6 +78,8 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
     """Open ``path`` for reading after the checks soundfile does not do (or words badly)."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise AudioError(path, f"dangling or looping symbolic link (-> {os.readlink(p)})")
         raise AudioError(path, "file not found")
     if not p.is_file():
         raise AudioError(path, "not a regular file")
@@ -163,8 +174,8 @@ def load_audio(
         Tensor of shape (samples,), dtype float32, nominally in [-1, 1].
 
     Raises:
-        AudioError: missing/empty/non-audio/truncated file, zero samples, NaN or infinite
-            samples, or a segment outside the file.
+        AudioError: missing/empty/non-audio/truncated file, zero samples, NaN, infinite or
+            absurdly large samples (:data:`MAX_SAMPLE_MAGNITUDE`), or a segment outside the file.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive (is {sample_rate})")
@@ -206,6 +217,13 @@ def load_audio(
         raise AudioError(path, "contains no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(path, "contains NaN or infinite samples")
+    peak = max(float(data.max()), -float(data.min()))
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(
+            path,
+            f"sample magnitude {peak:.3g} is absurd (> {MAX_SAMPLE_MAGNITUDE:.0e}; audio is "
+            "nominally within [-1, 1]): corrupt float data",
+        )
 
     # (frames, channels) -> (frames,): averaging keeps the level of correlated channels.
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]

@@ -11,6 +11,28 @@ import argparse
 import importlib
 import sys
 
+# The toolkit's "bad input" errors: (module, class name). Each one's message already names
+# the file (and line, for text files), so `main` prints it as one `error: ...` line and
+# exits 2 instead of a traceback. Imported lazily, only when an exception is being
+# handled, so `asr --help` stays fast. Anything else propagates with its traceback: it is a bug.
+KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
+    ("asr.config", "ConfigError"),
+    ("asr.audio", "AudioError"),
+    ("asr.text", "TokenizerError"),
+    ("asr.data.manifest", "ManifestError"),
+    ("asr.data.prepare", "PrepareError"),
+    ("asr.data.corpora", "CorpusError"),
+    ("asr.data.download", "DownloadError"),
+    ("asr.checkpoint", "PackageError"),
+    ("asr.checkpoint", "CheckpointError"),
+    ("asr.decoding", "DecoderError"),
+    ("asr.lm", "LMError"),
+    ("asr.reports", "ReportError"),
+    ("asr.evaluate", "HypothesisFileError"),
+    ("asr.evaluate", "MissingHypothesesError"),
+    ("asr.compare", "CompareError"),
+)
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("asr.data.prepare", "prepare a corpus into validated JSONL manifests"),
@@ -44,12 +66,67 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and argv[0] == "lm" and argv[1] not in ("build", "tune", "-h", "--help"):
         argv.insert(1, "build")
     parser, _ = build_parser(argv)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    try:
+        module = importlib.import_module(args._module)
+        return int(module.run(args) or 0)
+    except Exception as e:
+        message = known_error_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse with options and positionals in any order, so ``asr train CONFIG --resume
+    key=value`` works.
+
+    ``parse_intermixed_args`` refuses parsers with sub-parsers (TypeError), so the
+    sub-command word is resolved here, recursively (``asr lm build``), and only the innermost
+    parser parses intermixed; one it still refuses falls back to plain ``parse_args``.
+    """
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is not None and argv and argv[0] in sub.choices:
+        args = _parse(sub.choices[argv[0]], argv[1:])
+        if sub.dest is not argparse.SUPPRESS:
+            setattr(args, sub.dest, argv[0])
+        for action in parser._actions:
+            if action is not sub and action.default is not argparse.SUPPRESS and not hasattr(args, action.dest):
+                setattr(args, action.dest, action.default)
+        for key, value in parser._defaults.items():
+            if not hasattr(args, key):
+                setattr(args, key, value)
+        return args
+    try:
+        return parser.parse_intermixed_args(argv)
+    except TypeError:
+        return parser.parse_args(argv)
+
+
+def known_error_message(e: BaseException) -> str | None:
+    """The one-line message for a known bad-input error, else None (a bug: keep the traceback).
+
+    A UnicodeDecodeError escaping a command means an input text file is not UTF-8; the
+    readers that know the file name re-raise it as their own error type, this is the
+    last resort (it still says what failed, and where in the bytes).
+    """
+    if isinstance(e, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, KeyboardInterrupt):
+        return None
+    for module_name, class_name in KNOWN_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is None:
+            # Not imported: no instance of its errors can exist yet.
+            continue
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type) and isinstance(e, cls):
+            return str(e)
+    return None
 
 
 if __name__ == "__main__":

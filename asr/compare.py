@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     _print(result)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asr.data.manifest import ManifestError, Utterance, read_manifest
+from asr.data.manifest import Utterance, read_manifest, utf8_lines
 from asr.metrics import score_corpus
-from asr.reports import ReportError, build_summary, utterance_record, write_report
+from asr.reports import ReportError, build_summary, output_lock, utterance_record, write_report
 from asr.text import normalize_text
 
 # How many ids an error or warning message lists before "...".
@@ -69,6 +69,10 @@ class HypothesisWarning(UserWarning):
     """Counted, non-fatal problems with hypotheses (extra ids, blank lines, missing allowed)."""
 
 
+class ReferenceWarning(UserWarning):
+    """Counted, non-fatal problems with references (empty after normalisation)."""
+
+
 def _examples(ids: Sequence[str]) -> str:
     return ", ".join(ids[:_EXAMPLES]) + (", ..." if len(ids) > _EXAMPLES else "")
 
@@ -87,47 +91,47 @@ def read_hypotheses(path: str | Path) -> Hypotheses:
     """Read a JSONL or Kaldi-style hypothesis file.
 
     Raises HypothesisFileError (``path:line: problem``) for bad JSON, a missing/non-string
-    id or text, or a duplicate id; FileNotFoundError if the file does not exist.
+    id or text, a duplicate id or a line that is not UTF-8; FileNotFoundError if the file does not exist.
     """
     path = Path(path)
     texts: dict[str, str] = {}
     first_line: dict[str, int] = {}
     empty = 0
     fmt: str | None = None
-    # utf-8-sig: files written by Windows tools often start with a byte-order mark.
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                empty += 1
-                continue
-            if fmt is None:
-                fmt = "jsonl" if line.lstrip().startswith("{") else "kaldi"
-            if fmt == "jsonl":
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise HypothesisFileError(
-                        f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); the "
-                        "first line made this a JSONL file"
-                    ) from e
-                if not isinstance(d, dict):
-                    raise HypothesisFileError(f"{path}:{lineno}: expected a JSON object")
-                uid, text = d.get("id"), d.get("text")
-                if not isinstance(uid, str) or not uid.strip():
-                    raise HypothesisFileError(f"{path}:{lineno}: 'id' must be a non-empty string")
-                if not isinstance(text, str):
-                    raise HypothesisFileError(
-                        f"{path}:{lineno}: utterance {uid}: 'text' must be a string (is {text!r})"
-                    )
-            else:
-                parts = line.strip().split(maxsplit=1)
-                uid, text = parts[0], parts[1] if len(parts) > 1 else ""
-            if uid in first_line:
+    # utf8_lines drops a byte-order mark (Windows tools often write one) and names the line
+    # of any bytes that are not UTF-8.
+    for lineno, line in utf8_lines(path, HypothesisFileError):
+        if not line.strip():
+            empty += 1
+            continue
+        if fmt is None:
+            fmt = "jsonl" if line.lstrip().startswith("{") else "kaldi"
+        if fmt == "jsonl":
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
                 raise HypothesisFileError(
-                    f"{path}:{lineno}: duplicate id {uid!r} (first on line {first_line[uid]})"
+                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); the "
+                    "first line made this a JSONL file"
+                ) from e
+            if not isinstance(d, dict):
+                raise HypothesisFileError(f"{path}:{lineno}: expected a JSON object")
+            uid, text = d.get("id"), d.get("text")
+            if not isinstance(uid, str) or not uid.strip():
+                raise HypothesisFileError(f"{path}:{lineno}: 'id' must be a non-empty string")
+            if not isinstance(text, str):
+                raise HypothesisFileError(
+                    f"{path}:{lineno}: utterance {uid}: 'text' must be a string (is {text!r})"
                 )
-            first_line[uid] = lineno
-            texts[uid] = text
+        else:
+            parts = line.strip().split(maxsplit=1)
+            uid, text = parts[0], parts[1] if len(parts) > 1 else ""
+        if uid in first_line:
+            raise HypothesisFileError(
+                f"{path}:{lineno}: duplicate id {uid!r} (first on line {first_line[uid]})"
+            )
+        first_line[uid] = lineno
+        texts[uid] = text
     return Hypotheses(str(path), fmt or "kaldi", texts, empty)
 
 
@@ -165,7 +169,9 @@ def evaluate(
 
     Returns the summary dict also written to ``out_dir/summary.json``. Missing hypotheses
     raise MissingHypothesesError unless ``allow_missing``; then they are scored as empty and
-    counted. Extra ids and allowed-missing ids emit a HypothesisWarning with the count.
+    counted. Extra ids and allowed-missing ids emit a HypothesisWarning with the count;
+    references empty after normalisation a ReferenceWarning (counted in
+    ``summary["references"]``).
     ``hypothesis_info`` is merged into ``summary["hypotheses"]``, ``extra`` into the summary.
     """
     if not refs:
@@ -199,6 +205,16 @@ def evaluate(
         )
 
     ref_texts = [normalize_text(u.text) for u in refs]
+    empty_refs = [u.id for u, t in zip(refs, ref_texts, strict=True) if not t]
+    if empty_refs:
+        # Scored (any hypothesis word is an insertion) but worth knowing: the manifest text
+        # was only punctuation/symbols, or the normaliser removed what it held.
+        warnings.warn(
+            f"{len(empty_refs)} reference(s) are empty after normalisation and were scored "
+            f"as empty ({_examples(empty_refs)})",
+            ReferenceWarning,
+            stacklevel=2,
+        )
     hyp_texts = [normalize_text(hyps.get(u.id, "")) for u in refs]
     score = score_corpus(ref_texts, hyp_texts)
     missing_set = set(missing)
@@ -216,7 +232,11 @@ def evaluate(
         normalization=_normalization_info(),
         num_resamples=num_resamples,
         seed=seed,
-        extra={"hypotheses": info, **(extra or {})},
+        extra={
+            "hypotheses": info,
+            "references": {"empty_after_normalization": len(empty_refs), "empty_items": empty_refs},
+            **(extra or {}),
+        },
     )
     write_report(out_dir, summary, records, worst=worst)
     return summary
@@ -318,6 +338,12 @@ def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
         t.add_row("missing hyps", f"{hyp['missing']} scored as empty hypotheses")
     if hyp["extra"]:
         t.add_row("extra hyps", f"{hyp['extra']} ignored (not in the manifest)")
+    empty_refs = (summary.get("references") or {}).get("empty_after_normalization", 0)
+    if empty_refs:
+        t.add_row("empty refs", f"{empty_refs} empty after normalisation")
+    mismatch = (summary.get("duration_mismatch") or {}).get("count", 0)
+    if mismatch:
+        t.add_row("duration", f"{mismatch} manifest duration(s) disagree with the file")
     if summary.get("rtf") is not None:
         t.add_row("RTF", f"{summary['rtf']:.4f}")
     t.add_row("report", str(out_dir / "report.html"))
@@ -326,25 +352,33 @@ def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
+    # One writer per evaluation directory: a second run fails (exit 2) naming the first,
+    # instead of both writing and leaving a mix of the two results.
+    with output_lock(args.out, "asr evaluate " + " ".join(map(str, args.inputs))):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     manifest = Path(args.inputs[-1])
     try:
         refs = read_manifest(manifest)
-    except (ManifestError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except OSError as e:
+        print(f"error: {manifest}: {e.strerror or e}", file=sys.stderr)
+        return 2
     if not refs:
         print(f"error: {manifest}: no utterances", file=sys.stderr)
-        return 1
+        return 2
 
     hyp_info: dict[str, Any] = {}
     model_info: dict[str, Any] | None = None
     rtf: float | None = None
+    extra: dict[str, Any] = {"manifest": str(manifest.resolve())}
     if args.hyps is not None:
         try:
             parsed = read_hypotheses(args.hyps)
-        except (HypothesisFileError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        except OSError as e:
+            print(f"error: {args.hyps}: {e.strerror or e}", file=sys.stderr)
+            return 2
         hyps = parsed.texts
         hyp_info = {
             "source": parsed.path,
@@ -366,6 +400,11 @@ def run(args: argparse.Namespace) -> int:
         hyps, rtf, settings, info = transcribe_manifest(
             args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
         )
+        # Manifest durations that disagree with the files: a property of the data, so
+        # counted at the top level of summary.json rather than among decoder settings.
+        mismatch = settings.pop("duration_mismatch_items", None) or {}
+        settings.pop("duration_mismatch", None)
+        extra["duration_mismatch"] = {"count": len(mismatch), "items": mismatch}
         model_info = dict(info or {})
         model_info.setdefault("path", str(Path(args.inputs[0]).resolve()))
         if not model_info.get("sha256"):
@@ -374,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", HypothesisWarning)
+        warnings.simplefilter("always", ReferenceWarning)
         try:
             summary = evaluate(
                 refs,
@@ -384,14 +424,17 @@ def run(args: argparse.Namespace) -> int:
                 rtf,
                 allow_missing=args.allow_missing,
                 hypothesis_info=hyp_info,
-                extra={"manifest": str(manifest.resolve())},
+                extra=extra,
                 num_resamples=args.resamples,
                 seed=args.seed,
                 worst=args.worst,
             )
-        except (MissingHypothesesError, ReportError, ValueError, OSError) as e:
+        except (MissingHypothesesError, ReportError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2
+        except OSError as e:
+            print(f"error: {args.out}: cannot write the report ({e})", file=sys.stderr)
+            return 2
         finally:
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)

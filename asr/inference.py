@@ -8,10 +8,12 @@ batch mates, and results are returned in the caller's order.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, audio_info, load_audio
 from asr.checkpoint import ModelPackage, load_package
 from asr.data.manifest import Utterance, read_manifest
 from asr.decoding import (
@@ -33,6 +35,15 @@ from asr.decoding import (
 
 DEFAULT_BATCH_SIZE = 32  # utterances per batch at most
 DEFAULT_MAX_BATCH_SECONDS = 300.0  # padded audio seconds per batch at most (bounds memory)
+DEFAULT_CHUNK_SECONDS = 30.0  # longer audio is read in windows owning this much audio
+DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned region
+
+# A manifest duration that differs from the file's real length (offset-less utterances) by
+# more than max(absolute, relative * duration) is reported: manifests round durations to
+# microseconds and MP3 lengths are estimates, anything beyond that is a stale manifest.
+DURATION_TOLERANCE = (0.05, 0.01)  # (seconds, fraction)
+
+NON_FINITE = "features or model output are not finite (NaN/inf): corrupt or absurd audio"
 
 
 def default_threads() -> int:
@@ -163,7 +174,7 @@ def emissions_for_manifest(
 
     Audio is read batch by batch (batches planned from the manifest durations), so memory
     holds one batch of audio plus the emissions. An utterance whose audio cannot be read
-    is not dropped: it gets an empty (0, V) emission, which every decoder turns into an
+    is not dropped (nor one whose emissions are not finite): it gets an empty (0, V) emission, which every decoder turns into an
     empty hypothesis; its id and reason are added to ``failed`` (when given) and printed
     to stderr.
 
@@ -191,6 +202,13 @@ def emissions_for_manifest(
                     print(f"warning: utterance {u.id}: {e}; scored as an empty hypothesis", file=sys.stderr)
                     out[i] = torch.zeros(0, vocab)
             for i, e in zip(good, forward_batch(package, waves)):
+                if not bool(torch.isfinite(e).all()):
+                    u = utts[i]
+                    if failed is not None:
+                        failed[u.id] = f"{u.audio}: {NON_FINITE}"
+                    print(f"warning: utterance {u.id}: {u.audio}: {NON_FINITE}; scored as an empty hypothesis",
+                          file=sys.stderr)
+                    e = torch.zeros(0, vocab)
                 out[i] = e
             bar.advance(task, sum(utts[i].duration for i in batch))
     return out, utts  # type: ignore[return-value]
@@ -265,28 +283,54 @@ def transcribe_manifest(
     max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
     num_threads: int | None = None,
     progress: bool = True,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
 ) -> tuple[dict[str, str], float, dict[str, Any], dict[str, Any]]:
-    """Transcribe every utterance of a manifest.
+    """Transcribe every utterance of a manifest, long ones window by window (see
+    :func:`transcribe_segments`), so memory stays flat in the utterance length.
+
+    An utterance without ``offset`` is the whole file: it is read to the file's end, and a
+    manifest duration that disagrees with the file's real length (beyond
+    :data:`DURATION_TOLERANCE`) is warned about and counted, never silently used to cut the
+    audio. An utterance with an offset is the segment [offset, offset + duration).
 
     Returns:
         hyps: utterance id -> text, for EVERY utterance (unreadable audio -> "").
         rtf: real-time factor = wall seconds (audio reading, features, model, decoding)
-            / seconds of audio in the manifest.
+            / seconds of audio transcribed.
         settings: decoder settings, device, threads, batch limits, and ``failed`` (number
             of unreadable utterances, scored as empty hypotheses) with ``failed_items``
-            (id -> reason) when there are any.
+            (id -> reason) when there are any; ``duration_mismatch`` (count) with
+            ``duration_mismatch_items`` (id -> {manifest, file} seconds) when there are any.
         model_info: the package's info (path, sha256, toolkit_version, quantize, ...).
     """
     package = package_path if isinstance(package_path, ModelPackage) else load_package(package_path, device)
     # Build the decoder first: a bad LM path should fail before minutes of inference.
     decode, settings = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
+    if package.device.type == "cpu":
+        set_threads(num_threads)
+    utts = read_manifest(manifest_path)
     start = time.perf_counter()
-    failed: dict[str, str] = {}
-    ems, utts = emissions_for_manifest(package, manifest_path, batch_size, max_batch_seconds,
-                                       num_threads, failed=failed, progress=progress)
-    hyps = {u.id: h.text for u, h in zip(utts, decode_emissions(decode, ems), strict=True)}
+    segments = [Segment(u.audio, u.offset, u.duration) if u.offset else Segment(u.audio) for u in utts]
+    results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
+                                  max_batch_seconds, progress=progress,
+                                  description=f"inference {Path(manifest_path).name}")
     elapsed = time.perf_counter() - start
-    audio = sum(u.duration for u in utts)
+    hyps: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    mismatch: dict[str, dict[str, float]] = {}
+    absolute, relative = DURATION_TOLERANCE
+    for u, r in zip(utts, results, strict=True):
+        hyps[u.id] = r.text
+        if r.error is not None:
+            failed[u.id] = f"{u.audio}: {r.error}"
+            print(f"warning: utterance {u.id}: {u.audio}: {r.error}; scored as an empty hypothesis",
+                  file=sys.stderr)
+        elif not u.offset and abs(r.duration - u.duration) > max(absolute, relative * u.duration):
+            mismatch[u.id] = {"manifest": u.duration, "file": round(r.duration, 6)}
+            print(f"warning: utterance {u.id}: {u.audio}: manifest duration {u.duration:.3f} s but the file "
+                  f"holds {r.duration:.3f} s; transcribed the whole file", file=sys.stderr)
+    audio = sum(r.duration for r in results if r.error is None)
     settings = {
         **settings,
         "device": str(package.device),
@@ -294,8 +338,205 @@ def transcribe_manifest(
         "quantize": package.info.get("quantize", "none"),
         "batch_size": batch_size,
         "max_batch_seconds": max_batch_seconds,
+        "chunk_seconds": chunk_seconds,
+        "overlap_seconds": overlap_seconds,
         "failed": len(failed),
+        "duration_mismatch": len(mismatch),
     }
     if failed:
         settings["failed_items"] = dict(failed)
+    if mismatch:
+        settings["duration_mismatch_items"] = mismatch
     return hyps, (elapsed / audio if audio > 0 else float("nan")), settings, dict(package.info)
+
+
+# --------------------------------------------------------------------------------------------
+# windowed transcription of files and segments
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Audio to transcribe: [offset, offset + duration) of ``path``; duration None = to the end."""
+
+    path: str | os.PathLike
+    offset: float = 0.0
+    duration: float | None = None
+
+
+@dataclass
+class SegmentResult:
+    """The transcript of one :class:`Segment`; word times are seconds from the segment start."""
+
+    text: str  # words joined by single spaces ("" when the segment failed)
+    words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
+    duration: float = 0.0  # seconds of audio in the segment (0 when unreadable)
+    error: str | None = None  # why it could not be transcribed (without the path), else None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One model input: [offset, offset + seconds) of segment ``item``'s file."""
+
+    item: int  # index into the segment list
+    offset: float  # seconds into the FILE where reading starts
+    duration: float | None  # seconds to read; None = to the end of the file
+    seconds: float  # audio length, for batching and progress
+    own_start: float  # words starting in [own_start, own_end) (segment seconds) are kept
+    own_end: float
+
+
+def plan_windows(
+    duration: float, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
+) -> list[tuple[float, float | None, float, float]]:
+    """Windows over a file of ``duration`` seconds: [(offset, read_seconds | None, own_start, own_end)].
+
+    Window k owns [k * chunk, (k + 1) * chunk) and reads ``overlap_seconds`` more on each
+    side (clipped to the file). The owned regions tile [0, inf) exactly: the first starts at
+    0, the last is open-ended, so every word start falls in exactly one of them.
+    """
+    if chunk_seconds <= 0 or overlap_seconds < 0:
+        raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
+    if duration <= chunk_seconds:
+        return [(0.0, None, 0.0, math.inf)]
+    out = []
+    for k in range(math.ceil(duration / chunk_seconds)):
+        own_start = k * chunk_seconds
+        start = max(0.0, own_start - overlap_seconds)
+        stop = own_start + chunk_seconds + overlap_seconds
+        if stop >= duration:
+            # This window reads to the end of the file (None: no header rounding can cut the
+            # last samples), so it also owns the rest; a further window would add nothing.
+            out.append((start, None, own_start, math.inf))
+            break
+        out.append((start, stop - start, own_start, own_start + chunk_seconds))
+    return out
+
+
+def transcribe_segments(
+    package: ModelPackage,
+    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
+    segments: Sequence[Segment],
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+    progress: bool = False,
+    description: str | None = None,
+    on_result: Callable[[int, SegmentResult], None] | None = None,
+) -> list[SegmentResult]:
+    """Transcribe segments of audio files, each on its own (a bad one never stops the rest).
+
+    Work is cut into *pieces*: a segment up to ``chunk_seconds`` long is one piece; a longer
+    one is read window by window (:func:`plan_windows`, never whole). Pieces of all segments
+    are sorted by length and batched. Each window is decoded on its own, and a word is kept
+    only from the window whose owned region contains the word's start time, so words at the
+    seams are neither lost nor doubled, and memory stays flat in the segment length.
+
+    A segment fails (``error`` set, empty text) when its audio cannot be read, when its
+    features or emissions are not finite, or when inference fails on it alone.
+    ``on_result(index, result)`` is called once per segment, in segment order, as soon as it
+    and every segment before it are finished.
+    """
+    n = len(segments)
+    results: list[SegmentResult | None] = [None] * n
+    durations = [0.0] * n
+    errors: dict[int, str] = {}
+    words: list[list[tuple[str, float, float]]] = [[] for _ in range(n)]
+    remaining = [0] * n
+    pieces: list[_Piece] = []
+    next_out = 0
+
+    def finish(i: int) -> None:
+        nonlocal next_out
+        if i in errors:
+            results[i] = SegmentResult("", [], durations[i], errors[i])
+        else:
+            ws = sorted(words[i], key=lambda w: (w[1], w[2]))
+            results[i] = SegmentResult(" ".join(w for w, _, _ in ws), ws, durations[i])
+        words[i] = []
+        while next_out < n and results[next_out] is not None:
+            if on_result is not None:
+                on_result(next_out, results[next_out])  # type: ignore[arg-type]
+            next_out += 1
+
+    for i, seg in enumerate(segments):
+        try:
+            if seg.duration is None:
+                info = audio_info(seg.path)
+                if seg.offset >= info.duration:
+                    raise AudioError(seg.path, f"segment offset {seg.offset} s is past the end "
+                                               f"({info.duration:.3f} s)")
+                durations[i] = info.duration - seg.offset
+            else:
+                durations[i] = seg.duration
+        except AudioError as e:
+            errors[i] = e.reason
+            finish(i)
+            continue
+        for offset, dur, own_start, own_end in plan_windows(durations[i], chunk_seconds, overlap_seconds):
+            if dur is None and seg.duration is not None:
+                dur = seg.duration - offset  # the segment's end, not the file's
+            seconds = (durations[i] - offset) if dur is None else dur
+            pieces.append(_Piece(i, seg.offset + offset, dur, seconds, own_start, own_end))
+            remaining[i] += 1
+
+    frame_shift = package.frame_shift
+    total = sum(p.seconds for p in pieces)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description or f"transcribing {n} item(s)", total=total)
+        for batch in plan_batches([p.seconds for p in pieces], batch_size, max_batch_seconds):
+            good: list[_Piece] = []
+            waves: list[Tensor] = []
+            for p in (pieces[k] for k in batch):
+                if p.item in errors:
+                    continue
+                try:
+                    waves.append(load_audio(segments[p.item].path, package.sample_rate,
+                                            offset=p.offset, duration=p.duration))
+                    good.append(p)
+                except AudioError as e:
+                    errors[p.item] = e.reason
+            for p, hyp in _run_pieces(package, decode, good, waves, errors):
+                shift = p.offset - segments[p.item].offset  # piece start, in segment seconds
+                for word, start, end in hyp.word_times(frame_shift):
+                    start, end = start + shift, end + shift
+                    if p.own_start <= start < p.own_end:
+                        words[p.item].append((word, start, end))
+            for p in (pieces[k] for k in batch):
+                remaining[p.item] -= 1
+                if remaining[p.item] == 0:
+                    finish(p.item)
+            bar.advance(task, sum(pieces[k].seconds for k in batch))
+    return results  # type: ignore[return-value]
+
+
+def _run_pieces(
+    package: ModelPackage,
+    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
+    pieces: list[_Piece],
+    waves: list[Tensor],
+    errors: dict[int, str],
+) -> list[tuple[_Piece, Hypothesis]]:
+    """Emissions + decoding of one batch. If the batch fails (e.g. out of memory), each piece
+    is retried alone so that only the pieces that fail by themselves mark their item failed.
+    A piece whose emissions are not finite marks its item failed (never decoded to "")."""
+    if not pieces:
+        return []
+    try:
+        ems = forward_batch(package, waves)
+        finite = [bool(torch.isfinite(e).all()) for e in ems]
+        for p, ok in zip(pieces, finite, strict=True):
+            if not ok:
+                errors[p.item] = NON_FINITE
+        kept = [(p, e) for p, e, ok in zip(pieces, ems, finite, strict=True) if ok]
+        if not kept:
+            return []
+        return list(zip([p for p, _ in kept], decode_emissions(decode, [e for _, e in kept])))
+    except (RuntimeError, ValueError) as e:
+        if len(pieces) == 1:
+            errors[pieces[0].item] = f"inference failed: {type(e).__name__}: {e}"
+            return []
+    out = []
+    for p, w in zip(pieces, waves):
+        out.extend(_run_pieces(package, decode, [p], [w], errors))
+    return out

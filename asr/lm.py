@@ -115,9 +115,14 @@ def _read_texts(source: str | os.PathLike) -> Iterable[str]:
 
         return [u.text for u in read_manifest(path)]
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LMError(f"{path}: cannot read text: {e}") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise LMError(f"{path}: cannot read text: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise LMError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
 
 
 def build_lm(

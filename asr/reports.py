@@ -22,8 +22,11 @@ import io
 import json
 import math
 import os
+import sys
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +63,81 @@ _RECORD_KEYS = (
 
 class ReportError(ValueError):
     """An evaluation directory or one of its files is missing or malformed (names the file)."""
+
+
+class OutputLockedError(ReportError):
+    """Another run is writing into the same output directory (the message names it)."""
+
+
+LOCK_FILE = ".lock"  # in an output directory; flock()ed by the run writing there
+
+
+@contextmanager
+def output_lock(out_dir: str | Path, command: str | None = None) -> Iterator[Path]:
+    """Hold ``out_dir`` for one writer: create it, flock ``out_dir/.lock`` (which records
+    the holder's pid and command) and yield the directory.
+
+    Two runs writing the same files (fixed names) would leave a directory mixing both
+    runs' results, so a second writer fails at once instead of waiting. The lock is released
+    by the kernel when the process dies, so a crashed run never leaves a stale lock (only,
+    at worst, a stale ``.lock`` file that the next run simply locks); a finished run
+    removes the file.
+
+    Raises:
+        ReportError: ``out_dir`` exists and is not a directory, or cannot be created.
+        OutputLockedError: another process holds the lock.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"{out}: cannot create the output directory ({e.strerror or e})") from e
+    try:
+        import fcntl  # noqa: F401  (availability check; used in _acquire)
+    except ImportError:  # not POSIX: no locking, as before
+        yield out
+        return
+    lock = out / LOCK_FILE
+    fd = _acquire(lock, out)
+    try:
+        what = command if command is not None else " ".join(sys.argv)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        yield out
+    finally:
+        # Unlink while still holding the lock; a run that opened the old file meanwhile
+        # sees it was unlinked (see _acquire) and retries on a fresh one.
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the flock
+
+
+def _acquire(lock: Path, out: Path) -> int:
+    """flock ``lock`` (created if needed); the fd of a file still linked at ``lock``."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ReportError(f"{lock}: cannot create the lock file ({e.strerror or e})") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise OutputLockedError(
+                f"{out}: another run is writing here ({holder}); wait for it to finish or "
+                "choose another output directory"
+            ) from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)  # the holder we waited on removed it: lock the new file instead
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,9 +219,15 @@ def build_summary(
 
 def _write_text_atomic(path: Path, text: str) -> None:
     # Write-then-rename so an interrupted run never leaves a half-written report behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # The temporary name is unique to this process, so even two writers (which the output
+    # lock prevents) could not rename each other's halves into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_report(
@@ -185,21 +269,24 @@ def read_report(report_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, 
         summary = json.loads(spath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ReportError(f"{spath}: invalid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ReportError(f"{spath}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(summary, dict) or "wer" not in summary:
         raise ReportError(f"{spath}: not an evaluation summary (no 'wer')")
     records: list[dict[str, Any]] = []
-    with upath.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{upath}:{lineno}: invalid JSON: {e}") from e
-            missing = [k for k in _RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise ReportError(f"{upath}:{lineno}: record lacks {', '.join(missing)}")
-            records.append(rec)
+    from asr.data.manifest import utf8_lines
+
+    for lineno, line in utf8_lines(upath, ReportError):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{upath}:{lineno}: invalid JSON: {e}") from e
+        missing = [k for k in _RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ReportError(f"{upath}:{lineno}: record lacks {', '.join(missing)}")
+        records.append(rec)
     if not records:
         raise ReportError(f"{upath}: no utterances")
     return summary, records
@@ -397,8 +484,13 @@ def _sclite_lines(ops: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 # Markdown
 
 
+# Characters that Markdown (or the HTML it may embed, or GitHub's $math$) would interpret.
+# Ids, speaker names and paths come from users' files, so report.md shows them literally.
+_MD_SPECIAL = {c: "\\" + c for c in "\\`*_[]|$"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
 def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
+    return "".join(_MD_SPECIAL.get(c, c) for c in s)
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[int]) -> str:
@@ -473,7 +565,8 @@ def render_markdown(summary: Mapping[str, Any], analysis: Analysis) -> str:
     for r in analysis.worst:
         ref, hyp = _sclite_lines(r["ops"])
         out += [
-            f"**{r['id']}** · speaker {r['speaker']} · {r['duration']:.2f} s · "
+            f"**{_md_escape(str(r['id']))}** · speaker {_md_escape(str(r['speaker']))} · "
+            f"{r['duration']:.2f} s · "
             f"WER {_pct(r.get('wer'))} · S={r['substitutions']} D={r['deletions']} "
             f"I={r['insertions']}",
             "",
@@ -549,6 +642,11 @@ def _png_data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _mpl_escape(s: str) -> str:
+    """User text shown literally by matplotlib: an escaped dollar never starts mathtext."""
+    return str(s).replace("$", r"\$")
+
+
 def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> str | None:
     """Bar chart of WER per group with bootstrap error bars; a data: URI, or None if empty."""
     groups = [g for g in groups if g.wer is not None]
@@ -563,7 +661,8 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
     lo = np.array([100 * g.ci_low for g in groups])
     hi = np.array([100 * g.ci_high for g in groups])
     err = np.vstack([np.maximum(wer - lo, 0), np.maximum(hi - wer, 0)])
-    labels = [g.name for g in groups]
+    # "$" would start matplotlib mathtext (a parse error for "$x^2" aborts the whole report).
+    labels = [_mpl_escape(g.name) for g in groups]
     if horizontal:
         fig, ax = plt.subplots(figsize=(5.6, max(1.8, 0.26 * len(groups) + 0.9)))
         y = np.arange(len(groups))
@@ -591,7 +690,7 @@ def _plot_groups(groups: Sequence[GroupStat], title: str, horizontal: bool) -> s
         ax.set_ylabel("WER (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.12)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_mpl_escape(title), fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     uri = _png_data_uri(fig)
     plt.close(fig)

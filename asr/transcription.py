@@ -21,7 +21,6 @@ the others are transcribed, and the command exits with status 1 at the end if an
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -31,24 +30,22 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-from torch import Tensor
 
-from asr.audio import AudioError, audio_info, load_audio
-from asr.checkpoint import ModelPackage, PackageError, load_package
-from asr.decoding import DecoderError, Hypothesis
+from asr.checkpoint import ModelPackage, load_package
+from asr.decoding import DecoderError
 from asr.inference import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
-    decode_emissions,
-    forward_batch,
+    DEFAULT_OVERLAP_SECONDS,
+    Segment,
     make_decoder,
-    plan_batches,
-    progress_bar,
+    plan_windows,
     set_threads,
+    transcribe_segments,
 )
 
-DEFAULT_CHUNK_SECONDS = 30.0  # files longer than this are read in windows owning this much audio
-DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned region
+__all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 
 # File extensions per libsndfile format; only formats this libsndfile build reads are used.
 # Header-less and exotic formats (RAW, MAT, HTK, ...) are left out: a directory walk should
@@ -79,55 +76,17 @@ class TranscriptionResult:
         return self.error is None
 
 
-@dataclass(frozen=True)
-class _Piece:
-    """One model input: [offset, offset + seconds) of file ``file``."""
-
-    file: int  # index into the file list
-    offset: float  # seconds into the file where reading starts
-    duration: float | None  # seconds to read; None = to the end of the file
-    seconds: float  # audio length, for batching and progress
-    own_start: float  # words starting in [own_start, own_end) (file seconds) are kept
-    own_end: float
-
-
 def find_audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (whatever their extension) plus, for each directory, every file below
-    it with an audio extension (:data:`AUDIO_EXTENSIONS`), sorted. Missing paths are kept, so
-    they are reported as failed files rather than silently skipped."""
+    """Files as given (whatever their extension) plus, for each directory, every entry below
+    it with an audio extension (:data:`AUDIO_EXTENSIONS`), sorted. Missing paths, dangling or
+    looping symlinks and other non-files are kept, so they are reported as failed files
+    rather than silently skipped; only directories are left out (they are walked)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()))
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and not f.is_dir()))
         else:
             out.append(p)
-    return out
-
-
-def plan_windows(
-    duration: float, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
-) -> list[tuple[float, float | None, float, float]]:
-    """Windows over a file of ``duration`` seconds: [(offset, read_seconds | None, own_start, own_end)].
-
-    Window k owns [k * chunk, (k + 1) * chunk) and reads ``overlap_seconds`` more on each
-    side (clipped to the file). The owned regions tile [0, inf) exactly: the first starts at
-    0, the last is open-ended, so every word start falls in exactly one of them.
-    """
-    if chunk_seconds <= 0 or overlap_seconds < 0:
-        raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
-    if duration <= chunk_seconds:
-        return [(0.0, None, 0.0, math.inf)]
-    out = []
-    for k in range(math.ceil(duration / chunk_seconds)):
-        own_start = k * chunk_seconds
-        start = max(0.0, own_start - overlap_seconds)
-        stop = own_start + chunk_seconds + overlap_seconds
-        if stop >= duration:
-            # This window reads to the end of the file (None: no header rounding can cut the
-            # last samples), so it also owns the rest; a further window would add nothing.
-            out.append((start, None, own_start, math.inf))
-            break
-        out.append((start, stop - start, own_start, own_start + chunk_seconds))
     return out
 
 
@@ -156,8 +115,8 @@ def transcribe(
         decoder, lm, beam_size, lm_weight, word_score, lexicon: see
             :func:`asr.inference.make_decoder`.
         chunk_seconds, overlap_seconds: long-file windowing, see :func:`plan_windows`.
-        on_result: called with each result as soon as its file is finished (failed files
-            first, then in completion order).
+        on_result: called with each result in file order, as soon as the file and every
+            file before it are finished.
 
     Returns:
         One result per file, in file order; unreadable files have ``error`` set.
@@ -169,86 +128,20 @@ def transcribe(
     if isinstance(paths, str | os.PathLike):
         paths = [paths]  # one path, not a sequence of characters
     files = find_audio_files(paths)
-    n = len(files)
-    results: list[TranscriptionResult | None] = [None] * n
-    durations = [0.0] * n
-    errors: dict[int, str] = {}
-    words: list[list[tuple[str, float, float]]] = [[] for _ in range(n)]
-    remaining = [0] * n
-    pieces: list[_Piece] = []
 
-    def finish(i: int) -> None:
-        if i in errors:
-            r = TranscriptionResult(str(files[i]), "", [], durations[i], errors[i])
-        else:
-            ws = sorted(words[i], key=lambda w: (w[1], w[2]))
-            r = TranscriptionResult(str(files[i]), " ".join(w for w, _, _ in ws), ws, durations[i])
-        results[i] = r
-        words[i] = []
+    def to_result(i: int, r) -> TranscriptionResult:
+        return TranscriptionResult(str(files[i]), r.text, r.words, r.duration, r.error)
+
+    def report(i: int, r) -> None:
         if on_result is not None:
-            on_result(r)
+            on_result(to_result(i, r))
 
-    for i, f in enumerate(files):
-        try:
-            durations[i] = audio_info(f).duration
-        except AudioError as e:
-            errors[i] = e.reason
-            finish(i)
-            continue
-        for offset, dur, own_start, own_end in plan_windows(durations[i], chunk_seconds, overlap_seconds):
-            seconds = (durations[i] - offset) if dur is None else dur
-            pieces.append(_Piece(i, offset, dur, seconds, own_start, own_end))
-            remaining[i] += 1
-
-    frame_shift = package.frame_shift
-    total = sum(p.seconds for p in pieces)
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"transcribing {n} file(s)", total=total)
-        for batch in plan_batches([p.seconds for p in pieces], batch_size, max_batch_seconds):
-            good: list[_Piece] = []
-            waves: list[Tensor] = []
-            for p in (pieces[k] for k in batch):
-                if p.file in errors:
-                    continue
-                try:
-                    waves.append(load_audio(files[p.file], package.sample_rate, offset=p.offset, duration=p.duration))
-                    good.append(p)
-                except AudioError as e:
-                    errors[p.file] = e.reason
-            for p, hyp in _run_pieces(package, decode, good, waves, errors):
-                for word, start, end in hyp.word_times(frame_shift):
-                    start, end = start + p.offset, end + p.offset
-                    if p.own_start <= start < p.own_end:
-                        words[p.file].append((word, start, end))
-            for p in (pieces[k] for k in batch):
-                remaining[p.file] -= 1
-                if remaining[p.file] == 0:
-                    finish(p.file)
-            bar.advance(task, sum(pieces[k].seconds for k in batch))
-    return results  # type: ignore[return-value]
-
-
-def _run_pieces(
-    package: ModelPackage,
-    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
-    pieces: list[_Piece],
-    waves: list[Tensor],
-    errors: dict[int, str],
-) -> list[tuple[_Piece, Hypothesis]]:
-    """Emissions + decoding of one batch. If the batch fails (e.g. out of memory), each piece
-    is retried alone so that only the pieces that fail by themselves mark their file failed."""
-    if not pieces:
-        return []
-    try:
-        return list(zip(pieces, decode_emissions(decode, forward_batch(package, waves))))
-    except (RuntimeError, ValueError) as e:
-        if len(pieces) == 1:
-            errors[pieces[0].file] = f"inference failed: {type(e).__name__}: {e}"
-            return []
-    out = []
-    for p, w in zip(pieces, waves):
-        out.extend(_run_pieces(package, decode, [p], [w], errors))
-    return out
+    results = transcribe_segments(
+        package, decode, [Segment(f) for f in files], chunk_seconds, overlap_seconds, batch_size,
+        max_batch_seconds, progress=progress, description=f"transcribing {len(files)} file(s)",
+        on_result=report,
+    )
+    return [to_result(i, r) for i, r in enumerate(results)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,18 +211,29 @@ def run(args: argparse.Namespace) -> int:
         formats = ["txt"]
     if formats and out_dir is None:
         out_dir = Path(".")
-    try:
-        package = load_package(args.model, args.device)
-    except PackageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {out_dir}: exists and is not a directory", file=sys.stderr)
+        return 2
+    # A PackageError (missing/corrupt package) reaches asr.cli.main: one `error:` line, exit 2.
+    package = load_package(args.model, args.device)
     files = find_audio_files(args.inputs)
     if not files:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in "
               f"{', '.join(map(str, args.inputs))}", file=sys.stderr)
-        return 1
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        return 2
+    if out_dir is None:
+        return _transcribe(args, package, files, formats, None)
+    from asr.reports import output_lock
+
+    # One writer per output directory: same-named transcripts of two runs would mix.
+    with output_lock(out_dir, "asr transcribe " + " ".join(map(str, [args.model, *args.inputs]))):
+        return _transcribe(args, package, files, formats, out_dir)
+
+
+def _transcribe(
+    args: argparse.Namespace, package: ModelPackage, files: list[Path], formats: list[str], out_dir: Path | None
+) -> int:
+    from asr.reports import WRITERS
 
     used_names: dict[str, int] = {}
 
@@ -341,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
             _print_transcript(r, header=len(files) > 1)
         if out_dir is None:
             return
-        # Same-named files from different folders must not overwrite each other.
+        # Same-named files from different folders must not overwrite each other; results
+        # arrive in input order, so the numbering (x, x-2, ...) follows the input order too.
         stem = Path(r.path).stem
         used_names[stem] = used_names.get(stem, 0) + 1
         if used_names[stem] > 1:
@@ -362,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, num_threads=args.threads, progress=not args.quiet,
             on_result=on_result,
         )
-    except (DecoderError, ValueError) as e:
+    except DecoderError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     wall = time.perf_counter() - start
     failed = [r for r in results if r.error is not None]
     audio = sum(r.duration for r in results if r.error is None)

@@ -189,7 +189,7 @@ def test_cli_hyps_missing_is_an_error(tmp_path, manifest, capsys):
     hyp = _write_jsonl(tmp_path / "h.jsonl", {k: v for k, v in HYPS.items() if k != "u5"})
     rc = main(["evaluate", "--hyps", str(hyp), str(manifest), "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
-    assert rc == 1 and "1 of 5 manifest utterances have no hypothesis (u5)" in err
+    assert rc == 2 and "1 of 5 manifest utterances have no hypothesis (u5)" in err
 
 
 def test_cli_hyps_allow_missing_extra_and_blank_lines(tmp_path, manifest, capsys):
@@ -229,7 +229,7 @@ def test_cli_hyps_duplicate_is_an_error(tmp_path, manifest, capsys):
     hyp = tmp_path / "h.txt"
     hyp.write_text("u1 a\nu1 b\n")
     rc = main(["evaluate", "--hyps", str(hyp), str(manifest), "--out", str(tmp_path / "ev")])
-    assert rc == 1 and "h.txt:2: duplicate id 'u1'" in capsys.readouterr().err
+    assert rc == 2 and "h.txt:2: duplicate id 'u1'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ naming ``path:line``. Unknown keys are ignored so other tools can add their own 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,25 @@ class ManifestError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.problem, self.path, self.line))
+
+
+def utf8_lines(path: str | os.PathLike, error: type[Exception] | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (a leading byte-order mark is
+    dropped). A line that is not UTF-8 raises ``error`` (default :class:`ManifestError`) with
+    the message ``path:line: not UTF-8 text (...)``, so no reader ever lets a bare
+    UnicodeDecodeError (no file, no line) escape."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield lineno, raw.decode("utf-8").replace("\r\n", "\n")
+            except UnicodeDecodeError as e:
+                message = (f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                           "save the file as UTF-8")
+                if error is None or error is ManifestError:
+                    raise ManifestError(message, path, lineno) from None
+                raise error(f"{path}:{lineno}: {message}") from None
 
 
 @dataclass(frozen=True)
@@ -114,38 +134,37 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
 
     Blank lines are skipped. Raises:
         ManifestError: ``"path:line: problem"`` for bad JSON, missing keys, wrong types,
-            duration <= 0, empty text or a duplicate id.
+            duration <= 0, empty text, a duplicate id or a line that is not UTF-8.
         FileNotFoundError: the manifest does not exist.
     """
     path = Path(path)
     base = path.resolve().parent
     utts: list[Utterance] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(
-                    f"invalid JSON ({e.msg} at column {e.colno})", path, lineno
-                ) from e
-            try:
-                u = Utterance.from_dict(d)
-            except ManifestError as e:
-                raise ManifestError(e.problem, path, lineno) from None
-            if u.id in first_line:
-                raise ManifestError(
-                    f"duplicate id {u.id!r} (first on line {first_line[u.id]})", path, lineno
-                )
-            first_line[u.id] = lineno
-            audio = Path(u.audio).expanduser()
-            if not audio.is_absolute():
-                audio = base / audio
-            utts.append(
-                Utterance(u.id, str(audio), u.duration, u.text, u.speaker, u.sample_rate, u.offset)
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(
+                f"invalid JSON ({e.msg} at column {e.colno})", path, lineno
+            ) from e
+        try:
+            u = Utterance.from_dict(d)
+        except ManifestError as e:
+            raise ManifestError(e.problem, path, lineno) from None
+        if u.id in first_line:
+            raise ManifestError(
+                f"duplicate id {u.id!r} (first on line {first_line[u.id]})", path, lineno
             )
+        first_line[u.id] = lineno
+        audio = Path(u.audio).expanduser()
+        if not audio.is_absolute():
+            audio = base / audio
+        utts.append(
+            Utterance(u.id, str(audio), u.duration, u.text, u.speaker, u.sample_rate, u.offset)
+        )
     return utts
 
 
@@ -153,7 +172,8 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     """Write ``utts`` as JSONL (UTF-8, one object per line), replacing ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # A temporary name unique to this process: two writers never interleave into one file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     seen: set[str] = set()
     with open(tmp, "w", encoding="utf-8") as f:
         for index, u in enumerate(utts):

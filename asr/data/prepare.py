@@ -304,13 +304,12 @@ def validate_items(
         }
         vocab.discard(" ")
 
+    # Items sharing an id are all decoded; the first one that passes every check gets the id
+    # (so a readable trunc.wav is not lost to an unreadable trunc.flac listed before it).
     pending: list[tuple[RawItem, str]] = []
-    seen: set[str] = set()
     for it, text in zip(items, texts, strict=True):
         if it.problem:
             rejected.append(_reject(it, CORPUS, it.problem))
-        elif it.id in seen:
-            rejected.append(_reject(it, DUPLICATE, f"duplicate id {it.id!r}"))
         elif not text:
             rejected.append(
                 _reject(
@@ -324,12 +323,12 @@ def validate_items(
             rejected.append(_reject(it, OOV, f"characters outside the vocabulary: {shown}"))
         else:
             pending.append((it, text))
-        seen.add(it.id)
 
     jobs = [(str(Path(it.audio).resolve()), it.offset, it.duration) for it, _ in pending]
     probes = _probe_all(jobs, options.workers, console)
 
     splits: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
+    accepted: dict[str, str] = {}  # id -> audio of the item that got it
     for (it, text), (path, _, _), (sample_rate, duration, error) in zip(
         pending, jobs, probes, strict=True
     ):
@@ -348,7 +347,12 @@ def validate_items(
                     it, CTC, f"{frames} frames ({duration:.3f} s) < {need} CTC tokens for {text!r}"
                 )
             )
+        elif it.id in accepted:
+            rejected.append(
+                _reject(it, DUPLICATE, f"duplicate id {it.id!r} (already used by {accepted[it.id]})")
+            )
         else:
+            accepted[it.id] = str(it.audio)
             splits[it.split].append(
                 Utterance(
                     id=it.id,
@@ -645,8 +649,11 @@ def run(args: argparse.Namespace) -> int:
             f"Check the network, or download it yourself, unpack it and pass --src DIR."
         )
         return 1
-    except (CorpusError, PrepareError) as e:
-        err.print(f"[red]error:[/red] {e}")
+    except CorpusError as e:  # unusable input (layout, list file): usage-level failure
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PrepareError as e:  # e.g. every item rejected: a batch whose items all failed
+        print(f"error: {e}", file=sys.stderr)
         return 1
     written = [f"{s}.jsonl" for s in result.summary["splits"]]
     console.print(f"wrote {', '.join([*written, 'rejected.jsonl', 'summary.json'])} in {args.out}")

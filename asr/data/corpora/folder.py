@@ -17,6 +17,7 @@ otherwise; dev is carved from train by speaker (10% of the speakers by default).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from asr.data.corpora import SPLITS, CorpusError, CorpusOptions, DevSplit, RawItem
@@ -36,6 +37,8 @@ def _uid(path: Path, root: Path) -> str:
         rel = path.relative_to(root)
     except ValueError:  # a list may point outside its folder
         rel = Path(path.name)
+    if not rel.name:  # the root itself (a list row with an empty path): no name to strip
+        return rel.as_posix()
     return rel.with_suffix("").as_posix()
 
 
@@ -46,11 +49,18 @@ def find_items(src: Path, options: CorpusOptions) -> list[RawItem]:
         raise CorpusError(f"{src}: not a folder")
     items = []
     for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        if not path.is_file():
-            continue
+        if path.is_dir():
+            continue  # a folder named like audio: walked, its files are items of their own
         txt = path.with_suffix(".txt")
         text, problem = "", None
-        if not txt.is_file():
+        if not path.is_file():
+            # Reported, not dropped: a dangling/looping symlink or a device/FIFO.
+            problem = (
+                f"dangling or looping symbolic link {path.name}"
+                if path.is_symlink()
+                else "not a regular file"
+            )
+        elif not txt.is_file():
             problem = f"no transcript file {txt.name} beside the audio"
         else:
             try:
@@ -70,7 +80,15 @@ def _from_list(list_file: Path) -> list[RawItem]:
         raise CorpusError(f"{list_file}: list file not found")
     root = list_file.resolve().parent
     delimiter = "\t" if list_file.suffix.lower() == ".tsv" else ","
-    with open(list_file, encoding="utf-8", newline="") as f:
+    data = list_file.read_bytes()
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CorpusError(
+            f"{list_file}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the list as UTF-8"
+        ) from None
+    with io.StringIO(content, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = reader.fieldnames or []
         missing = [c for c in ("path", "text") if c not in columns]
@@ -94,7 +112,8 @@ def _from_list(list_file: Path) -> list[RawItem]:
                 split = "train"
             items.append(
                 RawItem(
-                    id=(row.get("id") or "").strip() or _uid(path, root),
+                    id=(row.get("id") or "").strip()
+                    or (_uid(path, root) if raw_path else f"{list_file.name}:{lineno}"),
                     audio=path,
                     text=row.get("text") or "",
                     speaker=(row.get("speaker") or "").strip() or path.parent.name,
