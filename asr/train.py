@@ -559,17 +559,25 @@ def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
         print(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(p.name for p in removed)}")
 
 
-def _run_id(exp: Path, resumed: dict[str, Any] | None) -> str:
-    """The run's id: kept across --resume (from the checkpoint, else run.json), new otherwise."""
+def _is_rank_zero() -> bool:
+    """Before the Trainer exists: Lightning's DDP launcher starts ranks > 0 as copies of this
+    command with LOCAL_RANK / NODE_RANK set; only rank 0 may clear the exp dir or name the run."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _run_id(exp: Path, resumed: dict[str, Any] | None, lead: bool = True) -> str:
+    """The run's id: kept across --resume (from the checkpoint, else run.json), new otherwise.
+    Ranks > 0 (``lead=False``) take the one rank 0 wrote to run.json before starting them."""
     run_file = exp / "run.json"
     run_id = None
-    if resumed is not None:
-        run_id = (resumed.get("hyper_parameters") or {}).get("run_id")
+    if resumed is not None or not lead:
+        run_id = ((resumed or {}).get("hyper_parameters") or {}).get("run_id")
         if run_id is None and run_file.is_file():
             with contextlib.suppress(ValueError, OSError, AttributeError):
                 run_id = json.loads(run_file.read_text()).get("run_id")
     run_id = str(run_id) if run_id else uuid.uuid4().hex
-    atomic_write_text(run_file, json.dumps({"run_id": run_id}) + "\n")
+    if lead:
+        atomic_write_text(run_file, json.dumps({"run_id": run_id}) + "\n")
     return run_id
 
 
@@ -592,7 +600,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     exp = Path(cfg.exp_dir)
-    prepare_exp_dir(exp, resume, overwrite)
+    lead = _is_rank_zero()
+    if lead:
+        prepare_exp_dir(exp, resume, overwrite)
     ckpt_dir = exp / "checkpoints"
     found = find_resume_checkpoint(ckpt_dir) if resume else None
     if resume and found is None:
@@ -607,9 +617,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         tokenizer = Tokenizer.from_dict(json.loads(tok_path.read_text()))
     else:
         tokenizer = build_tokenizer(cfg, [u.text for u in manifests["train"]])
-    atomic_write_text(tok_path, json.dumps(tokenizer.to_dict()))
-    atomic_write_text(exp / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    run_id = _run_id(exp, resumed)
+    if lead:
+        atomic_write_text(tok_path, json.dumps(tokenizer.to_dict()))
+        atomic_write_text(exp / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run_id = _run_id(exp, resumed, lead)
 
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
     dm = CTCDataModule(cfg, tokenizer, model, manifests)

@@ -105,6 +105,10 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["epochs"] == 1
     # each rank runs half the batches (16 utts of 1.1 s, <= 8 s per batch -> 3 batches -> 2 steps per rank)
     assert summary["steps"] == 2
+    # ranks > 0 take rank 0's run id (run.json) instead of naming the run again
+    run_id = json.loads((tmp_path / "exp" / "run.json").read_text())["run_id"]
+    ckpt = torch.load(tmp_path / "exp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert summary["run_id"] == run_id == ckpt["hyper_parameters"]["run_id"]
 
 
 def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
