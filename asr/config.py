@@ -16,12 +16,10 @@ from typing import Any
 
 import yaml
 
-from asr.features import FeatureConfig
+from asr.features import ConfigError, FeatureConfig
 from asr.model import ModelConfig
 
-
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "ExperimentConfig", "load_config", "save_config", "to_dict"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,20 @@ class DataConfig:
     cache_features: bool = True  # keep log-mels in memory after the first epoch
     speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
 
+    def validate(self) -> None:
+        if not self.train_manifest or not self.dev_manifest:
+            raise ConfigError("data.train_manifest and data.dev_manifest are required")
+        if self.tokenizer not in ("char", "bpe"):
+            raise ConfigError(f"data.tokenizer must be char or bpe (is {self.tokenizer!r})")
+        if self.bpe_vocab_size < 2:
+            raise ConfigError(f"data.bpe_vocab_size must be >= 2 (is {self.bpe_vocab_size})")
+        if self.max_batch_seconds <= 0 or self.max_batch_size < 1:
+            raise ConfigError("data.max_batch_seconds must be > 0 and data.max_batch_size >= 1")
+        if self.num_buckets < 1 or self.num_workers < 0 or self.max_duration <= 0:
+            raise ConfigError("data.num_buckets must be >= 1, data.num_workers >= 0 and data.max_duration > 0")
+        if any(f <= 0 for f in self.speed_perturb):
+            raise ConfigError(f"data.speed_perturb factors must be > 0 (are {list(self.speed_perturb)})")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -48,6 +60,14 @@ class OptimConfig:
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # cosine | constant | noam, applied after warm-up
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.lr must be > 0, optim.weight_decay and optim.warmup_steps >= 0")
+        if self.schedule not in ("cosine", "constant", "noam"):
+            raise ConfigError(f"optim.schedule must be cosine, constant or noam (is {self.schedule!r})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1] (is {self.min_lr_ratio})")
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,21 @@ class TrainerConfig:
     progress_bar: bool = True  # rich progress bar
     threads: int = 0  # torch CPU threads (0 = torch default)
 
+    def validate(self) -> None:
+        if self.max_epochs < 1 and self.max_epochs != -1:
+            raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1: no limit) (is {self.max_epochs})")
+        if self.max_epochs == -1 and self.max_steps < 1:
+            raise ConfigError("trainer.max_epochs=-1 needs trainer.max_steps >= 1")
+        if self.max_steps < 1 and self.max_steps != -1:
+            raise ConfigError(f"trainer.max_steps must be >= 1 (or -1: no limit) (is {self.max_steps})")
+        for key in ("num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1 (is {getattr(self, key)})")
+        if self.save_top_k < -1:
+            raise ConfigError(f"trainer.save_top_k must be >= -1 (is {self.save_top_k})")
+        if self.gradient_clip_val < 0 or self.early_stopping_patience < 0 or self.threads < 0:
+            raise ConfigError("trainer.gradient_clip_val, trainer.early_stopping_patience and trainer.threads must be >= 0")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -80,17 +115,11 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> None:
-        self.model.validate()
-        if not self.data.train_manifest or not self.data.dev_manifest:
-            raise ConfigError("data.train_manifest and data.dev_manifest are required")
-        if self.data.tokenizer not in ("char", "bpe"):
-            raise ConfigError(f"data.tokenizer must be char or bpe (is {self.data.tokenizer!r})")
-        if self.optim.schedule not in ("cosine", "constant", "noam"):
-            raise ConfigError(f"optim.schedule must be cosine, constant or noam (is {self.optim.schedule!r})")
-        if self.data.max_batch_seconds <= 0 or self.data.max_batch_size < 1:
-            raise ConfigError("data.max_batch_seconds must be > 0 and data.max_batch_size >= 1")
-        if any(f <= 0 for f in self.data.speed_perturb):
-            raise ConfigError(f"data.speed_perturb factors must be > 0 (are {list(self.data.speed_perturb)})")
+        """Raise :class:`ConfigError` naming the first bad key, section by section."""
+        if not self.exp_dir:
+            raise ConfigError("exp_dir must not be empty")
+        for section in (self.data, self.features, self.model, self.optim, self.trainer):
+            section.validate()
 
 
 def to_dict(cfg: Any) -> dict:

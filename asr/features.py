@@ -16,6 +16,15 @@ from torch import Tensor, nn
 from asr.audio import SAMPLE_RATE
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key.
+
+    Defined here, in the lowest module with a config section, so that every section's
+    ``validate`` (features, model, experiment) raises the same type; :mod:`asr.config`
+    re-exports it.
+    """
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     sample_rate: int = SAMPLE_RATE  # Hz; audio is resampled to this on load
@@ -25,6 +34,24 @@ class FeatureConfig:
     n_fft: int = 512  # FFT size (>= window length in samples)
     f_min: float = 20.0  # lowest filter edge (Hz)
     f_max: float | None = None  # highest filter edge (Hz); None = Nyquist
+
+    def validate(self) -> None:
+        if self.sample_rate <= 0:
+            raise ConfigError(f"features.sample_rate must be > 0 (is {self.sample_rate})")
+        if self.n_mels < 1:
+            raise ConfigError(f"features.n_mels must be >= 1 (is {self.n_mels})")
+        if self.win_ms <= 0 or self.hop_ms <= 0:
+            raise ConfigError(f"features.win_ms and features.hop_ms must be > 0 (are {self.win_ms}, {self.hop_ms})")
+        if self.hop_length < 1 or self.win_length < 1:
+            raise ConfigError("features.win_ms and features.hop_ms must each span at least one sample")
+        if self.n_fft < self.win_length:
+            raise ConfigError(f"features.n_fft ({self.n_fft}) must be >= the window length in samples "
+                              f"({self.win_length} = {self.win_ms} ms at {self.sample_rate} Hz)")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= nyquist:
+            raise ConfigError(f"features.f_min and features.f_max must satisfy 0 <= f_min < f_max <= "
+                              f"{nyquist:g} Hz (are {self.f_min}, {self.f_max})")
 
     @property
     def win_length(self) -> int:
@@ -47,6 +74,13 @@ class SpecAugmentConfig:
     time_masks: int = 2  # number of time masks per utterance (0 disables)
     time_width: int = 40  # max frames per time mask
     time_width_ratio: float = 0.05  # ... and at most this fraction of the utterance
+
+    def validate(self) -> None:
+        for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.spec_augment.{key} must be >= 0 (is {getattr(self, key)})")
+        if not 0.0 <= self.time_width_ratio <= 1.0:
+            raise ConfigError(f"model.spec_augment.time_width_ratio must be in [0, 1] (is {self.time_width_ratio})")
 
 
 def num_frames(num_samples: int | Tensor, cfg: FeatureConfig = FeatureConfig()) -> int | Tensor:
@@ -123,6 +157,9 @@ class GlobalCMVN(nn.Module):
             raise ValueError("CMVN statistics need at least one frame")
         mean = total.double() / count
         var = (total_sq.double() / count - mean**2).clamp_min(floor)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+            # A NaN here would silently turn every output of the model into NaN.
+            raise ValueError("CMVN statistics are not finite")
         self.mean.copy_(mean.float())
         self.istd.copy_(var.rsqrt().float())
 
@@ -133,17 +170,24 @@ class GlobalCMVN(nn.Module):
 
 
 def compute_cmvn_stats(feature_iter) -> tuple[Tensor, Tensor, int]:
-    """Accumulate (sum, sum of squares, frame count) over an iterable of (T, F) tensors."""
+    """Accumulate (sum, sum of squares, frame count) over an iterable of (T, F) tensors.
+
+    Utterances with a non-finite value (or whose squares overflow) are left out: one of them
+    would make the statistics, and so every output of the model, NaN. Callers that must
+    report such utterances check them before (the training dataset rejects them on load).
+    """
     total = total_sq = None
     count = 0
     for f in feature_iter:
         f = f.double()
         s, sq = f.sum(0), (f * f).sum(0)
+        if not (torch.isfinite(s).all() and torch.isfinite(sq).all()):
+            continue
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
         count += f.shape[0]
     if total is None:
-        raise ValueError("no features to compute CMVN statistics from")
+        raise ValueError("no (finite) features to compute CMVN statistics from")
     return total, total_sq, count
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from asr.features import GlobalCMVN, SpecAugment, SpecAugmentConfig
+from asr.features import ConfigError, GlobalCMVN, SpecAugment, SpecAugmentConfig
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -48,28 +48,31 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.cell not in CELLS:
-            raise ValueError(f"model.cell must be one of {sorted(CELLS)} (is {self.cell!r})")
+            raise ConfigError(f"model.cell must be one of {sorted(CELLS)} (is {self.cell!r})")
         if self.subsampling not in (1, 2, 4):
-            raise ValueError(f"model.subsampling must be 1, 2 or 4 (is {self.subsampling})")
+            raise ConfigError(f"model.subsampling must be 1, 2 or 4 (is {self.subsampling})")
         if self.num_layers < 1 or self.hidden < 1:
-            raise ValueError("model.num_layers and model.hidden must be >= 1")
+            raise ConfigError(f"model.num_layers and model.hidden must be >= 1 (are {self.num_layers}, {self.hidden})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1) (is {self.dropout})")
+            raise ConfigError(f"model.dropout must be in [0, 1) (is {self.dropout})")
         if self.cmvn not in ("global", "utterance"):
-            raise ValueError(f"model.cmvn must be global or utterance (is {self.cmvn!r})")
+            raise ConfigError(f"model.cmvn must be global or utterance (is {self.cmvn!r})")
         if not 0.0 <= self.inter_ctc_weight < 1.0:
-            raise ValueError(f"model.inter_ctc_weight must be in [0, 1) (is {self.inter_ctc_weight})")
+            raise ConfigError(f"model.inter_ctc_weight must be in [0, 1) (is {self.inter_ctc_weight})")
         if self.inter_ctc_weight > 0 and self.num_layers < 2:
-            raise ValueError("model.inter_ctc_weight needs model.num_layers >= 2 (it taps the middle layer)")
+            raise ConfigError("model.inter_ctc_weight needs model.num_layers >= 2 (it taps the middle layer)")
         if self.rnn_impl not in ("flip", "packed"):
-            raise ValueError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
+            raise ConfigError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
+        if self.proj < 0 or self.conv_channels < 1 or self.attention_heads < 1:
+            raise ConfigError("model.proj must be >= 0, model.conv_channels and model.attention_heads >= 1")
         if self.attention:
             width = self.proj or self.hidden * (2 if self.bidirectional else 1)
             if width % self.attention_heads:
-                raise ValueError(
+                raise ConfigError(
                     f"attention width {width} is not divisible by model.attention_heads="
                     f"{self.attention_heads}; change model.attention_heads or model.hidden"
                 )
+        self.spec_augment.validate()
 
 
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:

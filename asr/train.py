@@ -7,22 +7,34 @@ with the duration-bucketed sampler, and Trainer assembly from :mod:`asr.config`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import pickle
+import re
+import shutil
+import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from asr.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
+from asr.audio import AudioError
+from asr.config import ConfigError, ExperimentConfig, load_config, to_dict
 from asr.data.dataset import Batch, FeatureDataset, Skipped, collate, fill_cache, filter_utterances
-from asr.data.manifest import read_manifest
+from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.decoding import greedy_decode
 from asr.features import compute_cmvn_stats
@@ -30,21 +42,207 @@ from asr.model import AcousticModel
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 
 CMVN_MAX_UTTERANCES = 3000  # without a feature cache, CMVN stats come from a sample this big
+# A run stops with an error when more than half of an epoch's steps, or this many in a row,
+# have a non-finite loss: it is not learning, and its checkpoints would be worthless.
+MAX_CONSECUTIVE_NONFINITE = 50
+TMP_SUFFIX = ".tmp"  # temp files of atomic writes: "<target name>.<writer pid>.tmp" beside the target
+# Test hook only: seconds to wait between writing a checkpoint's temp file and renaming it, so
+# that tests can kill a run mid-write deterministically.
+_WRITE_DELAY_ENV = "ASR_TEST_CHECKPOINT_WRITE_DELAY"
+
+
+class CheckpointLoadError(Exception):
+    """A checkpoint to resume from cannot be read, or is refused; ``str(e)`` names the file."""
+
+
+class DivergedError(Exception):
+    """Most training steps have a non-finite loss: the run stops instead of saving a broken model."""
+
+
+# --- files: atomic writes, stale temp files, safe checkpoint loads --------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a kill at any moment) sees the old file or the new one.
+
+    The bytes go to a temp file beside the target (same filesystem, so the final rename is
+    atomic; a temp dir elsewhere would make it a copy that truncates the target first), named
+    per process so concurrent writers never share one; flushed and fsynced before the rename.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a file named with our pid predates us (pid reuse): its writer is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(*folders: Path) -> list[Path]:
+    """Delete temp files of :func:`atomic_write` whose writer process is gone (killed mid-write)."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.glob(f"*{TMP_SUFFIX}")):
+            m = re.fullmatch(rf".+\.(\d+){re.escape(TMP_SUFFIX)}", p.name)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def _env_without(name: str) -> Iterator[None]:
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint with ``weights_only=True``: tensors and plain values only.
+
+    torch 2.14 lets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turn full unpickling back on only
+    when ``weights_only`` is not passed; we pass it, and also hide the variable while loading,
+    so that no environment makes resuming run code pickled into a planted checkpoint.
+    Raises :class:`CheckpointLoadError` with a one-line reason naming the file.
+    """
+    path = Path(path)
+    try:
+        with _env_without("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it pickles {m.group(1)}, which" if m else "it holds objects that"
+        raise CheckpointLoadError(f"{path}: refusing to load: {what} weights-only loading does not allow "
+                                  "(checkpoints written by `asr train` hold only tensors and plain values)") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read a file is a bad file here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointLoadError(f"{path}: unreadable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointLoadError(f"{path}: not a checkpoint written by `asr train` (no state_dict)")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes with :func:`atomic_write` and loads with
+    :func:`load_checkpoint_file` (always ``weights_only=True``).
+
+    Lightning's default stages the file through fsspec in the temp dir; with the temp dir on
+    another filesystem (tmpfs /tmp) the final move copies over last.ckpt, truncating it first,
+    so a kill mid-copy destroyed it and left the temp file behind.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preloaded: dict[str, dict] = {}  # path -> checkpoint already read (to pick a resume point)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        ckpt = self.preloaded.pop(str(path), None)
+        return ckpt if ckpt is not None else load_checkpoint_file(path)
+
+
+def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """last.ckpt, or when it cannot be read the newest readable checkpoint in ``ckpt_dir``.
+
+    ``None`` when there is no checkpoint at all. A fallback is announced in one line; when no
+    checkpoint is readable, :class:`CheckpointLoadError` names the first (last.ckpt).
+    """
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.is_file() else []) + others
+    problems: list[CheckpointLoadError] = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint_file(path)
+        except CheckpointLoadError as e:
+            problems.append(e)
+            continue
+        if problems:
+            more = f" ({len(problems) - 1} other unreadable checkpoint(s) skipped)" if len(problems) > 1 else ""
+            print(f"warning: {problems[0]}; resuming from {path} instead{more}", file=sys.stderr, flush=True)
+        return path, ckpt
+    if problems:
+        more = f" (and {len(problems) - 1} other checkpoint(s) in {ckpt_dir} unreadable)" if len(problems) > 1 else ""
+        raise CheckpointLoadError(f"{problems[0]}{more}")
+    return None
+
+
+def read_manifest_or_fail(path: str) -> list[Utterance]:
+    """The manifest's utterances, or :class:`ConfigError` in one ``path[:line]: problem`` line."""
+    try:
+        utts = read_manifest(path)
+    except ManifestError as e:
+        raise ConfigError(str(e)) from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: manifest not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read manifest ({e.strerror or e})") from None
+    if not utts:
+        raise ConfigError(f"{path}: manifest has no utterances")
+    return utts
 
 
 class CTCModule(pl.LightningModule):
     """CTC loss, AdamW with warm-up + decay, corpus-level greedy WER/CER on the dev set."""
 
-    def __init__(self, model: AcousticModel, tokenizer: Tokenizer, cfg: ExperimentConfig) -> None:
+    def __init__(self, model: AcousticModel, tokenizer: Tokenizer, cfg: ExperimentConfig,
+                 run_id: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
-        # Everything needed to rebuild the network travels inside each checkpoint.
-        self.save_hyperparameters({"config": to_dict(cfg), "tokenizer": tokenizer.to_dict()})
+        # Everything needed to rebuild the network travels inside each checkpoint; the run id
+        # lets `asr export` refuse to average checkpoints of different runs.
+        hparams = {"config": to_dict(cfg), "tokenizer": tokenizer.to_dict()}
+        if run_id is not None:
+            hparams["run_id"] = run_id
+        self.save_hyperparameters(hparams)
         self.val_wer = WordErrorRate()  # corpus-level, synced across DDP ranks
         self.val_cer = CharErrorRate()
         self.skipped_steps = 0
+        self.epoch_steps = self.epoch_nonfinite = self.consecutive_nonfinite = 0
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         return self.model(feats, feat_lens)
@@ -74,20 +272,43 @@ class CTCModule(pl.LightningModule):
             loss = (1 - w) * loss + w * self._ctc(inter, out_lens, batch)
         return loss, log_probs, out_lens
 
+    def _skip_step(self):
+        if self.trainer.world_size == 1:
+            return None  # Lightning skips the optimiser step
+        # Under DDP every rank must step together: contribute zero gradients instead.
+        return sum(p.sum() for p in self.model.parameters()) * 0.0
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_steps = self.epoch_nonfinite = 0
+
     def training_step(self, batch: Batch, batch_idx: int):
+        if not batch.ids:  # every utterance of the batch was unreadable (counted by SkippedItems)
+            return self._skip_step()
+        self.epoch_steps += 1
         loss, _, _ = self.ctc_loss(batch)
         if not torch.isfinite(loss):
             self.skipped_steps += 1
+            self.epoch_nonfinite += 1
+            self.consecutive_nonfinite += 1
             self.log("train/skipped_nonfinite", float(self.skipped_steps))
             print(f"warning: non-finite loss at step {self.global_step} (batch {batch.ids[:3]}...): step skipped")
-            if self.trainer.world_size == 1:
-                return None  # Lightning skips the optimiser step
-            # Under DDP every rank must step together: contribute zero gradients instead.
-            return sum(p.sum() for p in self.model.parameters()) * 0.0
+            if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+                raise DivergedError(f"training stopped: {self.consecutive_nonfinite} steps in a row had a "
+                                    "non-finite loss; check the training data or lower optim.lr")
+            return self._skip_step()
+        self.consecutive_nonfinite = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if self.epoch_nonfinite * 2 > self.epoch_steps:
+            raise DivergedError(f"training stopped: {self.epoch_nonfinite} of {self.epoch_steps} steps of epoch "
+                                f"{self.current_epoch} had a non-finite loss; the model is not learning: check "
+                                "the training data or lower optim.lr")
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if not batch.ids:
+            return
         loss, log_probs, out_lens = self.ctc_loss(batch)
         hyps = [h.text for h in greedy_decode(log_probs, out_lens, self.tokenizer)]
         refs = [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(batch.targets, batch.target_lens)]
@@ -130,7 +351,8 @@ def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]) -> Tokenizer:
 class CTCDataModule(pl.LightningDataModule):
     """Manifests -> filtered, feature-cached datasets -> bucketed DataLoaders."""
 
-    def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer, model: AcousticModel) -> None:
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer, model: AcousticModel,
+                 manifests: dict[str, list[Utterance]] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -138,7 +360,7 @@ class CTCDataModule(pl.LightningDataModule):
         self.skipped: dict[str, Skipped] = {}
         self.datasets: dict[str, FeatureDataset] = {}
         for split, path in (("train", d.train_manifest), ("dev", d.dev_manifest)):
-            utts = read_manifest(path)
+            utts = manifests[split] if manifests is not None else read_manifest_or_fail(path)
             max_dur = d.max_duration if split == "train" else float("inf")
             speeds = d.speed_perturb if split == "train" else ()
             keep, targets, skipped = filter_utterances(utts, tokenizer, cfg.features, model.out_lengths, max_dur,
@@ -177,11 +399,39 @@ class CTCDataModule(pl.LightningDataModule):
                 raise ConfigError(f"{path}: no usable utterances ({self.skipped[split].summary()})")
 
     def cmvn_stats(self):
+        """CMVN statistics of the training set (a sample of it without the feature cache).
+
+        Without the cache this is the first time the sampled files are read: unreadable ones
+        (features that are not finite included) are removed and counted like fill_cache's.
+        """
         ds = self.datasets["train"]
         n = len(ds) if ds.cache is not None else min(len(ds), CMVN_MAX_UTTERANCES)
         step = max(1, len(ds) // n)
-        # Statistics of the unperturbed audio: that is what the model sees at inference.
-        return compute_cmvn_stats(ds.features(i, 1.0) for i in range(0, len(ds), step))
+        bad = Skipped()
+        bad_indices: list[int] = []
+
+        def readable():
+            for i in range(0, len(ds), step):
+                try:
+                    # Statistics of the unperturbed audio: that is what the model sees at inference.
+                    yield ds.features(i, 1.0)
+                except AudioError as e:
+                    bad.add(ds.utts[i].id, f"unreadable: {e}")
+                    bad_indices.append(i)
+
+        try:
+            stats = compute_cmvn_stats(readable())
+        except ValueError:
+            stats = None
+        if bad:
+            self.skipped["train"].items.extend(bad.items)
+            ds.remove(bad_indices)
+            print(f"warning: train: skipped {len(bad)} utterance(s) with unreadable audio (listed in skipped.jsonl):")
+            for utt_id, reason in bad.items[:5]:
+                print(f"  skipped {utt_id}: {reason}")
+        if stats is None or len(ds) == 0:
+            raise ConfigError(f"{self.cfg.data.train_manifest}: no usable utterances ({self.skipped['train'].summary()})")
+        return stats
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
@@ -244,6 +494,34 @@ class EpochSummary(pl.Callback):
               f"[{time.time() - self.start:.0f} s]", flush=True)
 
 
+class SkippedItems(pl.Callback):
+    """Count utterances dropped from batches for unreadable audio, once each, in the main process.
+
+    The dataset runs in DataLoader workers (separate processes) without the feature cache, so
+    the ids travel in ``Batch.skipped`` and are collected here.
+    """
+
+    def __init__(self, skipped: dict[str, Skipped]) -> None:
+        self.skipped = skipped
+        self.seen = {split: {utt_id for utt_id, _ in sk.items} for split, sk in skipped.items()}
+
+    def _note(self, split: str, batch: Batch) -> None:
+        for utt_id, reason in getattr(batch, "skipped", ()):
+            if utt_id in self.seen[split]:
+                continue
+            self.seen[split].add(utt_id)
+            self.skipped[split].add(utt_id, reason)
+            print(f"warning: {split}: skipped {utt_id}: {reason}", flush=True)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Batch,
+                             batch_idx: int) -> None:
+        self._note("train", batch)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Batch,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._note("dev", batch)
+
+
 def _progress(iterable, description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -252,32 +530,107 @@ def _progress(iterable, description: str, total: int):
         yield from progress.track(iterable, total=total, description=description)
 
 
-def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
-    """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json)."""
+# Files of a run in its exp dir that --overwrite deletes (nothing else there is touched).
+RUN_FILES = ("checkpoints", "tb", "csv", "train_summary.json", "skipped.jsonl", "run.json",
+             "tokenizer.json", "config.yaml")
+
+
+def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run with an earlier run's checkpoints (export would pick the old
+    ones), unless resuming it or told to delete it; remove temp files of killed writers."""
+    ckpt_dir = exp / "checkpoints"
+    old = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if overwrite:
+        for name in RUN_FILES:
+            p = exp / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        if old:
+            print(f"--overwrite: deleted the earlier run in {exp} ({len(old)} checkpoint(s), logs, summaries)")
+    elif old and not resume:
+        raise ConfigError(f"{exp}: already holds checkpoints of an earlier run ({len(old)} in {ckpt_dir}); "
+                          f"continue it with --resume, train into another exp_dir=..., or pass --overwrite "
+                          f"to delete them")
+    exp.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temp_files(exp, ckpt_dir)
+    if removed:
+        print(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(p.name for p in removed)}")
+
+
+def _is_rank_zero() -> bool:
+    """Before the Trainer exists: Lightning's DDP launcher starts ranks > 0 as copies of this
+    command with LOCAL_RANK / NODE_RANK set; only rank 0 may clear the exp dir or name the run."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _run_id(exp: Path, resumed: dict[str, Any] | None, lead: bool = True) -> str:
+    """The run's id: kept across --resume (from the checkpoint, else run.json), new otherwise.
+    Ranks > 0 (``lead=False``) take the one rank 0 wrote to run.json before starting them."""
+    run_file = exp / "run.json"
+    run_id = None
+    if resumed is not None or not lead:
+        run_id = ((resumed or {}).get("hyper_parameters") or {}).get("run_id")
+        if run_id is None and run_file.is_file():
+            with contextlib.suppress(ValueError, OSError, AttributeError):
+                run_id = json.loads(run_file.read_text()).get("run_id")
+    run_id = str(run_id) if run_id else uuid.uuid4().hex
+    if lead:
+        atomic_write_text(run_file, json.dumps({"run_id": run_id}) + "\n")
+    return run_id
+
+
+def _write_skipped(path: Path, skipped: dict[str, Skipped]) -> None:
+    atomic_write_text(path, "".join(json.dumps({"id": utt_id, "split": split, "reason": reason}) + "\n"
+                                    for split, sk in skipped.items() for utt_id, reason in sk.items))
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json).
+
+    Raises :class:`ConfigError` for unusable input (manifests, an exp dir holding another run),
+    :class:`CheckpointLoadError` when ``resume`` finds only unreadable checkpoints, and
+    :class:`DivergedError` when most steps have a non-finite loss.
+    """
     start = time.time()
+    manifests = {"train": read_manifest_or_fail(cfg.data.train_manifest),
+                 "dev": read_manifest_or_fail(cfg.data.dev_manifest)}
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     exp = Path(cfg.exp_dir)
-    exp.mkdir(parents=True, exist_ok=True)
+    lead = _is_rank_zero()
+    if lead:
+        prepare_exp_dir(exp, resume, overwrite)
+    ckpt_dir = exp / "checkpoints"
+    found = find_resume_checkpoint(ckpt_dir) if resume else None
+    if resume and found is None:
+        print(f"--resume: no checkpoint in {ckpt_dir}, starting from scratch")
+    resumed = found[1] if found is not None else None
 
     tok_path = exp / "tokenizer.json"
-    if resume and tok_path.exists():
+    hp = (resumed or {}).get("hyper_parameters") or {}
+    if isinstance(hp.get("tokenizer"), dict):
+        tokenizer = Tokenizer.from_dict(hp["tokenizer"])  # the resumed network's own vocabulary
+    elif resume and tok_path.exists():
         tokenizer = Tokenizer.from_dict(json.loads(tok_path.read_text()))
     else:
-        tokenizer = build_tokenizer(cfg, [u.text for u in read_manifest(cfg.data.train_manifest)])
-        tok_path.write_text(json.dumps(tokenizer.to_dict()))
-    save_config(cfg, exp / "config.yaml")
+        tokenizer = build_tokenizer(cfg, [u.text for u in manifests["train"]])
+    if lead:
+        atomic_write_text(tok_path, json.dumps(tokenizer.to_dict()))
+        atomic_write_text(exp / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run_id = _run_id(exp, resumed, lead)
 
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
-    dm = CTCDataModule(cfg, tokenizer, model)
+    dm = CTCDataModule(cfg, tokenizer, model, manifests)
     dm.precompute()
     model.cmvn.set_stats(*dm.cmvn_stats())
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters, vocabulary {tokenizer.vocab_size}, "
           f"output frame {cfg.features.frame_shift * model.subsampling * 1000:.0f} ms")
 
-    module = CTCModule(model, tokenizer, cfg)
-    ckpt_dir = exp / "checkpoints"
+    checkpoint_io = AtomicCheckpointIO()
+    module = CTCModule(model, tokenizer, cfg, run_id=run_id)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
                         mode="min", save_top_k=cfg.trainer.save_top_k, auto_insert_metric_name=False),
@@ -287,6 +640,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
         LearningRateMonitor(logging_interval="step"),
         EpochSummary(),
         SamplerEpoch(),
+        SkippedItems(dm.skipped),
     ]
     if cfg.trainer.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val_wer", mode="min", patience=cfg.trainer.early_stopping_patience))
@@ -313,16 +667,24 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
         enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False,  # BucketBatchSampler shards by rank itself
         deterministic=False,
+        plugins=[checkpoint_io],
     )
     last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
-    if resume and ckpt_path is None:
-        print(f"--resume: no {last}, starting from scratch")
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    ckpt_path = None
+    if found is not None:
+        ckpt_path = str(found[0])
+        checkpoint_io.preloaded[ckpt_path] = found[1]
+        print(f"resuming from {ckpt_path} (epoch {found[1].get('epoch', '?')}, step {found[1].get('global_step', '?')})")
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    finally:
+        if trainer.is_global_zero:  # what was skipped is reported even when training fails
+            _write_skipped(exp / "skipped.jsonl", dm.skipped)
 
     ckpt_cb = callbacks[0]
     summary = {
         "exp_dir": str(exp),
+        "run_id": run_id,
         "best_checkpoint": ckpt_cb.best_model_path,
         "best_dev_wer": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
         "last_checkpoint": str(last),
@@ -335,34 +697,66 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> dict:
         "train_hours": sum(dm.datasets["train"].durations) / 3600,
     }
     if trainer.is_global_zero:
-        (exp / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        skipped_path = exp / "skipped.jsonl"
-        with skipped_path.open("w") as f:
-            for split, sk in dm.skipped.items():
-                for utt_id, reason in sk.items:
-                    f.write(json.dumps({"id": utt_id, "split": split, "reason": reason}) + "\n")
+        atomic_write_text(exp / "train_summary.json", json.dumps(summary, indent=2))
         print(f"best dev WER {summary['best_dev_wer']} at {summary['best_checkpoint']}")
-        print(f"results in {exp} (config.yaml, tokenizer.json, checkpoints/, tb/, csv/, train_summary.json)")
+        print(f"results in {exp} (config.yaml, tokenizer.json, checkpoints/, tb/, csv/, train_summary.json, "
+              "skipped.jsonl)")
     return summary
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Parses ``asr train CONF --resume key=value``: overrides may come after flags.
+
+    Plain argparse hands out positionals at their first run, so ``key=value`` after a flag
+    was rejected. The top-level parser cannot parse intermixed (it has sub-commands), so the
+    train sub-parser does, for its own arguments (the guard stops the recursion that
+    ``parse_known_intermixed_args`` makes through ``parse_known_args``).
+    """
+
+    _in_intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._in_intermixed:
+            return super().parse_known_args(args, namespace)
+        self._in_intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._in_intermixed = False
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    if type(parser) is argparse.ArgumentParser:
+        parser.__class__ = _IntermixedParser
     parser.add_argument("config", help="YAML config, e.g. conf/yesno.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5 model.cell=gru")
-    parser.add_argument("--resume", action="store_true", help="continue from EXP_DIR/checkpoints/last.ckpt")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue from EXP_DIR/checkpoints/last.ckpt (or the newest readable checkpoint)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="delete the checkpoints, logs and summaries of an earlier run in EXP_DIR first")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _error(message: object) -> None:
+    print(f"error: {message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"error: {e}")
+        _error(e)
         return 2
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    train(cfg, resume=args.resume)
+    try:
+        train(cfg, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+    except (ConfigError, CheckpointLoadError) as e:
+        _error(e)
+        return 2
+    except DivergedError as e:
+        _error(e)
+        return 1
     return 0

@@ -95,7 +95,7 @@ def test_cli_trains_saves_config_and_resumes(tmp_path):
 def test_cli_rejects_unknown_keys(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "asr", "train", str(ROOT / "conf" / "yesno.yaml"), "model.hiden=3"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "model.hiden" in proc.stdout
+    assert proc.returncode == 2 and "model.hiden" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
@@ -105,6 +105,10 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["epochs"] == 1
     # each rank runs half the batches (16 utts of 1.1 s, <= 8 s per batch -> 3 batches -> 2 steps per rank)
     assert summary["steps"] == 2
+    # ranks > 0 take rank 0's run id (run.json) instead of naming the run again
+    run_id = json.loads((tmp_path / "exp" / "run.json").read_text())["run_id"]
+    ckpt = torch.load(tmp_path / "exp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert summary["run_id"] == run_id == ckpt["hyper_parameters"]["run_id"]
 
 
 def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):

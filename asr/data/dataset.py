@@ -5,7 +5,12 @@ Utterances that cannot be trained on are removed *before* training, counted and 
 (fewer output frames, after the model's subsampling, than the transcript needs: one per
 token plus one blank between each repeated pair). With the feature cache on (the default),
 utterances whose audio turns out to be unreadable when their features are computed are
-removed too and reported the same way (see :func:`fill_cache`).
+removed too and reported the same way (see :func:`fill_cache`). Without the cache (or when a
+file goes bad during training) the dataset returns an :class:`Unreadable` marker instead of
+raising, :func:`collate` drops it and lists it in :attr:`Batch.skipped`, and the trainer
+counts it: one bad file never ends a run. Audio whose features are not finite (e.g. float
+samples of absurd magnitude) counts as unreadable: it would make the loss, and the CMVN
+statistics, NaN.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ class Batch(NamedTuple):
     targets: Tensor  # (N, L) long, padded with 0
     target_lens: Tensor  # (N,) long
     ids: list[str]
+    # (id, reason) of items dropped because their audio could not be read. Collected here
+    # (in the DataLoader worker) so the main process can count them with num_workers > 0.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class Unreadable(NamedTuple):
+    """What :class:`FeatureDataset` returns for an item whose audio cannot be read."""
+
+    id: str
+    reason: str  # "unreadable: <file>: <problem>"
 
 
 def ctc_min_frames(ids: Sequence[int]) -> int:
@@ -136,7 +151,10 @@ class FeatureDataset(Dataset):
             sr = self.feature_cfg.sample_rate
             wave = torchaudio.functional.resample(wave, int(round(sr * factor)), sr)
         with torch.no_grad():
-            return self.logmel.single(wave)
+            feats = self.logmel.single(wave)
+        if not torch.isfinite(feats).all():
+            raise AudioError(u.audio, "features are not finite (sample values of absurd magnitude?)")
+        return feats
 
     def features(self, i: int, factor: float | None = None) -> Tensor:
         if factor is None:
@@ -150,8 +168,11 @@ class FeatureDataset(Dataset):
             self.cache[key] = feats
         return feats
 
-    def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor]:
-        return self.utts[i].id, self.features(i), self.targets[i]
+    def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor] | Unreadable:
+        try:
+            return self.utts[i].id, self.features(i), self.targets[i]
+        except AudioError as e:  # a file unreadable since (or not checked before) training began
+            return Unreadable(self.utts[i].id, f"unreadable: {e}")
 
     def remove(self, indices: Iterable[int]) -> None:
         """Drop utterances ``indices`` (and their cached features); the others keep their data."""
@@ -210,7 +231,14 @@ def fill_cache(ds: FeatureDataset, num_workers: int = 0, progress=lambda it, tot
     return skipped
 
 
-def collate(items: Sequence[tuple[str, Tensor, Tensor]]) -> Batch:
+def collate(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> Batch:
+    """Pad items into a :class:`Batch`; :class:`Unreadable` items are left out and listed in
+    ``Batch.skipped``. A batch with no readable item has ``ids == []`` (callers skip it)."""
+    skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
+    items = [it for it in items if not isinstance(it, Unreadable)]
+    if not items:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(torch.zeros(0, 0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
     ids = [it[0] for it in items]
     feat_lens = torch.tensor([it[1].shape[0] for it in items], dtype=torch.long)
     target_lens = torch.tensor([it[2].shape[0] for it in items], dtype=torch.long)
@@ -219,4 +247,4 @@ def collate(items: Sequence[tuple[str, Tensor, Tensor]]) -> Batch:
     for i, (_, f, t) in enumerate(items):
         feats[i, : f.shape[0]] = f
         targets[i, : t.shape[0]] = t
-    return Batch(feats, feat_lens, targets, target_lens, ids)
+    return Batch(feats, feat_lens, targets, target_lens, ids, skipped)
