@@ -704,30 +704,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     return summary
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """Parses ``asr train CONF --resume key=value``: overrides may come after flags.
-
-    Plain argparse hands out positionals at their first run, so ``key=value`` after a flag
-    was rejected. The top-level parser cannot parse intermixed (it has sub-commands), so the
-    train sub-parser does, for its own arguments (the guard stops the recursion that
-    ``parse_known_intermixed_args`` makes through ``parse_known_args``).
-    """
-
-    _in_intermixed = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._in_intermixed:
-            return super().parse_known_args(args, namespace)
-        self._in_intermixed = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._in_intermixed = False
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    if type(parser) is argparse.ArgumentParser:
-        parser.__class__ = _IntermixedParser
     parser.add_argument("config", help="YAML config, e.g. conf/yesno.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5 model.cell=gru")
     mode = parser.add_mutually_exclusive_group()

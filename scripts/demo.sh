@@ -15,12 +15,9 @@ echo "== 1/5 prepare $corpus from $src -> $data"
 asr prepare "$corpus" --src "$src" --out "$data"
 
 echo "== 2/5 train (conf/$corpus.yaml) -> $exp"
-if [ -d "$exp/checkpoints" ]; then
-  # A rerun starts afresh: an earlier run's checkpoints would compete with this run's at export.
-  echo "   removing $exp/checkpoints of an earlier demo run"
-  rm -rf "$exp/checkpoints"
-fi
-asr train "conf/$corpus.yaml" "exp_dir=$exp" "data.train_manifest=$data/train.jsonl" \
+# A rerun starts afresh (--overwrite): an earlier run's checkpoints would otherwise compete
+# with this run's at export (`asr train` refuses to mix them without it).
+asr train "conf/$corpus.yaml" --overwrite "exp_dir=$exp" "data.train_manifest=$data/train.jsonl" \
   "data.dev_manifest=$data/dev.jsonl" "$@"
 
 echo "== 3/5 export the best checkpoint -> $exp/model.asr"
