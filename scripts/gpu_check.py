@@ -368,12 +368,18 @@ def agreement(s: Sizes, device: torch.device) -> dict:
     copy_flip_into_padded(models["flip"], models["padded"])
     out: dict[str, Any] = {"utterances": len(durs), "durations_s": [round(d, 2) for d in durs], "tolerance": AGREE_TOL}
     ref: dict[str, Any] = {}
+    # Exactness is about the arithmetic: fp32 means fp32 here, not TF32 (cuDNN allows TF32 by
+    # default, which training keeps); restored afterwards.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    out["tf32"] = False
     for p in PRECISIONS:
         try:
             out[p] = _agree_at(models, b, p, device, ref)
         except Exception as e:  # noqa: BLE001 - the other precision still runs
             out[p] = {"error": f"{type(e).__name__}: {e}"}
             log(f"agreement ({p}) FAILED: {out[p]['error'][:300]}")
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return out
 
 
@@ -400,7 +406,7 @@ def _agree_at(models: dict[str, AcousticModel], b: SynthBatch, p: str, device: t
         g_diff = max(float((gr[n] - ref_g[n]).abs().max()) for n in ref_g)
         g_scale = max(float(t.abs().max()) for t in ref_g.values())
         row[v] = {"max_abs_diff_log_probs": lp_diff, "max_abs_diff_grads": g_diff,
-                  "max_abs_grad": g_scale}
+                  "max_abs_grad": g_scale, "max_rel_diff_grads": g_diff / g_scale if g_scale else None}
     if p == "fp32":
         ref["flip"] = res["flip"]
     elif "flip" in ref:
@@ -408,6 +414,7 @@ def _agree_at(models: dict[str, AcousticModel], b: SynthBatch, p: str, device: t
         row["flip_fp32"] = {"max_abs_diff_log_probs": float((f_lp - ref_lp).abs()[mask].max()),
                             "max_abs_diff_grads": max(float((f_g[n] - ref_g[n]).abs().max()) for n in ref_g),
                             "max_abs_grad": max(float(t.abs().max()) for t in f_g.values())}
+        row["flip_fp32"]["max_rel_diff_grads"] = row["flip_fp32"]["max_abs_diff_grads"] / row["flip_fp32"]["max_abs_grad"]
     row["packed"]["pass"] = bool(row["packed"]["max_abs_diff_log_probs"] <= AGREE_TOL
                                  and row["packed"]["max_abs_diff_grads"] <= AGREE_TOL)
     return row
@@ -541,8 +548,11 @@ def cli_train(cli: Cli, dry: bool, work: Path, s: Sizes, device: torch.device, d
                    "model.hidden=16", "model.num_layers=1", "model.conv_channels=4", "data.num_workers=0"]
     else:
         # More workers than the recipe's 1 only fill the feature cache faster (per start).
-        common += ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-                   f"data.num_workers={min(8, os.cpu_count() or 1)}"]
+        # (--device cpu: the same path without a GPU, for checking this script.)
+        common += ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed"] if device.type == "cuda" else \
+                  ["trainer.accelerator=cpu", "trainer.precision=32-true"]
+        common += [f"data.num_workers={min(8, os.cpu_count() or 1)}"]
+    common += list(s.extra.get("train_overrides", ()))
     reserve = 20.0 if dry else 45.0  # export + evaluate
     res: dict[str, Any] = {"config": conf, "overrides": common[1:], "exp_dir": str(exp)}
 
@@ -755,7 +765,7 @@ def markdown(result: dict) -> str:
         rows = []
         for p in PRECISIONS:
             if "error" in a[p]:
-                rows.append([p, "-", "-", "-", "-", "ERROR: " + a[p]["error"][:200]])
+                rows.append([p, "-", "-", "-", "-", "-", "ERROR: " + a[p]["error"][:200]])
                 continue
             for v in ("packed", "padded", "flip_fp32"):
                 if v not in a[p]:
@@ -763,15 +773,21 @@ def markdown(result: dict) -> str:
                 r = a[p][v]
                 pair = "flip fp32 vs flip (bf16 rounding noise)" if v == "flip_fp32" else f"{v} vs flip"
                 rows.append([p, pair, r["max_abs_diff_log_probs"], r["max_abs_diff_grads"], r["max_abs_grad"],
+                             fmt(r.get("max_rel_diff_grads"), 3),
                              ("PASS" if r["pass"] else "FAIL") if "pass" in r else "(reference)"])
         md += [f"Batch of {a['utterances']} utterances, {a['durations_s'][0]}-{a['durations_s'][-1]} s; tolerance "
                f"{a['tolerance']:g}.", "", table(["precision", "pair", "max |diff| log-probs (valid frames)",
-                                                  "max |diff| gradients", "max |gradient|", "verdict"], rows), ""]
+                                                  "max |diff| gradients", "max |gradient|", "max |diff| / max |gradient|",
+                                                  "verdict"], rows), ""]
     else:
         md += ["not run", ""]
     md += ["## 2. Real training run through the CLI", ""]
     t = result.get("train")
     if t:
+        t = dict(t)
+        marks = t.pop("resumed_epoch_marks_s", None)
+        if marks:
+            t["resumed_epoch_marks_s"] = f"{len(marks)} epoch(s): first at {marks[0]} s, last at {marks[-1]} s"
         rows = [[k, fmt(t.get(k), 4 if k.endswith(("wer", "cer", "training")) else 1)] for k in
                 ("first_run_s", "startup_s", "first_epoch_s", "resumed_epoch_marks_s", "epoch_s_resumed_median",
                  "steps_per_epoch", "resume_epochs_planned", "resume_run_s", "epochs_run", "skipped_steps_nonfinite",
@@ -868,9 +884,11 @@ def run_check(args: argparse.Namespace) -> dict:
     s = dry_sizes() if dry else full_sizes()
     if args.train_seconds is not None:
         s = replace(s, train_seconds=args.train_seconds)
+    s = replace(s, extra={"train_overrides": args.train_override or []})
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = torch.device("cpu" if dry else "cuda")
+    device = torch.device(args.device or ("cpu" if dry else "cuda"))
+    skip = set(filter(None, (args.skip or "").split(",")))
     budget = args.budget
     deadline = T0 + budget
     result: dict[str, Any] = {"dry_run": dry, "budget_s": budget, "work_dir": str(work), "out_dir": str(out),
@@ -879,7 +897,7 @@ def run_check(args: argparse.Namespace) -> dict:
                                         "max_batch_seconds": s.max_batch_seconds,
                                         "max_batch_size": s.max_batch_size}}
     log(f"{'DRY RUN ' if dry else ''}out={out} work={work} budget={budget:.0f} s")
-    if not dry and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         result["errors"] = {"environment": "torch.cuda.is_available() is False: no GPU visible to this torch "
                                            f"({torch.__version__}); use --dry-run for a CPU check"}
         result["environment"] = environment(torch.device("cpu"))
@@ -892,10 +910,12 @@ def run_check(args: argparse.Namespace) -> dict:
 
     # Budget split: the throughput table is what the session is for; training gets the rest.
     bench_s = 5.0 if dry else 0.3 * budget
-    section(result, "bench", lambda: bench_throughput(s, device, bench_s))
-    write(result, out)
-    section(result, "agreement", lambda: agreement(s, device))
-    write(result, out)
+    if "bench" not in skip:
+        section(result, "bench", lambda: bench_throughput(s, device, bench_s))
+        write(result, out)
+    if "agreement" not in skip:
+        section(result, "agreement", lambda: agreement(s, device))
+        write(result, out)
 
     cli = Cli(out / "cli.log")
     workers_n = min(16, os.cpu_count() or 1)
@@ -907,10 +927,12 @@ def run_check(args: argparse.Namespace) -> dict:
     if prep:
         slice_s = min(s.loader_slice_s, max(1.0, (deadline - time.time()) * 0.05))
         counts = sorted({1, workers_n if not dry else 2})
-        section(result, "loader", lambda: loader_rate(work / "data" / "train.jsonl", counts, slice_s, (0.9, 1.0, 1.1)))
+        if "loader" not in skip:
+            section(result, "loader", lambda: loader_rate(work / "data" / "train.jsonl", counts, slice_s, (0.9, 1.0, 1.1)))
         write(result, out)
         train_deadline = min(deadline - 5.0, time.time() + s.train_seconds)
-        section(result, "train", lambda: cli_train(cli, dry, work, s, device, train_deadline))
+        if "train" not in skip:
+            section(result, "train", lambda: cli_train(cli, dry, work, s, device, train_deadline))
     else:
         result.setdefault("errors", {})["loader"] = "skipped: prepare failed"
         result["errors"]["train"] = "skipped: prepare failed"
@@ -967,6 +989,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=480.0, help="global wall-clock budget in seconds")
     ap.add_argument("--train-seconds", type=float, default=None,
                     help="wall-clock for the CLI training (default 240; dry run 60)")
+    ap.add_argument("--train-override", action="append", metavar="KEY=VALUE",
+                    help="extra `asr train` override (repeatable), after the script's own")
+    ap.add_argument("--skip", help="comma-separated sections to leave out: bench,agreement,loader,train")
+    ap.add_argument("--device", help="torch device (default cuda; cpu with --dry-run); cpu without --dry-run "
+                                     "checks the full-size CLI path of this script without a GPU")
     ap.add_argument("--pack-speechocean", nargs=2, metavar=("SRC", "DEST"),
                     help="copy whole speakers of SRC into DEST up to --max-mb, then exit")
     ap.add_argument("--max-mb", type=float, default=45.0)
