@@ -6,27 +6,30 @@
 #
 #   bash scripts/gpu_check.sh OUT [--dry-run] [--data DIR] [--work DIR] [--budget S] [--train-seconds S]
 #
-# On the device machine (repo root; no network; its python3 has torch, torchaudio,
-# pytorch-lightning, torchmetrics, sentencepiece, safetensors, rich, pyyaml, tensorboard,
-# matplotlib, but not soundfile or jiwer), prepared ONCE here, in the repo root:
+# On the device machine the repo root is the cwd, there is no network, and python3 (3.12, torch
+# 2.11 CUDA) has torch, torchaudio, pytorch-lightning, torchmetrics, sentencepiece, safetensors,
+# rich, pyyaml, tensorboard and matplotlib, but not soundfile or jiwer. Prepare ONCE, here, in
+# the root of the checkout the device call sends (both folders git-ignored, ~45 MB together):
 #   echo /.whl/ >> .git/info/exclude; echo /.gpu_data/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl soundfile==0.13.1 cffi==2.0.0 pycparser==2.23 jiwer==4.0.0 rapidfuzz==3.14.1
-#   python scripts/gpu_check.py --pack-speechocean ../shared/data/speechocean762 .gpu_data/speechocean762 --max-mb 45
-# (the full corpus, 177 MB, is over the 64 MiB a device call carries; whole speakers up to 45 MB
-# travel instead). Then the device command, with carry [".whl", ".gpu_data"] and timeout_s 570:
+#     -d .whl soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 jiwer==4.0.0 rapidfuzz==3.14.6
+#   python3 scripts/gpu_check.py --pack-speechocean ../shared/data/speechocean762 .gpu_data/speechocean762 --max-mb 40
+# (the whole corpus, 177 MB, is over the 64 MiB a device call carries: whole speakers up to
+# 40 MB, ~590 utterances, travel instead). The device call: carry [".whl", ".gpu_data"],
+# timeout_s 570, command
 #   bash scripts/gpu_check.sh $OUT --data .gpu_data/speechocean762 --work /tmp/gpu_check
-# (--work outside $OUT: only 8 files come back from $OUT.)
+# --work outside $OUT: only 8 files come back from $OUT, and these 4 must (gpu_check.md,
+# gpu_check.json, gpu_check.log, cli.log). Exit status 0 = every section ran (targets may FAIL).
 #
-# What it expects: a python with torch (CUDA build) and the asr dependencies; it picks, in
-# order, $PYTHON, the repo's .venv/bin/python, python3. Wheels found in the repo's .whl/ are
-# installed into /tmp/gpu_check_site (no network, no index) and put on PYTHONPATH. The asr
-# package is imported from this checkout (PYTHONPATH), not from an installed copy.
+# Python: $PYTHON, else the repo's .venv/bin/python, else python3. Where it lacks soundfile or
+# jiwer, the wheels in the repo's .whl/ are installed into /tmp/gpu_check_site (no index, no
+# network) and put on PYTHONPATH; asr is imported from this checkout (PYTHONPATH), not from an
+# installed copy.
 set -uo pipefail
 
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2
 fi
 OUT=$1
@@ -43,7 +46,7 @@ else
 fi
 
 EXTRA=""
-if compgen -G "$REPO/.whl/*.whl" >/dev/null; then
+if ! "$PY" -c "import soundfile, jiwer" 2>/dev/null && compgen -G "$REPO/.whl/*.whl" >/dev/null; then
     SITE=/tmp/gpu_check_site
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$REPO"/.whl/*.whl || echo "warning: installing $REPO/.whl/*.whl failed"
