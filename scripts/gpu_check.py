@@ -322,6 +322,7 @@ def bench_throughput(s: Sizes, device: torch.device, budget_s: float) -> dict:
         if timed and done >= s.min_rounds and time.time() - start + max(round_times[-3:]) > budget_s:
             break
     variants = {}
+    spec_ms = time_spec_augment(models["flip"], batches[-1], device)
     for k in keys:
         ts = times[k]
         tot = sum(ts)
@@ -346,9 +347,25 @@ def bench_throughput(s: Sizes, device: torch.device, budget_s: float) -> dict:
         "parameters": {v: sum(p.numel() for p in m.parameters()) for v, m in models.items()},
         "batches": batch_info,
         "rnn_output_dtype": rnn_dtypes,
+        "spec_augment_ms_longest_batch": spec_ms,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "wall_s": round(time.time() - start, 1),
     }
+
+
+def time_spec_augment(model: AcousticModel, b: SynthBatch, device: torch.device) -> float | None:
+    """SpecAugment alone on one batch (ms): it loops over utterances in Python, one
+    device-to-host sync each, which a GPU step may notice."""
+    if model.spec_augment is None:
+        return None
+    ts = []
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        model.spec_augment(b.feats, b.feat_lens)
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return round(1000 * min(ts), 2)
 
 
 def agreement(s: Sizes, device: torch.device) -> dict:
@@ -752,7 +769,8 @@ def markdown(result: dict) -> str:
                f"{m['conv_channels']}, layer_norm {m['layer_norm']}, vocab {result['sizes']['vocab']}; parameters "
                f"{', '.join(f'{k} {v / 1e6:.2f} M' for k, v in b['parameters'].items())}. "
                f"{b['rounds_timed']} timed round(s) after {b['warmup_rounds']} warm-up, variants interleaved; "
-               f"batches: {b['batches']['timed_batches']}.", ""]
+               f"batches: {b['batches']['timed_batches']}. SpecAugment alone on the longest batch: "
+               f"{b.get('spec_augment_ms_longest_batch')} ms (included in every step).", ""]
         rows = [[k, "yes" if v["exact"] else "no", b["rnn_output_dtype"].get(k, "-"), v["steps"], v["step_ms"], v["audio_s_per_s"], v["peak_mem_gb"],
                  v["step_peak_mem_gb"], v["nonfinite_losses"], (v["error"] or "")[:120]] for k, v in b["variants"].items()]
         md += [table(["variant", "exact", "LSTM dtype", "steps", "step ms", "audio-s/s", "peak GB (all models)",
