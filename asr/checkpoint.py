@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from asr import __version__
 from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, from_dict, to_dict
 from asr.features import LogMel
+from asr.files import atomic_write
 from asr.model import AcousticModel
 from asr.text import Tokenizer, TokenizerError
 
@@ -440,13 +441,12 @@ def export(
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_safetensors
 
     # safetensors refuses views and shared storage: give it one contiguous copy per tensor.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, out)  # never leave a half-written package under the final name
+    blob = save_safetensors(tensors, metadata=metadata)
+    atomic_write(out, lambda f: f.write(blob))  # never a half-written package under the final name
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out, 0o666 & ~umask)  # safetensors creates files 0600; packages are meant to be shared

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import AudioError, audio_info, load_audio
 from asr.checkpoint import ModelPackage, load_package
-from asr.data.manifest import Utterance, read_manifest
+from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.decoding import (
     LM_TUNE_SUFFIX,
     BeamSearchDecoder,
@@ -38,10 +38,6 @@ DEFAULT_MAX_BATCH_SECONDS = 300.0  # padded audio seconds per batch at most (bou
 DEFAULT_CHUNK_SECONDS = 30.0  # longer audio is read in windows owning this much audio
 DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned region
 
-# A manifest duration that differs from the file's real length (offset-less utterances) by
-# more than max(absolute, relative * duration) is reported: manifests round durations to
-# microseconds and MP3 lengths are estimates, anything beyond that is a stale manifest.
-DURATION_TOLERANCE = (0.05, 0.01)  # (seconds, fraction)
 
 NON_FINITE = "features or model output are not finite (NaN/inf): corrupt or absurd audio"
 
@@ -319,14 +315,13 @@ def transcribe_manifest(
     hyps: dict[str, str] = {}
     failed: dict[str, str] = {}
     mismatch: dict[str, dict[str, float]] = {}
-    absolute, relative = DURATION_TOLERANCE
     for u, r in zip(utts, results, strict=True):
         hyps[u.id] = r.text
         if r.error is not None:
             failed[u.id] = f"{u.audio}: {r.error}"
             print(f"warning: utterance {u.id}: {u.audio}: {r.error}; scored as an empty hypothesis",
                   file=sys.stderr)
-        elif not u.offset and abs(r.duration - u.duration) > max(absolute, relative * u.duration):
+        elif not u.offset and duration_mismatch(u.duration, r.duration):
             mismatch[u.id] = {"manifest": u.duration, "file": round(r.duration, 6)}
             print(f"warning: utterance {u.id}: {u.audio}: manifest duration {u.duration:.3f} s but the file "
                   f"holds {r.duration:.3f} s; transcribed the whole file", file=sys.stderr)

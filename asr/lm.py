@@ -39,6 +39,7 @@ from asr.decoding import (
     greedy_decode,
     lm_vocabulary,
 )
+from asr.files import atomic_write_text
 from asr.text import Tokenizer, normalize_text
 
 KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
@@ -308,9 +309,7 @@ def tune_lm(
     }
     if save:
         side = Path(str(lm_path) + LM_TUNE_SUFFIX)
-        tmp = side.with_name(side.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, side)
+        atomic_write_text(side, json.dumps(result, indent=2) + "\n")
         result["saved_to"] = str(side)
     return result
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from asr import __version__
+from asr.files import atomic_write_text
 from asr.metrics import CorpusScore, UtteranceScore, bootstrap_ci
 
 SUMMARY_FILE = "summary.json"
@@ -218,16 +218,8 @@ def build_summary(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    # Write-then-rename so an interrupted run never leaves a half-written report behind.
-    # The temporary name is unique to this process, so even two writers (which the output
-    # lock prevents) could not rename each other's halves into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # An interrupted run never leaves a half-written report behind (see asr.files).
+    atomic_write_text(path, text)
 
 
 def write_report(

@@ -17,9 +17,9 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -38,6 +38,7 @@ from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.decoding import greedy_decode
 from asr.features import compute_cmvn_stats
+from asr.files import atomic_write, atomic_write_text, remove_stale_temp_files
 from asr.model import AcousticModel
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 
@@ -45,12 +46,6 @@ CMVN_MAX_UTTERANCES = 3000  # without a feature cache, CMVN stats come from a sa
 # A run stops with an error when more than half of an epoch's steps, or this many in a row,
 # have a non-finite loss: it is not learning, and its checkpoints would be worthless.
 MAX_CONSECUTIVE_NONFINITE = 50
-TMP_SUFFIX = ".tmp"  # temp files of atomic writes: "<target name>.<writer pid>.tmp" beside the target
-# Test hook only: seconds to wait between writing a checkpoint's temp file and renaming it, so
-# that tests can kill a run mid-write deterministically.
-_WRITE_DELAY_ENV = "ASR_TEST_CHECKPOINT_WRITE_DELAY"
-
-
 class CheckpointLoadError(Exception):
     """A checkpoint to resume from cannot be read, or is refused; ``str(e)`` names the file."""
 
@@ -59,68 +54,7 @@ class DivergedError(Exception):
     """Most training steps have a non-finite loss: the run stops instead of saving a broken model."""
 
 
-# --- files: atomic writes, stale temp files, safe checkpoint loads --------------------------------
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` so that a reader (or a kill at any moment) sees the old file or the new one.
-
-    The bytes go to a temp file beside the target (same filesystem, so the final rename is
-    atomic; a temp dir elsewhere would make it a copy that truncates the target first), named
-    per process so concurrent writers never share one; flushed and fsynced before the rename.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a file named with our pid predates us (pid reuse): its writer is gone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temp_files(*folders: Path) -> list[Path]:
-    """Delete temp files of :func:`atomic_write` whose writer process is gone (killed mid-write)."""
-    removed = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.glob(f"*{TMP_SUFFIX}")):
-            m = re.fullmatch(rf".+\.(\d+){re.escape(TMP_SUFFIX)}", p.name)
-            if m is None or _pid_alive(int(m.group(1))):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
-    return removed
+# --- safe checkpoint loads --------------------------------------------------------------------
 
 
 @contextlib.contextmanager

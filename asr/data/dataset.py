@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from asr.audio import AudioError, load_audio
-from asr.data.manifest import Utterance
+from asr.data.manifest import Utterance, duration_mismatch
 from asr.features import FeatureConfig, LogMel, num_frames
 from asr.text import Tokenizer
 
@@ -147,6 +147,12 @@ class FeatureDataset(Dataset):
         u = self.utts[i]
         duration = u.duration if u.offset else None
         wave = load_audio(u.audio, self.feature_cfg.sample_rate, offset=u.offset, duration=duration)
+        if not u.offset and duration_mismatch(u.duration, len(wave) / self.feature_cfg.sample_rate):
+            # Bucketing, max_duration and the CTC feasibility filter all trusted the manifest's
+            # duration: a file of another length is a stale manifest, not something to train on.
+            raise AudioError(u.audio, f"manifest says {u.duration:.3f} s but the file holds "
+                                      f"{len(wave) / self.feature_cfg.sample_rate:.3f} s (stale manifest: "
+                                      "re-run asr prepare)")
         if factor != 1.0:
             sr = self.feature_cfg.sample_rate
             wave = torchaudio.functional.resample(wave, int(round(sr * factor)), sr)

@@ -56,6 +56,18 @@ def utf8_lines(path: str | os.PathLike, error: type[Exception] | None = None) ->
                 raise error(f"{path}:{lineno}: {message}") from None
 
 
+# A manifest duration that differs from the file's real length (offset-less utterances) by
+# more than max(absolute, relative * duration) is a stale manifest: manifests round durations
+# to microseconds and MP3 lengths are estimates, anything beyond that is not rounding.
+DURATION_TOLERANCE = (0.05, 0.01)  # (seconds, fraction)
+
+
+def duration_mismatch(manifest_seconds: float, file_seconds: float) -> bool:
+    """True when a manifest's duration and the file's real length disagree beyond rounding."""
+    absolute, relative = DURATION_TOLERANCE
+    return abs(file_seconds - manifest_seconds) > max(absolute, relative * manifest_seconds)
+
+
 @dataclass(frozen=True)
 class Utterance:
     """One manifest line."""

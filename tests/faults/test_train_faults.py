@@ -309,7 +309,7 @@ def plant_malicious_checkpoint(path: Path, marker: Path) -> None:
 
 
 def test_atomic_write_and_stale_temp_cleanup(tmp_path):
-    from asr.train import atomic_write, atomic_write_text, remove_stale_temp_files
+    from asr.files import atomic_write, atomic_write_text, remove_stale_temp_files
 
     target = tmp_path / "last.ckpt"
     atomic_write_text(target, "old")
@@ -420,3 +420,19 @@ def test_bad_manifest_is_one_line_exit_2(tmp_path, capsys):
 def test_every_bad_config_value_is_a_config_error(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
         load_config(ROOT / "conf" / "yesno.yaml", [override])
+
+
+def test_manifest_duration_that_disagrees_with_the_file_is_a_skipped_item(tmp_path):
+    # Bucketing, max_duration and the CTC feasibility filter trust the manifest's duration, so
+    # a file of another length (either way) is skipped with a reason, not trained on.
+    sr = 16000
+    wav = tmp_path / "one_second.wav"
+    sf.write(wav, np.random.default_rng(0).normal(0, 0.1, sr).astype("float32"), sr)
+    utts = [Utterance("ok", str(wav), 1.0, "a", "s", sr),
+            Utterance("rounded", str(wav), 1.004, "a", "s", sr),  # rounding: tolerated
+            Utterance("too_long", str(wav), 3.0, "a", "s", sr),
+            Utterance("too_short", str(wav), 0.5, "a", "s", sr)]
+    ds = FeatureDataset(utts, [[1]] * len(utts), FeatureConfig(), cache=False)
+    assert [type(ds[i]) is Unreadable for i in range(4)] == [False, False, True, True]
+    with pytest.raises(AudioError, match=r"one_second.wav: manifest says 3.000 s but the file holds 1.000 s"):
+        ds.compute(2)

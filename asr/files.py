@@ -1,0 +1,85 @@
+"""Files that survive a kill: atomic writes and the clean-up of what a killed writer left.
+
+Every file a later step reads back (checkpoints, model packages, manifests, reports, tuned LM
+weights, summaries) is written to a temp file *beside* the target (same filesystem, so the
+final rename is atomic; a temp dir elsewhere would turn it into a copy that truncates the
+target first), named per process so concurrent writers never share one, flushed and fsynced,
+then renamed over the target. A reader, or a kill at any moment, sees the old file or the new
+one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+TMP_SUFFIX = ".tmp"  # temp files of atomic writes: "<target name>.<writer pid>.tmp" beside the target
+# Test hook only: seconds to wait between writing a checkpoint's temp file and renaming it, so
+# that tests can kill a run mid-write deterministically.
+_WRITE_DELAY_ENV = "ASR_TEST_CHECKPOINT_WRITE_DELAY"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a kill at any moment) sees the old file or the new one.
+
+    The bytes go to a temp file beside the target (same filesystem, so the final rename is
+    atomic; a temp dir elsewhere would make it a copy that truncates the target first), named
+    per process so concurrent writers never share one; flushed and fsynced before the rename.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a file named with our pid predates us (pid reuse): its writer is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(*folders: Path) -> list[Path]:
+    """Delete temp files of :func:`atomic_write` whose writer process is gone (killed mid-write)."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.glob(f"*{TMP_SUFFIX}")):
+            m = re.fullmatch(rf".+\.(\d+){re.escape(TMP_SUFFIX)}", p.name)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
