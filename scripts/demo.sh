@@ -17,8 +17,10 @@ asr prepare "$corpus" --src "$src" --out "$data"
 echo "== 2/5 train (conf/$corpus.yaml) -> $exp"
 # A rerun starts afresh (--overwrite): an earlier run's checkpoints would otherwise compete
 # with this run's at export (`asr train` refuses to mix them without it).
+# One thread, as the recipes and tests train: tiny models gain nothing from more, and torch's
+# default (all cores) degrades badly when anything else runs beside it. Overrides win.
 asr train "conf/$corpus.yaml" --overwrite "exp_dir=$exp" "data.train_manifest=$data/train.jsonl" \
-  "data.dev_manifest=$data/dev.jsonl" "$@"
+  "data.dev_manifest=$data/dev.jsonl" trainer.threads=1 "$@"
 
 echo "== 3/5 export the best checkpoint -> $exp/model.asr"
 asr export "$exp" --out "$exp/model.asr"
