@@ -36,6 +36,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("asr.data.prepare", "prepare a corpus into validated JSONL manifests"),
+    "shard": ("asr.data.shards", "pack a manifest into WebDataset tar shards + index.json for streaming"),
     "train": ("asr.train", "train a model from a YAML config with key=value overrides"),
     "export": ("asr.checkpoint", "turn Lightning checkpoints into a loadable model package"),
     "transcribe": ("asr.transcription", "transcribe audio files with a model package"),

@@ -24,7 +24,10 @@ __all__ = ["ConfigError", "ExperimentConfig", "load_config", "save_config", "to_
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_manifest: str = ""  # JSONL manifest of the training set (required)
+    train_manifest: str = ""  # JSONL manifest of the training set (required unless train_shards is set)
+    train_shards: str = ""  # shards from `asr shard`: a folder with index.json, or a brace pattern / pipe: URL; streamed instead of train_manifest
+    shards_index: str = ""  # index.json of train_shards given as a URL (default: index.json beside a local pattern)
+    shard_shuffle_buffer: int = 1000  # utterances in the streaming shuffle buffer (train_shards)
     dev_manifest: str = ""  # JSONL manifest used for model selection (required)
     tokenizer: str = "char"  # char | bpe
     bpe_vocab_size: int = 256  # sentencepiece vocabulary size when tokenizer=bpe
@@ -38,8 +41,13 @@ class DataConfig:
     speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
 
     def validate(self) -> None:
-        if not self.train_manifest or not self.dev_manifest:
-            raise ConfigError("data.train_manifest and data.dev_manifest are required")
+        if not (self.train_manifest or self.train_shards) or not self.dev_manifest:
+            raise ConfigError("data.train_manifest (or data.train_shards) and data.dev_manifest are required")
+        if self.train_shards and not self.bucketing:
+            raise ConfigError("data.bucketing=false is not available with data.train_shards (streamed batches "
+                              "are always bucketed: their count must be known before the epoch)")
+        if self.shard_shuffle_buffer < 1:
+            raise ConfigError(f"data.shard_shuffle_buffer must be >= 1 (is {self.shard_shuffle_buffer})")
         if self.tokenizer not in ("char", "bpe"):
             raise ConfigError(f"data.tokenizer must be char or bpe (is {self.tokenizer!r})")
         if self.bpe_vocab_size < 2:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -36,10 +37,19 @@ from asr.config import ConfigError, ExperimentConfig, load_config, to_dict
 from asr.data.dataset import Batch, FeatureDataset, Skipped, collate, fill_cache, filter_utterances
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
+from asr.data.shards import (
+    Buckets,
+    EpochPlan,
+    ShardError,
+    ShardStream,
+    cmvn_sample,
+    open_shard_set,
+    read_texts,
+)
 from asr.decoding import greedy_decode
 from asr.features import compute_cmvn_stats
 from asr.files import atomic_write, atomic_write_text, remove_stale_temp_files
-from asr.model import AcousticModel
+from asr.model import AcousticModel, ConvSubsampling
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 
 CMVN_MAX_UTTERANCES = 3000  # without a feature cache, CMVN stats come from a sample this big
@@ -283,7 +293,11 @@ def build_tokenizer(cfg: ExperimentConfig, train_texts: list[str]) -> Tokenizer:
 
 
 class CTCDataModule(pl.LightningDataModule):
-    """Manifests -> filtered, feature-cached datasets -> bucketed DataLoaders."""
+    """Manifests -> filtered, feature-cached datasets -> bucketed DataLoaders.
+
+    With ``data.train_shards`` the training set is streamed from WebDataset shards instead
+    (:mod:`asr.data.shards`; see :meth:`_setup_shards`); the dev set is always a manifest.
+    """
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer, model: AcousticModel,
                  manifests: dict[str, list[Utterance]] | None = None) -> None:
@@ -293,7 +307,12 @@ class CTCDataModule(pl.LightningDataModule):
         d = cfg.data
         self.skipped: dict[str, Skipped] = {}
         self.datasets: dict[str, FeatureDataset] = {}
-        for split, path in (("train", d.train_manifest), ("dev", d.dev_manifest)):
+        self.shards: EpochPlan | None = None
+        splits = [("train", d.train_manifest), ("dev", d.dev_manifest)]
+        if d.train_shards:
+            self._setup_shards()
+            splits = splits[1:]
+        for split, path in splits:
             utts = manifests[split] if manifests is not None else read_manifest_or_fail(path)
             max_dur = d.max_duration if split == "train" else float("inf")
             speeds = d.speed_perturb if split == "train" else ()
@@ -313,6 +332,35 @@ class CTCDataModule(pl.LightningDataModule):
                   f"skipped {len(skipped)}: {skipped.summary()}")
             for utt_id, reason in skipped.items[:5]:
                 print(f"  skipped {utt_id}: {reason}")
+
+    def _setup_shards(self) -> None:
+        """Plan the streamed training epoch from the shards' index (no audio is read)."""
+        d = self.cfg.data
+        try:
+            shard_set = open_shard_set(d.train_shards, d.shards_index)
+        except ShardError as e:
+            raise ConfigError(str(e)) from None
+        buckets = Buckets.plan([x for x in shard_set.durations() if x <= d.max_duration] or [d.max_duration],
+                               d.num_buckets, d.max_batch_seconds, d.max_batch_size)
+        # The world size is only known once the Trainer exists: plan for one rank now (for
+        # the report), again in train_dataloader.
+        self.shards = EpochPlan(shard_set, buckets, world=1, workers=d.num_workers, max_duration=d.max_duration)
+        skipped = Skipped()
+        for utt_id, reason in self.shards.too_long():
+            skipped.add(utt_id, reason)
+        self.skipped["train"] = skipped
+        kept = sum(1 for x in shard_set.durations() if x <= d.max_duration)
+        if not kept:
+            raise ConfigError(f"{shard_set.index_path}: no usable utterances ({skipped.summary()})")
+        print(f"train: {kept} utterances ({self.train_seconds / 3600:.2f} h) in {len(shard_set.shards)} shard(s) "
+              f"from {d.train_shards}, streamed; skipped {len(skipped)}: {skipped.summary()} (unreadable and "
+              "untrainable items are counted as training meets them)")
+
+    @property
+    def train_seconds(self) -> float:
+        if self.shards is not None:
+            return sum(x for x in self.shards.shard_set.durations() if x <= self.cfg.data.max_duration)
+        return sum(self.datasets["train"].durations)
 
     def precompute(self) -> None:
         """Fill the feature caches (in parallel worker processes when configured)."""
@@ -338,6 +386,12 @@ class CTCDataModule(pl.LightningDataModule):
         Without the cache this is the first time the sampled files are read: unreadable ones
         (features that are not finite included) are removed and counted like fill_cache's.
         """
+        if self.shards is not None:
+            try:
+                return compute_cmvn_stats(cmvn_sample(self.shards.shard_set, self.cfg.features, CMVN_MAX_UTTERANCES))
+            except ValueError:
+                raise ConfigError(f"{self.cfg.data.train_shards}: no readable audio in the shards sampled for "
+                                  "CMVN statistics") from None
         ds = self.datasets["train"]
         n = len(ds) if ds.cache is not None else min(len(ds), CMVN_MAX_UTTERANCES)
         step = max(1, len(ds) // n)
@@ -390,7 +444,29 @@ class CTCDataModule(pl.LightningDataModule):
                           persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        if self.shards is not None:
+            return self._shard_loader()
         return self._loader("train", shuffle=True)
+
+    def _shard_loader(self) -> DataLoader:
+        """The streamed training loader: each rank's workers read their planned shards and
+        batch them; every rank gets the same number of batches (``len()``, the epoch length)."""
+        d = self.cfg.data
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        plan = self.shards
+        self.shards = EpochPlan(plan.shard_set, plan.buckets, world=world, workers=d.num_workers,
+                                max_duration=d.max_duration)
+        stream = ShardStream(self.shards, rank, self.tokenizer, self.cfg.features,
+                             functools.partial(ConvSubsampling.out_lengths, factor=self.cfg.model.subsampling),
+                             speed_perturb=d.speed_perturb, shuffle_buffer=d.shard_shuffle_buffer, seed=self.cfg.seed)
+        if self.shards.by_utterance and self.shards.slots > 1:
+            print(f"note: fewer shards ({len(plan.shard_set.shards)}) than ranks x workers ({self.shards.slots}): "
+                  "every reader reads every shard and keeps its share; write more, smaller shards for real data")
+        print(f"train: {self.shards.rank_batches} batches per epoch on each of {world} rank(s) "
+              f"({sum(self.shards.planned)} in all, the rest repeats to even out ranks)")
+        # Not persistent: each epoch's workers get the stream with its new epoch (set_epoch).
+        return DataLoader(stream, batch_size=None, num_workers=d.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("dev", shuffle=False)
@@ -405,9 +481,10 @@ class SamplerEpoch(pl.Callback):
     """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        batch_sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
-        if hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(trainer.current_epoch)
+        loader = trainer.train_dataloader
+        for obj in (getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None)):
+            if hasattr(obj, "set_epoch"):  # BucketBatchSampler; ShardStream (an IterableDataset)
+                obj.set_epoch(trainer.current_epoch)
 
 
 class EpochSummary(pl.Callback):
@@ -520,6 +597,30 @@ def _write_skipped(path: Path, skipped: dict[str, Skipped]) -> None:
                                     for split, sk in skipped.items() for utt_id, reason in sk.items))
 
 
+def _train_texts(cfg: ExperimentConfig, manifests: dict[str, list[Utterance]]) -> list[str]:
+    """The texts the tokenizer is built from: the training manifest's, or with only
+    ``data.train_shards`` the shards' metadata (one pass over the shards, audio not decoded)."""
+    if not cfg.data.train_shards:
+        return [u.text for u in manifests["train"]]
+    try:
+        shard_set = open_shard_set(cfg.data.train_shards, cfg.data.shards_index)
+    except ShardError as e:
+        raise ConfigError(str(e)) from None
+    if "train" in manifests:
+        known = {u.id for u in manifests["train"]}
+        strangers = sum(1 for sh in shard_set.shards for i in sh.ids if i not in known)
+        if strangers:
+            print(f"warning: {strangers} sharded utterance(s) are not in {cfg.data.train_manifest}: the tokenizer "
+                  "is built from that manifest's texts (characters only the shards have make items untokenizable)")
+        return [u.text for u in manifests["train"]]
+    print(f"tokenizer: reading the transcripts of {len(shard_set.shards)} shard(s) "
+          f"(set data.train_manifest to the sharded manifest to skip this pass)")
+    texts = read_texts(shard_set)
+    if not texts:
+        raise ConfigError(f"{cfg.data.train_shards}: no transcripts could be read from the shards")
+    return texts
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json).
 
@@ -528,8 +629,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     :class:`DivergedError` when most steps have a non-finite loss.
     """
     start = time.time()
-    manifests = {"train": read_manifest_or_fail(cfg.data.train_manifest),
-                 "dev": read_manifest_or_fail(cfg.data.dev_manifest)}
+    manifests = {"dev": read_manifest_or_fail(cfg.data.dev_manifest)}
+    if cfg.data.train_manifest:  # with train_shards too: only the tokenizer's texts come from it
+        manifests["train"] = read_manifest_or_fail(cfg.data.train_manifest)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -550,7 +652,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     elif resume and tok_path.exists():
         tokenizer = Tokenizer.from_dict(json.loads(tok_path.read_text()))
     else:
-        tokenizer = build_tokenizer(cfg, [u.text for u in manifests["train"]])
+        tokenizer = build_tokenizer(cfg, _train_texts(cfg, manifests))
     if lead:
         atomic_write_text(tok_path, json.dumps(tokenizer.to_dict()))
         atomic_write_text(exp / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -628,7 +730,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         "parameters": model.num_parameters(),
         "skipped_utterances": {k: len(v) for k, v in dm.skipped.items()},
         "skipped_steps_nonfinite": module.skipped_steps,
-        "train_hours": sum(dm.datasets["train"].durations) / 3600,
+        "train_hours": dm.train_seconds / 3600,
     }
     if trainer.is_global_zero:
         atomic_write_text(exp / "train_summary.json", json.dumps(summary, indent=2))
