@@ -11,6 +11,12 @@ raising, :func:`collate` drops it and lists it in :attr:`Batch.skipped`, and the
 counts it: one bad file never ends a run. Audio whose features are not finite (e.g. float
 samples of absurd magnitude) counts as unreadable: it would make the loss, and the CMVN
 statistics, NaN.
+
+With ``waveforms=True`` (``data.features_on_device``) the dataset stops after decoding,
+resampling and speed perturbation: :func:`collate_waves` pads waveforms into a
+:class:`WaveBatch`, and :func:`wave_batch_features` turns that into the same :class:`Batch`
+on the accelerator (log-mels are padding-invariant, so the features are those of the
+per-item path). A DataLoader worker then does a fraction of the work per audio second.
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ class Batch(NamedTuple):
     ids: list[str]
     # (id, reason) of items dropped because their audio could not be read. Collected here
     # (in the DataLoader worker) so the main process can count them with num_workers > 0.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class WaveBatch(NamedTuple):
+    """Padded waveforms for features computed after the batch reaches the device."""
+
+    waves: Tensor  # (N, S) float, zero past wave_lens
+    wave_lens: Tensor  # (N,) long, samples
+    targets: Tensor  # (N, L) long, padded with 0
+    target_lens: Tensor  # (N,) long
+    ids: list[str]
     skipped: tuple[tuple[str, str], ...] = ()
 
 
@@ -122,14 +139,17 @@ class FeatureDataset(Dataset):
         feature_cfg: FeatureConfig,
         cache: bool = True,
         speed_perturb: Sequence[float] = (),
+        waveforms: bool = False,
     ) -> None:
         assert len(utts) == len(targets)
+        assert not (cache and waveforms), "waveform items are for the cache-less path"
         self.utts = list(utts)
         self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
         self.feature_cfg = feature_cfg
         self.logmel = LogMel(feature_cfg)
         self.cache: dict[tuple[int, float], Tensor] | None = {} if cache else None
         self.factors = tuple(float(f) for f in speed_perturb) or (1.0,)
+        self.waveforms = waveforms  # items carry waveforms, not features (see WaveBatch)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -142,8 +162,8 @@ class FeatureDataset(Dataset):
         """Every (utterance index, speed factor) this dataset can serve."""
         return [(i, f) for i in range(len(self.utts)) for f in self.factors]
 
-    def compute(self, i: int, factor: float = 1.0) -> Tensor:
-        """Features (T, F) of utterance ``i`` at speed ``factor``, computed (never cached)."""
+    def waveform(self, i: int, factor: float = 1.0) -> Tensor:
+        """Samples (S,) of utterance ``i`` at the feature rate, at speed ``factor``."""
         u = self.utts[i]
         duration = u.duration if u.offset else None
         wave = load_audio(u.audio, self.feature_cfg.sample_rate, offset=u.offset, duration=duration)
@@ -156,16 +176,21 @@ class FeatureDataset(Dataset):
         if factor != 1.0:
             sr = self.feature_cfg.sample_rate
             wave = torchaudio.functional.resample(wave, int(round(sr * factor)), sr)
+        return wave
+
+    def compute(self, i: int, factor: float = 1.0) -> Tensor:
+        """Features (T, F) of utterance ``i`` at speed ``factor``, computed (never cached)."""
+        wave = self.waveform(i, factor)
         with torch.no_grad():
             feats = self.logmel.single(wave)
         if not torch.isfinite(feats).all():
+            u = self.utts[i]
             raise AudioError(u.audio, "features are not finite (sample values of absurd magnitude?)")
         return feats
 
     def features(self, i: int, factor: float | None = None) -> Tensor:
         if factor is None:
-            # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
-            factor = self.factors[int(torch.randint(len(self.factors), ()))]
+            factor = self._random_factor()
         key = (i, factor)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
@@ -174,8 +199,14 @@ class FeatureDataset(Dataset):
             self.cache[key] = feats
         return feats
 
+    def _random_factor(self) -> float:
+        # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
+        return self.factors[int(torch.randint(len(self.factors), ()))]
+
     def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor] | Unreadable:
         try:
+            if self.waveforms:
+                return self.utts[i].id, self.waveform(i, self._random_factor()), self.targets[i]
             return self.utts[i].id, self.features(i), self.targets[i]
         except AudioError as e:  # a file unreadable since (or not checked before) training began
             return Unreadable(self.utts[i].id, f"unreadable: {e}")
@@ -254,3 +285,50 @@ def collate(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> Batch:
         feats[i, : f.shape[0]] = f
         targets[i, : t.shape[0]] = t
     return Batch(feats, feat_lens, targets, target_lens, ids, skipped)
+
+
+def collate_waves(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> WaveBatch:
+    """:func:`collate` for waveform items (``FeatureDataset(waveforms=True)``): a :class:`WaveBatch`."""
+    skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
+    items = [it for it in items if not isinstance(it, Unreadable)]
+    if not items:
+        empty = torch.zeros(0, dtype=torch.long)
+        return WaveBatch(torch.zeros(0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
+    wave_lens = torch.tensor([it[1].shape[0] for it in items], dtype=torch.long)
+    target_lens = torch.tensor([it[2].shape[0] for it in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(wave_lens.max()))
+    targets = torch.zeros(len(items), int(target_lens.max()), dtype=torch.long)
+    for i, (_, w, t) in enumerate(items):
+        waves[i, : w.shape[0]] = w
+        targets[i, : t.shape[0]] = t
+    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in items], skipped)
+
+
+@torch.no_grad()
+def wave_batch_features(batch: WaveBatch, logmel: LogMel) -> Batch:
+    """Log-mels of a :class:`WaveBatch` (on whatever device it is): the :class:`Batch` that
+    :func:`collate` would have made from per-item features, lengths from
+    :func:`asr.features.num_frames`. An utterance whose features are not finite is dropped
+    into ``Batch.skipped`` as unreadable, as the per-item path does."""
+    if not batch.ids:
+        empty = batch.wave_lens
+        return Batch(batch.waves.new_zeros(0, 0, logmel.cfg.n_mels), empty, batch.targets, batch.target_lens,
+                     [], batch.skipped)
+    feats, feat_lens = logmel(batch.waves, batch.wave_lens)
+    # Trim to the longest utterance's frames: what collate pads to (the padded tail of the
+    # waveform batch can add a frame that no utterance has).
+    feats = feats[:, : int(feat_lens.max())]
+    finite = torch.isfinite(feats).flatten(1).all(1).tolist()
+    if all(finite):
+        return Batch(feats, feat_lens, batch.targets, batch.target_lens, list(batch.ids), batch.skipped)
+    keep = torch.tensor([i for i, ok in enumerate(finite) if ok], dtype=torch.long, device=feats.device)
+    bad = tuple((uid, "unreadable: features are not finite (sample values of absurd magnitude?)")
+                for uid, ok in zip(batch.ids, finite) if not ok)
+    ids = [uid for uid, ok in zip(batch.ids, finite) if ok]
+    if not ids:
+        empty = torch.zeros(0, dtype=torch.long, device=feats.device)
+        return Batch(feats[:0, :0], empty, batch.targets[:0, :0], empty, [], batch.skipped + bad)
+    feat_lens, target_lens = feat_lens[keep], batch.target_lens[keep]
+    feats = feats[keep][:, : int(feat_lens.max())]
+    targets = batch.targets[keep][:, : int(target_lens.max())]
+    return Batch(feats, feat_lens, targets, target_lens, ids, batch.skipped + bad)
