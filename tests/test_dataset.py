@@ -171,3 +171,19 @@ def test_features_on_device_counts_unreadable_and_non_finite(tmp_path):
     assert [s[0] for s in out.skipped] == ["gone", "w1"] and "not finite" in out.skipped[1][1]
     empty = wave_batch_features(collate_waves([ds[2]]), LogMel(CFG))
     assert empty.ids == [] and empty.skipped == batch.skipped
+
+
+def test_targets_are_stored_flat_and_survive_remove():
+    from asr.data.dataset import Ragged
+
+    seqs = [[1, 2, 3], [4], [5, 6], [40000, 1]]
+    r = Ragged(seqs)
+    assert len(r) == 4 and r.flat.dtype == np.int32 and Ragged(seqs[:3]).flat.dtype == np.int16
+    assert [r[i].tolist() for i in range(4)] == seqs and r[-1].tolist() == [40000, 1]
+    assert r[0].dtype == torch.long
+    assert [t.tolist() for t in r.select([3, 0])] == [[40000, 1], [1, 2, 3]]
+    assert len(r.select([])) == 0
+    ds = FeatureDataset([utt(f"u{i}", 1.0, "ab") for i in range(4)], seqs, CFG, cache=False)
+    ds.remove([1])
+    assert [u.id for u in ds.utts] == ["u0", "u2", "u3"]
+    assert [ds.targets[i].tolist() for i in range(3)] == [[1, 2, 3], [5, 6], [40000, 1]]
