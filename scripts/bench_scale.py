@@ -135,7 +135,7 @@ def bench_manifest(n: int) -> None:
 
 def touch_in_child(ds) -> float:
     """Fork; the child reads every item's metadata and target (what __getitem__ touches
-    besides the audio) and reports how much private memory (RssAnon) that cost it."""
+    besides the audio) and reports how much private memory (Private_Dirty) that cost it."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -153,9 +153,10 @@ def touch_in_child(ds) -> float:
 
 
 def _anon_kb() -> int:
-    with open("/proc/self/status") as f:
+    """Private dirty kB: pages this process has written since the fork (copy-on-write copies)."""
+    with open("/proc/self/smaps_rollup") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith("Private_Dirty:"):
                 return int(line.split()[1])
     return 0
 
