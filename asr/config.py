@@ -39,6 +39,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers (0 = in the main process)
     cache_features: bool = True  # keep log-mels in memory after the first epoch
     speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
+    features_on_device: bool | str = "auto"  # without the cache: workers only decode (+ resample, speed-perturb) and log-mels are computed on the accelerator after the batch is moved there; auto = when cache_features is false and training runs on a GPU
 
     def validate(self) -> None:
         if not (self.train_manifest or self.train_shards) or not self.dev_manifest:
@@ -58,6 +59,11 @@ class DataConfig:
             raise ConfigError("data.num_buckets must be >= 1, data.num_workers >= 0 and data.max_duration > 0")
         if any(f <= 0 for f in self.speed_perturb):
             raise ConfigError(f"data.speed_perturb factors must be > 0 (are {list(self.speed_perturb)})")
+        if self.features_on_device not in (True, False, "auto"):
+            raise ConfigError(f"data.features_on_device must be true, false or auto (is {self.features_on_device!r})")
+        if self.features_on_device is True and self.cache_features:
+            raise ConfigError("data.features_on_device=true needs data.cache_features=false (cached features are "
+                              "computed once, so there is nothing to move to the device)")
 
 
 @dataclass(frozen=True)

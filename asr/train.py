@@ -34,7 +34,17 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from asr.audio import AudioError
 from asr.config import ConfigError, ExperimentConfig, load_config, to_dict
-from asr.data.dataset import Batch, FeatureDataset, Skipped, collate, fill_cache, filter_utterances
+from asr.data.dataset import (
+    Batch,
+    FeatureDataset,
+    Skipped,
+    WaveBatch,
+    collate,
+    collate_waves,
+    fill_cache,
+    filter_utterances,
+    wave_batch_features,
+)
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.data.shards import (
@@ -47,7 +57,7 @@ from asr.data.shards import (
     read_texts,
 )
 from asr.decoding import greedy_decode
-from asr.features import compute_cmvn_stats
+from asr.features import LogMel, compute_cmvn_stats
 from asr.files import atomic_write, atomic_write_text, remove_stale_temp_files
 from asr.model import AcousticModel, ConvSubsampling
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
@@ -187,6 +197,18 @@ class CTCModule(pl.LightningModule):
         self.val_cer = CharErrorRate()
         self.skipped_steps = 0
         self.epoch_steps = self.epoch_nonfinite = self.consecutive_nonfinite = 0
+        # Log-mel extractors for data.features_on_device, one per device; a plain dict, not a
+        # submodule, so that checkpoints and packages keep the same state dict either way.
+        self._logmels: dict[torch.device, LogMel] = {}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Waveform batches (data.features_on_device) become feature batches on the device."""
+        if not isinstance(batch, WaveBatch):
+            return batch
+        device = batch.waves.device
+        if device not in self._logmels:
+            self._logmels[device] = LogMel(self.cfg.features).to(device)
+        return wave_batch_features(batch, self._logmels[device])
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         return self.model(feats, feat_lens)
@@ -440,8 +462,12 @@ class CTCDataModule(pl.LightningDataModule):
         )
         # With a feature cache the work per item is a dict lookup: workers would only add IPC.
         workers = 0 if ds.cache is not None else d.num_workers
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                          persistent_workers=workers > 0)
+        on_device = d.features_on_device
+        if on_device == "auto":  # the accelerator computes log-mels far faster than a worker
+            on_device = ds.cache is None and self.trainer is not None and self.trainer.strategy.root_device.type != "cpu"
+        ds.waveforms = bool(on_device) and ds.cache is None
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_waves if ds.waveforms else collate,
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.shards is not None:

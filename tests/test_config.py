@@ -41,3 +41,13 @@ def test_retired_keys_are_named_as_such(tmp_path):
     with pytest.raises(ConfigError, match="data.test_manifest is no longer a config key: the test split is scored by"):
         load_config(None, ["data.test_manifest=x.jsonl"])
 
+
+
+def test_features_on_device_values():
+    assert load_config(None, REQUIRED).data.features_on_device == "auto"
+    cfg = load_config(None, REQUIRED + ["data.cache_features=false", "data.features_on_device=true"])
+    assert cfg.data.features_on_device is True
+    with pytest.raises(ConfigError, match="cache_features=false"):
+        load_config(None, REQUIRED + ["data.features_on_device=true"])
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        load_config(None, REQUIRED + ["data.features_on_device=sometimes"])

@@ -105,3 +105,85 @@ def test_unreadable_audio_is_removed_and_reported_by_fill_cache(tmp_path):
     # the survivors keep their own features and targets, re-indexed
     assert set(ds.cache) == {(0, 0.9), (0, 1.0), (1, 0.9), (1, 1.0)}
     assert ds[1][0] == "c" and ds.targets[1].tolist() == TOK.encode("ba")
+
+
+def _wave_dataset(tmp_path, rates=(16000, 8000, 16000), seconds=(1.3, 0.7, 2.05)):
+    rng = np.random.default_rng(1)
+    utts = []
+    for i, (sr, s) in enumerate(zip(rates, seconds)):
+        p = tmp_path / f"w{i}.wav"
+        sf.write(p, rng.standard_normal(int(sr * s)).astype("float32") * 0.1, sr)
+        utts.append(Utterance(f"w{i}", str(p), s, "ab", "s", sr))
+    return utts, [[1, 2], [2], [1, 1, 2]][: len(utts)]
+
+
+def test_features_on_device_path_matches_per_item_features(tmp_path):
+    """Waveforms padded into a batch, then log-mels of the batch == collate of per-item log-mels
+    (resampled 8 kHz audio included), lengths from num_frames."""
+    from asr.data.dataset import collate_waves, wave_batch_features
+    from asr.features import LogMel, num_frames
+
+    utts, targets = _wave_dataset(tmp_path)
+    per_item = FeatureDataset(utts, targets, CFG, cache=False)
+    on_device = FeatureDataset(utts, targets, CFG, cache=False, waveforms=True)
+    expected = collate([per_item[i] for i in range(3)])
+    waves = collate_waves([on_device[i] for i in range(3)])
+    assert waves.waves.ndim == 2 and waves.wave_lens.tolist() == [int(16000 * s) for s in (1.3, 0.7, 2.05)]
+    got = wave_batch_features(waves, LogMel(CFG))
+    assert got.ids == expected.ids == ["w0", "w1", "w2"]
+    assert got.feat_lens.tolist() == expected.feat_lens.tolist() == [num_frames(int(n)) for n in waves.wave_lens]
+    assert got.feats.shape == expected.feats.shape
+    torch.testing.assert_close(got.feats, expected.feats, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.targets, expected.targets) and torch.equal(got.target_lens, expected.target_lens)
+
+
+def test_features_on_device_speed_perturbation_matches_per_item(tmp_path):
+    from asr.data.dataset import collate_waves, wave_batch_features
+    from asr.features import LogMel
+
+    utts, targets = _wave_dataset(tmp_path, rates=(16000, 16000), seconds=(1.0, 1.5))
+    ds = FeatureDataset(utts, targets, CFG, cache=False, waveforms=True)
+    items = [("w0", ds.waveform(0, 1.1), ds.targets[0]), ("w1", ds.waveform(1, 0.9), ds.targets[1])]
+    got = wave_batch_features(collate_waves(items), LogMel(CFG))
+    for k, factor in ((0, 1.1), (1, 0.9)):
+        ref = ds.compute(k, factor)
+        assert int(got.feat_lens[k]) == ref.shape[0]
+        torch.testing.assert_close(got.feats[k, : ref.shape[0]], ref, atol=1e-5, rtol=1e-5)
+        assert not got.feats[k, ref.shape[0]:].any()
+
+
+def test_features_on_device_counts_unreadable_and_non_finite(tmp_path):
+    from asr.data.dataset import Unreadable, WaveBatch, collate_waves, wave_batch_features
+    from asr.features import LogMel
+
+    utts, targets = _wave_dataset(tmp_path, rates=(16000, 16000), seconds=(1.0, 1.0))
+    utts.append(Utterance("gone", str(tmp_path / "gone.wav"), 1.0, "ab", "s", 16000))
+    ds = FeatureDataset(utts, targets + [[1]], CFG, cache=False, waveforms=True)
+    assert isinstance(ds[2], Unreadable) and "gone.wav" in ds[2].reason
+    batch = collate_waves([ds[0], ds[1], ds[2]])
+    assert batch.ids == ["w0", "w1"] and batch.skipped[0][0] == "gone"
+    # A waveform whose power overflows float32 (load_audio's magnitude bound makes this
+    # unreachable from files; the guard stays) is dropped and reported, not trained on.
+    waves = batch.waves.clone()
+    waves[1] *= 1e30
+    out = wave_batch_features(WaveBatch(waves, *batch[1:]), LogMel(CFG))
+    assert out.ids == ["w0"] and out.feats.shape[0] == 1 and torch.isfinite(out.feats).all()
+    assert [s[0] for s in out.skipped] == ["gone", "w1"] and "not finite" in out.skipped[1][1]
+    empty = wave_batch_features(collate_waves([ds[2]]), LogMel(CFG))
+    assert empty.ids == [] and empty.skipped == batch.skipped
+
+
+def test_targets_are_stored_flat_and_survive_remove():
+    from asr.data.dataset import Ragged
+
+    seqs = [[1, 2, 3], [4], [5, 6], [40000, 1]]
+    r = Ragged(seqs)
+    assert len(r) == 4 and r.flat.dtype == np.int32 and Ragged(seqs[:3]).flat.dtype == np.int16
+    assert [r[i].tolist() for i in range(4)] == seqs and r[-1].tolist() == [40000, 1]
+    assert r[0].dtype == torch.long
+    assert [t.tolist() for t in r.select([3, 0])] == [[40000, 1], [1, 2, 3]]
+    assert len(r.select([])) == 0
+    ds = FeatureDataset([utt(f"u{i}", 1.0, "ab") for i in range(4)], seqs, CFG, cache=False)
+    ds.remove([1])
+    assert [u.id for u in ds.utts] == ["u0", "u2", "u3"]
+    assert [ds.targets[i].tolist() for i in range(3)] == [[1, 2, 3], [5, 6], [40000, 1]]

@@ -87,3 +87,19 @@ def test_every_epoch_has_the_same_number_of_batches(bucketing):
         for b in batches:
             assert len(b) <= 32 and (len(b) == 1 or max(durs[i] for i in b) * len(b) <= 60)
     assert len(counts) == 1
+
+
+def test_len_is_arithmetic_and_matches_every_shard_and_epoch():
+    import numpy as np
+
+    durs = np.random.default_rng(3).uniform(0.5, 20.0, 997).tolist()
+    for world, pad in ((1, True), (3, True), (4, False), (2000, False)):
+        for rank in range(min(world, 5)):
+            s = BucketBatchSampler(durs, max_batch_seconds=60, max_batch_size=16, num_buckets=7,
+                                   num_replicas=world, rank=rank, pad_to_replicas=pad)
+            for epoch in (0, 1):
+                s.set_epoch(epoch)
+                assert len(s) == len(list(s)), (world, pad, rank, epoch)
+    s = BucketBatchSampler(durs, max_batch_seconds=60, max_batch_size=16, num_buckets=7)
+    assert all(isinstance(i, int) for b in s for i in b)
+    assert sorted(i for b in s for i in b) == list(range(997))

@@ -11,15 +11,23 @@ raising, :func:`collate` drops it and lists it in :attr:`Batch.skipped`, and the
 counts it: one bad file never ends a run. Audio whose features are not finite (e.g. float
 samples of absurd magnitude) counts as unreadable: it would make the loss, and the CMVN
 statistics, NaN.
+
+With ``waveforms=True`` (``data.features_on_device``) the dataset stops after decoding,
+resampling and speed perturbation: :func:`collate_waves` pads waveforms into a
+:class:`WaveBatch`, and :func:`wave_batch_features` turns that into the same :class:`Batch`
+on the accelerator (log-mels are padding-invariant, so the features are those of the
+per-item path). A DataLoader worker then does a fraction of the work per audio second.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torchaudio
 from torch import Tensor
@@ -39,6 +47,17 @@ class Batch(NamedTuple):
     ids: list[str]
     # (id, reason) of items dropped because their audio could not be read. Collected here
     # (in the DataLoader worker) so the main process can count them with num_workers > 0.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class WaveBatch(NamedTuple):
+    """Padded waveforms for features computed after the batch reaches the device."""
+
+    waves: Tensor  # (N, S) float, zero past wave_lens
+    wave_lens: Tensor  # (N,) long, samples
+    targets: Tensor  # (N, L) long, padded with 0
+    target_lens: Tensor  # (N,) long
+    ids: list[str]
     skipped: tuple[tuple[str, str], ...] = ()
 
 
@@ -81,8 +100,12 @@ def filter_utterances(
 ) -> tuple[list[Utterance], list[list[int]], Skipped]:
     """Keep the utterances a CTC model with output lengths ``out_lengths(frames)`` can learn,
     also when sped up by ``max_speed`` (the fastest speed-perturbation factor)."""
+    # One call of out_lengths for every utterance: per-utterance tensor ops cost ~30 us each,
+    # minutes at LibriSpeech scale.
+    frames = [int(num_frames(int(u.duration / max_speed * feature_cfg.sample_rate), feature_cfg)) for u in utts]
+    outs = out_lengths(torch.tensor(frames, dtype=torch.long)).tolist() if frames else []
     keep, targets, skipped = [], [], Skipped()
-    for u in utts:
+    for u, out in zip(utts, outs, strict=True):
         if u.duration > max_duration:
             skipped.add(u.id, f"too long: {u.duration:.2f} s > max_duration {max_duration} s")
             continue
@@ -94,8 +117,6 @@ def filter_utterances(
         if not ids:
             skipped.add(u.id, "empty transcript")
             continue
-        frames = int(num_frames(int(u.duration / max_speed * feature_cfg.sample_rate), feature_cfg))
-        out = int(out_lengths(torch.tensor([frames]))[0])
         need = ctc_min_frames(ids)
         if out < need:
             skipped.add(u.id, f"ctc-infeasible: {out} output frames < {need} needed for {len(ids)} tokens")
@@ -103,6 +124,44 @@ def filter_utterances(
         keep.append(u)
         targets.append(ids)
     return keep, targets, skipped
+
+
+class Ragged:
+    """Token-id sequences in one flat array plus offsets; item ``i`` is a (L,) long tensor.
+
+    A list of 281 k small tensors (LibriSpeech 960 h) costs ~0.7 GB and half a minute to
+    build; this costs the ids themselves (int16 when they fit) and a second. One array,
+    not 281 k objects, also means DataLoader workers do not copy it page by page as
+    reference counts are touched.
+    """
+
+    def __init__(self, seqs: Sequence[Sequence[int]]) -> None:
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        self.offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(self.offsets[-1]))
+        top = int(flat.max()) if len(flat) else 0
+        self.flat = flat.astype(np.int16 if top < 2**15 else np.int32 if top < 2**31 else np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> Tensor:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return torch.from_numpy(self.flat[self.offsets[i]:self.offsets[i + 1]].astype(np.int64))
+
+    def select(self, keep: Sequence[int]) -> Ragged:
+        """The sequences at ``keep`` (in that order)."""
+        out = Ragged.__new__(Ragged)
+        keep = np.asarray(keep, dtype=np.int64)
+        lengths = self.offsets[keep + 1] - self.offsets[keep]
+        out.offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out.offsets[1:])
+        parts = [self.flat[self.offsets[i]:self.offsets[i + 1]] for i in keep.tolist()]
+        out.flat = np.concatenate(parts) if parts else self.flat[:0]
+        return out
 
 
 class FeatureDataset(Dataset):
@@ -122,14 +181,17 @@ class FeatureDataset(Dataset):
         feature_cfg: FeatureConfig,
         cache: bool = True,
         speed_perturb: Sequence[float] = (),
+        waveforms: bool = False,
     ) -> None:
         assert len(utts) == len(targets)
+        assert not (cache and waveforms), "waveform items are for the cache-less path"
         self.utts = list(utts)
-        self.targets = [torch.tensor(t, dtype=torch.long) for t in targets]
+        self.targets = Ragged(targets)
         self.feature_cfg = feature_cfg
         self.logmel = LogMel(feature_cfg)
         self.cache: dict[tuple[int, float], Tensor] | None = {} if cache else None
         self.factors = tuple(float(f) for f in speed_perturb) or (1.0,)
+        self.waveforms = waveforms  # items carry waveforms, not features (see WaveBatch)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -142,8 +204,8 @@ class FeatureDataset(Dataset):
         """Every (utterance index, speed factor) this dataset can serve."""
         return [(i, f) for i in range(len(self.utts)) for f in self.factors]
 
-    def compute(self, i: int, factor: float = 1.0) -> Tensor:
-        """Features (T, F) of utterance ``i`` at speed ``factor``, computed (never cached)."""
+    def waveform(self, i: int, factor: float = 1.0) -> Tensor:
+        """Samples (S,) of utterance ``i`` at the feature rate, at speed ``factor``."""
         u = self.utts[i]
         duration = u.duration if u.offset else None
         wave = load_audio(u.audio, self.feature_cfg.sample_rate, offset=u.offset, duration=duration)
@@ -156,16 +218,21 @@ class FeatureDataset(Dataset):
         if factor != 1.0:
             sr = self.feature_cfg.sample_rate
             wave = torchaudio.functional.resample(wave, int(round(sr * factor)), sr)
+        return wave
+
+    def compute(self, i: int, factor: float = 1.0) -> Tensor:
+        """Features (T, F) of utterance ``i`` at speed ``factor``, computed (never cached)."""
+        wave = self.waveform(i, factor)
         with torch.no_grad():
             feats = self.logmel.single(wave)
         if not torch.isfinite(feats).all():
+            u = self.utts[i]
             raise AudioError(u.audio, "features are not finite (sample values of absurd magnitude?)")
         return feats
 
     def features(self, i: int, factor: float | None = None) -> Tensor:
         if factor is None:
-            # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
-            factor = self.factors[int(torch.randint(len(self.factors), ()))]
+            factor = self._random_factor()
         key = (i, factor)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
@@ -174,8 +241,14 @@ class FeatureDataset(Dataset):
             self.cache[key] = feats
         return feats
 
+    def _random_factor(self) -> float:
+        # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
+        return self.factors[int(torch.randint(len(self.factors), ()))]
+
     def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor] | Unreadable:
         try:
+            if self.waveforms:
+                return self.utts[i].id, self.waveform(i, self._random_factor()), self.targets[i]
             return self.utts[i].id, self.features(i), self.targets[i]
         except AudioError as e:  # a file unreadable since (or not checked before) training began
             return Unreadable(self.utts[i].id, f"unreadable: {e}")
@@ -188,7 +261,7 @@ class FeatureDataset(Dataset):
             if i not in gone:
                 new_index[i] = len(new_index)
         self.utts = [u for i, u in enumerate(self.utts) if i not in gone]
-        self.targets = [t for i, t in enumerate(self.targets) if i not in gone]
+        self.targets = self.targets.select([i for i in range(len(self.targets)) if i not in gone])
         if self.cache is not None:
             self.cache = {(new_index[i], f): v for (i, f), v in self.cache.items() if i in new_index}
 
@@ -254,3 +327,50 @@ def collate(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> Batch:
         feats[i, : f.shape[0]] = f
         targets[i, : t.shape[0]] = t
     return Batch(feats, feat_lens, targets, target_lens, ids, skipped)
+
+
+def collate_waves(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> WaveBatch:
+    """:func:`collate` for waveform items (``FeatureDataset(waveforms=True)``): a :class:`WaveBatch`."""
+    skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
+    items = [it for it in items if not isinstance(it, Unreadable)]
+    if not items:
+        empty = torch.zeros(0, dtype=torch.long)
+        return WaveBatch(torch.zeros(0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
+    wave_lens = torch.tensor([it[1].shape[0] for it in items], dtype=torch.long)
+    target_lens = torch.tensor([it[2].shape[0] for it in items], dtype=torch.long)
+    waves = torch.zeros(len(items), int(wave_lens.max()))
+    targets = torch.zeros(len(items), int(target_lens.max()), dtype=torch.long)
+    for i, (_, w, t) in enumerate(items):
+        waves[i, : w.shape[0]] = w
+        targets[i, : t.shape[0]] = t
+    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in items], skipped)
+
+
+@torch.no_grad()
+def wave_batch_features(batch: WaveBatch, logmel: LogMel) -> Batch:
+    """Log-mels of a :class:`WaveBatch` (on whatever device it is): the :class:`Batch` that
+    :func:`collate` would have made from per-item features, lengths from
+    :func:`asr.features.num_frames`. An utterance whose features are not finite is dropped
+    into ``Batch.skipped`` as unreadable, as the per-item path does."""
+    if not batch.ids:
+        empty = batch.wave_lens
+        return Batch(batch.waves.new_zeros(0, 0, logmel.cfg.n_mels), empty, batch.targets, batch.target_lens,
+                     [], batch.skipped)
+    feats, feat_lens = logmel(batch.waves, batch.wave_lens)
+    # Trim to the longest utterance's frames: what collate pads to (the padded tail of the
+    # waveform batch can add a frame that no utterance has).
+    feats = feats[:, : int(feat_lens.max())]
+    finite = torch.isfinite(feats).flatten(1).all(1).tolist()
+    if all(finite):
+        return Batch(feats, feat_lens, batch.targets, batch.target_lens, list(batch.ids), batch.skipped)
+    keep = torch.tensor([i for i, ok in enumerate(finite) if ok], dtype=torch.long, device=feats.device)
+    bad = tuple((uid, "unreadable: features are not finite (sample values of absurd magnitude?)")
+                for uid, ok in zip(batch.ids, finite) if not ok)
+    ids = [uid for uid, ok in zip(batch.ids, finite) if ok]
+    if not ids:
+        empty = torch.zeros(0, dtype=torch.long, device=feats.device)
+        return Batch(feats[:0, :0], empty, batch.targets[:0, :0], empty, [], batch.skipped + bad)
+    feat_lens, target_lens = feat_lens[keep], batch.target_lens[keep]
+    feats = feats[keep][:, : int(feat_lens.max())]
+    targets = batch.targets[keep][:, : int(target_lens.max())]
+    return Batch(feats, feat_lens, targets, target_lens, ids, batch.skipped + bad)

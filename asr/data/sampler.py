@@ -68,17 +68,23 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Called by Lightning at the start of each epoch so shuffling differs per epoch."""
         self.epoch = epoch
 
+    @functools.cached_property
+    def _duration_list(self) -> list[float]:
+        # Python floats: indexing a numpy array per item costs ~10x more in the packing loop.
+        return self.durations.tolist()
+
     def _pack(self, indices: Sequence[int]) -> list[list[int]]:
+        durations = self._duration_list
         batches: list[list[int]] = []
         cur: list[int] = []
         longest = 0.0
-        for i in indices:
-            d = float(self.durations[i])
+        for i in indices.tolist() if isinstance(indices, np.ndarray) else indices:
+            d = durations[i]
             new_longest = max(longest, d)
             if cur and (new_longest * (len(cur) + 1) > self.max_batch_seconds or len(cur) >= self.max_batch_size):
                 batches.append(cur)
                 cur, new_longest = [], d
-            cur.append(int(i))
+            cur.append(i)
             longest = new_longest
         if cur:
             batches.append(cur)
@@ -129,7 +135,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             # Shuffling inside a bucket varies batch composition between epochs; the
             # bucket's narrow duration range bounds the padding this costs.
             items = rng.permutation(bucket) if self.shuffle else bucket
-            batches.extend([int(i) for i in chunk] for chunk in np.array_split(items, count))
+            batches.extend(chunk.tolist() for chunk in np.array_split(items, count))
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -148,7 +154,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         return iter(self._shard(self.all_batches()))
 
     def __len__(self) -> int:
-        return len(self._shard(self.all_batches()))
+        # Arithmetic, not a whole epoch's plan: Lightning asks several times per epoch.
+        if not self.bucketing:  # an epoch may pack more than the usual count (module docstring)
+            return len(self._shard(self.all_batches()))
+        total = sum(count for _, count in self._bucket_plan)
+        if self.num_replicas == 1:
+            return total
+        if total and (self.pad_to_replicas or total < self.num_replicas):
+            return math.ceil(total / self.num_replicas)
+        return len(range(self.rank, total, self.num_replicas))
 
     def padding_efficiency(self) -> float:
         """Real audio seconds / padded seconds over this epoch's batches (1.0 = no padding)."""
