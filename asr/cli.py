@@ -52,13 +52,32 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
 
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # -q/-v on every command (after the command word, like its other options).
+    common = argparse.ArgumentParser(add_help=False)
+    noise = common.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                       help="print only warnings, errors and results")
+    noise.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                       help="also print debugging detail")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         # Only import the module of the command actually being run.
         if argv and argv[0] == name:
             importlib.import_module(module).configure(p)
+            _add_common_to_subcommands(p, common)
             p.set_defaults(_module=module)
     return parser, None
+
+
+def _add_common_to_subcommands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Give nested sub-commands (``asr lm build``) the common options too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                group = nested.add_mutually_exclusive_group()
+                for opt in common._actions:
+                    group._add_action(opt)
+                _add_common_to_subcommands(nested, common)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from asr import log
+
+    log.setup(getattr(args, "verbosity", 0))
     try:
         module = importlib.import_module(args._module)
         return int(module.run(args) or 0)
