@@ -169,7 +169,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="context added on each side of a window")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files/windows per batch at most")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
-    parser.add_argument("--quiet", action="store_true", help="no transcripts on stdout, no progress bar")
 
 
 def _validate(args: argparse.Namespace) -> str | None:
@@ -241,7 +240,7 @@ def _transcribe(
         if r.error is not None:
             print(f"error: {r.path}: {r.error}", file=sys.stderr)
             return
-        if not args.quiet:
+        if args.verbosity >= 0:
             _print_transcript(r, header=len(files) > 1)
         if out_dir is None:
             return
@@ -264,7 +263,7 @@ def _transcribe(
             package, files, decoder=args.decoder, lm=args.lm, beam_size=args.beam_size,
             lm_weight=args.lm_weight, word_score=args.word_score, lexicon=args.lexicon,
             chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-            batch_size=args.batch_size, num_threads=args.threads, progress=not args.quiet,
+            batch_size=args.batch_size, num_threads=args.threads, progress=args.verbosity >= 0,
             on_result=on_result,
         )
     except DecoderError as e:
