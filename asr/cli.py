@@ -27,7 +27,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.checkpoint", "CheckpointError"),
     ("asr.decoding", "DecoderError"),
     ("asr.lm", "LMError"),
-    ("asr.reports", "ReportError"),
+    ("asr.reports.data", "ReportError"),
     ("asr.evaluate", "HypothesisFileError"),
     ("asr.evaluate", "MissingHypothesesError"),
     ("asr.compare", "CompareError"),
@@ -40,8 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("asr.train", "train a model from a YAML config with key=value overrides"),
     "export": ("asr.checkpoint", "turn Lightning checkpoints into a loadable model package"),
     "transcribe": ("asr.transcription", "transcribe audio files with a model package"),
-    "evaluate": ("asr.evaluate", "score a model (or a hypothesis file) on a manifest; write reports"),
-    "compare": ("asr.compare", "compare two evaluation reports with a paired bootstrap test"),
+    "evaluate": ("asr.commands.evaluate", "score a model (or a hypothesis file) on a manifest; write reports"),
+    "compare": ("asr.commands.compare", "compare two evaluation reports with a paired bootstrap test"),
     "lm": ("asr.lm", "build a KenLM n-gram language model; tune LM weights"),
 }
 

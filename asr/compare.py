@@ -1,25 +1,24 @@
-"""`asr compare REPORT_A REPORT_B [--out DIR]`: paired comparison of two evaluations.
+"""Paired comparison of two evaluations (the library side of ``asr compare``).
 
 Both evaluation directories (written by ``asr evaluate``) must cover the same utterance ids
 with the same references; otherwise the WERs are not comparable and the command refuses
-(exit 2). The paired bootstrap resamples utterances once per round and scores both systems
+(:class:`CompareError`). The paired bootstrap resamples utterances once per round and scores both systems
 on the same draw, so the spread reflects the systems' difference, not the test set's
 difficulty.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asr.files import atomic_write_text
 from asr.metrics import paired_bootstrap
-from asr.reports import ReportError, read_report
+from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, read_report
 
 _EXAMPLES = 5
 
@@ -47,14 +46,15 @@ def _check_same_set(
         if only_b:
             parts.append(f"{len(only_b)} only in {dir_b} ({_examples(only_b)})")
         raise CompareError(
-            f"the reports cover different utterances ({len(recs_a)} vs {len(recs_b)} ids; "
+            f"cannot compare: the reports cover different utterances ({len(recs_a)} vs {len(recs_b)} ids; "
             + "; ".join(parts)
             + "); evaluate both systems on the same manifest"
         )
     diff_ref = sorted(k for k in recs_a if recs_a[k]["reference"] != recs_b[k]["reference"])
     if diff_ref:
         raise CompareError(
-            f"{len(diff_ref)} utterances have different references in the two reports "
+            f"cannot compare: {len(diff_ref)} utterances have different references in the two "
+            "reports "
             f"({_examples(diff_ref)}); they were scored against different transcripts or "
             "normalisations"
         )
@@ -75,8 +75,8 @@ def compare_reports(
     dir_a: str | Path,
     dir_b: str | Path,
     *,
-    num_resamples: int = 1000,
-    seed: int = 0,
+    num_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     top: int = 20,
 ) -> dict[str, Any]:
     """Compare two evaluation directories; raises ReportError (unreadable) or CompareError.
@@ -133,7 +133,7 @@ def compare_reports(
     }
 
 
-def _pp(x: float) -> str:
+def format_pp(x: float) -> str:
     """A rate difference in percentage points, signed."""
     return f"{100 * x:+.2f}"
 
@@ -155,7 +155,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for name, m in (("WER", w), ("CER", c)):
         lines.append(
             f"| {name} | {100 * m['rate_a']:.2f}% | {100 * m['rate_b']:.2f}% | "
-            f"{_pp(m['delta'])} | [{_pp(m['delta_low'])}, {_pp(m['delta_high'])}] | "
+            f"{format_pp(m['delta'])} | [{format_pp(m['delta_low'])}, {format_pp(m['delta_high'])}] | "
             f"{m['p_b_better']:.3f} |"
         )
     lines += [
@@ -182,88 +182,15 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print(result: Mapping[str, Any], rows: int = 10) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    w = result["wer"]
-    t = Table(
-        title=f"A = {result['a']['dir']}   B = {result['b']['dir']}   "
-        f"({result['num_utterances']} utterances)"
-    )
-    for col in (
-        "metric",
-        "A",
-        "B",
-        "B − A (pp)",
-        f"{100 * w['confidence']:g}% CI (pp)",
-        "P(B better)",
-    ):
-        t.add_column(col, justify="left" if col == "metric" else "right")
-    for name in ("wer", "cer"):
-        m = result[name]
-        t.add_row(
-            name.upper(),
-            f"{100 * m['rate_a']:.2f}%",
-            f"{100 * m['rate_b']:.2f}%",
-            _pp(m["delta"]),
-            f"[{_pp(m['delta_low'])}, {_pp(m['delta_high'])}]",
-            f"{m['p_b_better']:.3f}",
-        )
-    console.print(t)
-    u = result["utterances"]
-    console.print(
-        f"per utterance: B better {u['b_better']}, A better {u['a_better']}, same {u['same']}"
-    )
-    if result["largest_differences"]:
-        d = Table(title="utterances that differ most", show_lines=True)
-        for col in ("id", "errors A/B", "reference / A / B"):
-            d.add_column(col)
-        for x in result["largest_differences"][:rows]:
-            d.add_row(
-                x["id"],
-                f"{x['errors_a']}/{x['errors_b']}",
-                f"REF {x['reference']}\nA   {x['hyp_a']}\nB   {x['hyp_b']}",
-            )
-        console.print(d)
+COMPARE_JSON = "compare.json"
+COMPARE_MARKDOWN = "compare.md"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("report_a", type=Path, metavar="REPORT_A", help="evaluation directory A")
-    parser.add_argument("report_b", type=Path, metavar="REPORT_B", help="evaluation directory B")
-    parser.add_argument(
-        "--out", type=Path, help="write compare.json and compare.md here (default: print only)"
-    )
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument(
-        "--top", type=int, default=20, help="how many most-different utterances to list"
-    )
-    parser.set_defaults(_parser=parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.resamples < 1:
-        args._parser.error(f"--resamples must be >= 1 (is {args.resamples})")
-    if args.top < 0:
-        args._parser.error(f"--top must be >= 0 (is {args.top})")
-    try:
-        result = compare_reports(
-            args.report_a, args.report_b, num_resamples=args.resamples, seed=args.seed, top=args.top
-        )
-    except CompareError as e:
-        print(f"error: cannot compare: {e}", file=sys.stderr)
-        return 2
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _print(result)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compare.json").write_text(
-            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        (args.out / "compare.md").write_text(render_markdown(result), encoding="utf-8")
-        print(f"wrote {args.out / 'compare.json'} and {args.out / 'compare.md'}")
-    return 0
+def write_comparison(out_dir: str | Path, result: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``result`` as compare.json and compare.md into ``out_dir`` (created); their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / COMPARE_JSON, out / COMPARE_MARKDOWN
+    atomic_write_text(jpath, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(mpath, render_markdown(result))
+    return jpath, mpath

@@ -18,21 +18,20 @@ duplicate ids are an error.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
 import re
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asr.data.manifest import Utterance, read_manifest, utf8_lines
+from asr.data.manifest import Utterance, utf8_lines
 from asr.metrics import score_corpus
-from asr.reports import ReportError, build_summary, output_lock, utterance_record, write_report
+from asr.reports.data import build_summary, utterance_record
+from asr.reports.directory import write_report
 from asr.text import normalize_text
 
 # How many ids an error or warning message lists before "...".
@@ -240,210 +239,3 @@ def evaluate(
     )
     write_report(out_dir, summary, records, worst=worst)
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-_DECODING_OPTS = ("lm", "beam_size", "lm_weight", "word_score")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.usage = (
-        "asr evaluate MODEL MANIFEST --out DIR [decoding options]\n"
-        "       asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]"
-    )
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="MODEL MANIFEST",
-        help="model package and manifest (only MANIFEST with --hyps)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="evaluation directory to write")
-    parser.add_argument(
-        "--hyps", type=Path, help="score this hypothesis file (JSONL {id,text} or Kaldi 'id text')"
-    )
-    parser.add_argument(
-        "--allow-missing",
-        action="store_true",
-        help="score manifest utterances without a hypothesis as empty (counted)",
-    )
-    g = parser.add_argument_group("decoding (MODEL mode)")
-    g.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    g.add_argument("--lm", type=Path, help="KenLM language model (binary or ARPA); beam only")
-    g.add_argument("--beam-size", type=int, help="beam width; beam only")
-    g.add_argument("--lm-weight", type=float, help="language model weight; beam only")
-    g.add_argument("--word-score", type=float, help="word insertion score; beam only")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model runs (default cpu)")
-    r = parser.add_argument_group("report")
-    r.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
-    r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    r.add_argument("--worst", type=int, default=20, help="worst utterances shown in the report")
-    parser.set_defaults(_parser=parser)
-
-
-def _validate(args: argparse.Namespace) -> None:
-    parser: argparse.ArgumentParser = args._parser
-    given = [o for o in _DECODING_OPTS if getattr(args, o) is not None]
-    flags = ", ".join("--" + o.replace("_", "-") for o in given)
-    if args.hyps is not None:
-        if len(args.inputs) != 1:
-            parser.error(f"with --hyps give only MANIFEST (got {len(args.inputs)} positionals)")
-        if given or args.decoder != "greedy":
-            parser.error(f"decoding options ({flags or '--decoder'}) do not apply with --hyps")
-    else:
-        if len(args.inputs) != 2:
-            parser.error(
-                f"expected MODEL MANIFEST (got {len(args.inputs)} positionals); "
-                "use --hyps HYP_FILE MANIFEST to score a hypothesis file"
-            )
-        if args.decoder == "greedy" and given:
-            parser.error(f"{flags} need --decoder beam")
-    if args.beam_size is not None and args.beam_size < 1:
-        parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
-    if args.lm is not None and not args.lm.exists():
-        parser.error(f"--lm {args.lm}: no such file")
-    if args.resamples < 1:
-        parser.error(f"--resamples must be >= 1 (is {args.resamples})")
-    if args.worst < 0:
-        parser.error(f"--worst must be >= 0 (is {args.worst})")
-    for p in args.inputs:
-        if not Path(p).exists():
-            parser.error(f"{p}: no such file or directory")
-    if args.hyps is not None and not args.hyps.is_file():
-        parser.error(f"--hyps {args.hyps}: no such file")
-
-
-def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    w = summary["words"]
-    t = Table(title=f"evaluation: {out_dir}", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    lo, hi = summary["wer_ci"]
-    t.add_row("WER", f"{100 * summary['wer']:.2f}%  (95% CI {100 * lo:.2f}–{100 * hi:.2f})")
-    lo, hi = summary["cer_ci"]
-    t.add_row("CER", f"{100 * summary['cer']:.2f}%  (95% CI {100 * lo:.2f}–{100 * hi:.2f})")
-    t.add_row("SER", f"{100 * summary['ser']:.1f}%")
-    t.add_row(
-        "words",
-        f"{w['reference']} ref: S {w['substitutions']}  D {w['deletions']}  "
-        f"I {w['insertions']}  H {w['hits']}",
-    )
-    t.add_row("utterances", str(summary["num_utterances"]))
-    hyp = summary["hypotheses"]
-    if hyp["missing"]:
-        t.add_row("missing hyps", f"{hyp['missing']} scored as empty hypotheses")
-    if hyp["extra"]:
-        t.add_row("extra hyps", f"{hyp['extra']} ignored (not in the manifest)")
-    empty_refs = (summary.get("references") or {}).get("empty_after_normalization", 0)
-    if empty_refs:
-        t.add_row("empty refs", f"{empty_refs} empty after normalisation")
-    mismatch = (summary.get("duration_mismatch") or {}).get("count", 0)
-    if mismatch:
-        t.add_row("duration", f"{mismatch} manifest duration(s) disagree with the file")
-    if summary.get("rtf") is not None:
-        t.add_row("RTF", f"{summary['rtf']:.4f}")
-    t.add_row("report", str(out_dir / "report.html"))
-    Console().print(t)
-
-
-def run(args: argparse.Namespace) -> int:
-    _validate(args)
-    # One writer per evaluation directory: a second run fails (exit 2) naming the first,
-    # instead of both writing and leaving a mix of the two results.
-    with output_lock(args.out, "asr evaluate " + " ".join(map(str, args.inputs))):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    manifest = Path(args.inputs[-1])
-    try:
-        refs = read_manifest(manifest)
-    except OSError as e:
-        print(f"error: {manifest}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    if not refs:
-        print(f"error: {manifest}: no utterances", file=sys.stderr)
-        return 2
-
-    hyp_info: dict[str, Any] = {}
-    model_info: dict[str, Any] | None = None
-    rtf: float | None = None
-    extra: dict[str, Any] = {"manifest": str(manifest.resolve())}
-    if args.hyps is not None:
-        try:
-            parsed = read_hypotheses(args.hyps)
-        except OSError as e:
-            print(f"error: {args.hyps}: {e.strerror or e}", file=sys.stderr)
-            return 2
-        hyps = parsed.texts
-        hyp_info = {
-            "source": parsed.path,
-            "format": parsed.format,
-            "empty_lines": parsed.empty_lines,
-        }
-        settings: dict[str, Any] = {"system": "external hypotheses", "file": parsed.path}
-        if parsed.empty_lines:
-            print(
-                f"warning: {args.hyps}: skipped {parsed.empty_lines} empty line(s)", file=sys.stderr
-            )
-    else:
-        # Imported here: decoding needs torch and the model stack, scoring files does not.
-        from asr.inference import transcribe_manifest
-
-        opts = {o: getattr(args, o) for o in _DECODING_OPTS if getattr(args, o) is not None}
-        if "lm" in opts:
-            opts["lm"] = str(opts["lm"])
-        hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
-        )
-        # Manifest durations that disagree with the files: a property of the data, so
-        # counted at the top level of summary.json rather than among decoder settings.
-        mismatch = settings.pop("duration_mismatch_items", None) or {}
-        settings.pop("duration_mismatch", None)
-        extra["duration_mismatch"] = {"count": len(mismatch), "items": mismatch}
-        model_info = dict(info or {})
-        model_info.setdefault("path", str(Path(args.inputs[0]).resolve()))
-        if not model_info.get("sha256"):
-            model_info["sha256"] = package_sha256(args.inputs[0])
-        hyp_info = {"source": "model"}
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", HypothesisWarning)
-        warnings.simplefilter("always", ReferenceWarning)
-        try:
-            summary = evaluate(
-                refs,
-                hyps,
-                args.out,
-                settings,
-                model_info,
-                rtf,
-                allow_missing=args.allow_missing,
-                hypothesis_info=hyp_info,
-                extra=extra,
-                num_resamples=args.resamples,
-                seed=args.seed,
-                worst=args.worst,
-            )
-        except (MissingHypothesesError, ReportError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            print(f"error: {args.out}: cannot write the report ({e})", file=sys.stderr)
-            return 2
-        finally:
-            for w in caught:
-                print(f"warning: {w.message}", file=sys.stderr)
-    _print_summary(summary, args.out)
-    failed = settings.get("failed_items") or {}
-    if failed:
-        # Scored as empty hypotheses (so the WER counts them as deletions), but the run failed.
-        print(f"error: {len(failed)} utterance(s) could not be read and were scored as empty:", file=sys.stderr)
-        for utt_id, reason in list(failed.items())[:10]:
-            print(f"  {utt_id}: {reason}", file=sys.stderr)
-        return 1
-    return 0

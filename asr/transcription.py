@@ -63,7 +63,7 @@ AUDIO_EXTENSIONS = frozenset(
 
 @dataclass
 class TranscriptionResult:
-    """The transcript of one file (what the writers in :data:`asr.reports.WRITERS` take)."""
+    """The transcript of one file (what the writers in :data:`asr.transcripts.WRITERS` take)."""
 
     path: str  # the file, as given or found
     text: str  # words joined by single spaces ("" when the file failed)
@@ -186,7 +186,7 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 
 def _print_transcript(r: TranscriptionResult, header: bool) -> None:
-    from asr.reports import format_timestamp, group_cues
+    from asr.transcripts import format_timestamp, group_cues
 
     if header:
         print(f"# {r.path}")
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from asr.reports import WRITERS
+    from asr.transcripts import WRITERS
 
     formats = [] if args.format is None else list(WRITERS) if args.format == "all" else [args.format]
     out_dir: Path | None = args.out
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if out_dir is None:
         return _transcribe(args, package, files, formats, None)
-    from asr.reports import output_lock
+    from asr.reports.lock import output_lock
 
     # One writer per output directory: same-named transcripts of two runs would mix.
     with output_lock(out_dir, "asr transcribe " + " ".join(map(str, [args.model, *args.inputs]))):
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
 def _transcribe(
     args: argparse.Namespace, package: ModelPackage, files: list[Path], formats: list[str], out_dir: Path | None
 ) -> int:
-    from asr.reports import WRITERS
+    from asr.transcripts import WRITERS
 
     used_names: dict[str, int] = {}
 

@@ -1,13 +1,17 @@
-"""asr.reports / asr.evaluate / asr.compare: evaluation directories, hypothesis files,
-comparison, HTML self-containment and the transcript writers."""
+"""asr.reports / asr.evaluate / asr.compare (and their commands): evaluation directories,
+hypothesis files, comparison, HTML self-containment, plots, and the transcript writers
+(asr.transcripts)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import pytest
@@ -23,13 +27,11 @@ from asr.evaluate import (
     package_sha256,
     read_hypotheses,
 )
-from asr.reports import (
-    WRITERS,
-    ReportError,
-    format_timestamp,
-    group_cues,
-    read_report,
-)
+from asr.reports.analysis import GroupStat, analyse
+from asr.reports.data import ReportError, read_report
+from asr.reports.plots import group_figure
+from asr.transcription import TranscriptionResult
+from asr.transcripts import WRITERS, format_timestamp, group_cues
 
 TEXTS = {
     "u1": ("the cat sat on the mat", "s1", 2.5),
@@ -250,16 +252,38 @@ def test_cli_usage_errors(tmp_path, manifest, argv):
     assert e.value.code == 2
 
 
-def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatch, capsys):
-    calls = {}
+def _fake_inference(monkeypatch, result: Callable[[dict[str, Any]], tuple]) -> dict[str, Any]:
+    """Replace asr.inference by a module whose transcribe_manifest checks every call against
+    the real function's signature (a renamed or removed parameter fails the test, as it would
+    fail the real call) and returns ``result(arguments)``. Returns the recorded arguments:
+    those the command passed, by parameter name."""
+    from asr.inference import transcribe_manifest as real
 
-    def transcribe_manifest(package_path, manifest_path, **kwargs):
-        calls.update(kwargs, package=package_path, manifest=manifest_path)
-        return dict(HYPS), 0.02, {"decoder": kwargs["decoder"], "beam_size": 4}, {"name": "m"}
+    signature = inspect.signature(real)
+    calls: dict[str, Any] = {}
+
+    def transcribe_manifest(*args: Any, **kwargs: Any) -> tuple:
+        bound = signature.bind(*args, **kwargs)  # TypeError if the call does not fit
+        calls.update(bound.arguments)
+        return result(bound.arguments)
 
     fake = types.ModuleType("asr.inference")
     fake.transcribe_manifest = transcribe_manifest
     monkeypatch.setitem(sys.modules, "asr.inference", fake)
+    return calls
+
+
+def test_fake_inference_rejects_a_call_the_real_function_would_reject(monkeypatch):
+    _fake_inference(monkeypatch, lambda a: ())
+    with pytest.raises(TypeError):
+        sys.modules["asr.inference"].transcribe_manifest("m", "x.jsonl", no_such_option=1)
+
+
+def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatch, capsys):
+    calls = _fake_inference(
+        monkeypatch,
+        lambda a: (dict(HYPS), 0.02, {"decoder": a["decoder"], "beam_size": 4}, {"name": "m"}),
+    )
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
     rc = main(
@@ -280,8 +304,8 @@ def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatc
         "decoder": "beam",
         "beam_size": 4,
         "device": "cpu",
-        "package": str(model),
-        "manifest": str(manifest),
+        "package_path": str(model),
+        "manifest_path": str(manifest),
     }
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["model"]["sha256"] == package_sha256(model)
@@ -399,13 +423,12 @@ def test_group_cues_respects_duration_chars_and_pauses():
         group_cues([("a", 0.0, 0.2), ("b", 0.5, 0.4)])
 
 
-class _Result:
-    def __init__(self, text, words, segments=None, path="/audio/x.wav"):
-        self.path, self.text, self.words, self.segments = path, text, words, segments
+def _result(text: str, words: list[tuple[str, float, float]]) -> TranscriptionResult:
+    return TranscriptionResult("/audio/x.wav", text, words)
 
 
 def test_srt_and_vtt_files(tmp_path: Path):
-    r = _Result(
+    r = _result(
         "hello world again", [("hello", 0.12, 0.5), ("world", 0.6, 1.0), ("again", 65.0, 65.0)]
     )
     WRITERS["srt"](r, tmp_path / "x.srt")
@@ -419,35 +442,66 @@ def test_srt_and_vtt_files(tmp_path: Path):
     )
 
 
-def test_txt_json_and_segment_fallback(tmp_path: Path):
-    r = _Result("hi there", [], segments=[{"start": 0.0, "end": 1.25, "text": " hi there"}])
+def test_txt_and_json_files_and_untimed_subtitles(tmp_path: Path):
+    r = _result(" hi there", [("hi", 0.0, 0.4), ("there", 0.5, 1.25)])
     WRITERS["txt"](r, tmp_path / "x.txt")
     WRITERS["json"](r, tmp_path / "x.json")
-    WRITERS["srt"](r, tmp_path / "x.srt")
     assert (tmp_path / "x.txt").read_text() == "hi there\n"
-    doc = json.loads((tmp_path / "x.json").read_text())
-    assert doc == {
+    assert json.loads((tmp_path / "x.json").read_text()) == {
         "path": "/audio/x.wav",
-        "text": "hi there",
-        "words": [],
-        "segments": [{"start": 0.0, "end": 1.25, "text": " hi there"}],
+        "text": " hi there",
+        "words": [{"word": "hi", "start": 0.0, "end": 0.4}, {"word": "there", "start": 0.5, "end": 1.25}],
     }
-    assert (tmp_path / "x.srt").read_text() == "1\n00:00:00,000 --> 00:00:01,250\nhi there\n"
-    with pytest.raises(ValueError, match=r"/audio/x.wav: no word or segment timings"):
-        WRITERS["vtt"](_Result("untimed", []), tmp_path / "y.vtt")
+    with pytest.raises(ValueError, match=r"/audio/x.wav: no word timings"):
+        WRITERS["vtt"](_result("untimed", []), tmp_path / "y.vtt")
+    WRITERS["srt"](_result("", []), tmp_path / "empty.srt")  # nothing said: an empty file
+    assert (tmp_path / "empty.srt").read_text() == ""
+    with pytest.raises(ValueError, match=r"/audio/x.wav: word 0 'a': bad timing"):
+        WRITERS["srt"](_result("a", [("a", 1.0, 0.5)]), tmp_path / "bad.srt")
+
+
+# ---- report details ------------------------------------------------------------------------
+
+
+def test_group_ci_uses_the_headline_bootstrap(tmp_path: Path):
+    """One speaker holds every utterance: its CI is the headline CI, and the Setup table
+    states the one bootstrap setting used for both."""
+    one = [Utterance(u.id, u.audio, u.duration, u.text, "spk", 16000) for u in _utts()]
+    summary = evaluate(one, HYPS, tmp_path / "ev", {}, None, None, num_resamples=300, seed=7)
+    assert summary["ci"]["num_resamples"] == 300 and summary["ci"]["seed"] == 7
+    md = (tmp_path / "ev" / "report.md").read_text()
+    lo, hi = summary["wer_ci"]
+    headline = f"[{100 * lo:.2f}, {100 * hi:.2f}]"
+    speaker_row = next(line for line in md.splitlines() if line.startswith("| spk |"))
+    assert speaker_row.replace("\\", "").endswith(f"| {headline} |")  # report.md escapes [ ]
+    assert "300 resamples, seed 7; the same for every interval" in md
+    html_page = (tmp_path / "ev" / "report.html").read_text()
+    assert html_page.count(headline) >= 2  # the WER card and the speaker table
+    _, recs = read_report(tmp_path / "ev")
+    a = analyse(recs, num_resamples=300, seed=7)
+    assert (a.speakers[0].ci_low, a.speakers[0].ci_high) == (lo, hi)
+
+
+@pytest.mark.parametrize("horizontal", [True, False])
+def test_plots_never_show_negative_wer(horizontal: bool):
+    import matplotlib.pyplot as plt
+
+    perfect = [GroupStat(f"g{i}", 3, 4.0, 10, 0, 0.0, 0.0, 0.0) for i in range(3)]
+    some = [GroupStat("a", 3, 4.0, 10, 1, 0.1, 0.0, 0.25), *perfect]
+    for groups in (perfect, some):
+        fig = group_figure(groups, "t", horizontal=horizontal)
+        ax = fig.axes[0]
+        low, high = ax.get_xlim() if horizontal else ax.get_ylim()
+        plt.close(fig)
+        assert low == 0 and high > 0
+        if groups is some:
+            assert high >= 25  # the whole error bar is visible
 
 
 def test_cli_model_mode_exits_1_when_audio_could_not_be_read(tmp_path, manifest, monkeypatch, capsys):
     first = next(iter(HYPS))
-
-    def transcribe_manifest(package_path, manifest_path, **kwargs):
-        hyps = dict(HYPS, **{first: ""})
-        settings = {"decoder": "greedy", "failed": 1, "failed_items": {first: "x.wav: empty file"}}
-        return hyps, 0.02, settings, {"name": "m"}
-
-    fake = types.ModuleType("asr.inference")
-    fake.transcribe_manifest = transcribe_manifest
-    monkeypatch.setitem(sys.modules, "asr.inference", fake)
+    settings = {"decoder": "greedy", "failed": 1, "failed_items": {first: "x.wav: empty file"}}
+    _fake_inference(monkeypatch, lambda a: (dict(HYPS, **{first: ""}), 0.02, settings, {"name": "m"}))
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
     rc = main(["evaluate", str(model), str(manifest), "--out", str(tmp_path / "ev")])

@@ -1,0 +1,1 @@
+"""`asr <command>` implementations: argparse set-up (``configure``) and ``run(args) -> int``."""
