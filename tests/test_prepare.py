@@ -18,13 +18,8 @@ from asr.cli import main
 from asr.data import download as dl
 from asr.data.corpora import CorpusError, CorpusOptions, DevSplit, RawItem, get_corpus
 from asr.data.manifest import read_manifest
-from asr.data.prepare import (
-    PrepareError,
-    PrepareOptions,
-    carve_dev,
-    ctc_min_frames,
-    prepare_corpus,
-)
+from asr.data.dataset import ctc_min_frames
+from asr.data.prepare import PrepareError, PrepareOptions, carve_dev, prepare_corpus
 
 
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1, **kw) -> Path:
@@ -129,7 +124,7 @@ def broken_folder(tmp_path) -> Path:
     write_tone(bad / "punct.wav")
     write_tone(bad / "no_transcript.wav")
     write_tone(bad / "accent.wav")
-    write_tone(bad / "ctc.wav", seconds=0.2)  # 20 frames for a 33-token transcript
+    write_tone(bad / "ctc.wav", seconds=0.2)  # 21 frames (asr.features.num_frames) for 33 tokens
     texts = {
         "empty": "empty",
         "truncated": "truncated",
@@ -154,7 +149,7 @@ EXPECTED_REJECTIONS = {
     "carol/punct": ("empty text", "empty transcript"),
     "carol/no_transcript": ("corpus listing", "no transcript file no_transcript.txt"),
     "carol/accent": ("characters outside the vocabulary", "'\u00e8' '\u00e9'"),
-    "carol/ctc": ("CTC-infeasible", "20 frames"),
+    "carol/ctc": ("CTC-infeasible", "21 frames"),
 }
 
 

@@ -24,10 +24,9 @@ from asr.data.shards import (  # noqa: E402
     ShardError,
     ShardStream,
     open_shard_set,
-    parse_size,
     read_texts,
-    write_shards,
 )
+from asr.data.shard_writer import parse_size, write_shards  # noqa: E402
 from asr.features import FeatureConfig  # noqa: E402
 from asr.model import ConvSubsampling  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
