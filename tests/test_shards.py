@@ -18,6 +18,7 @@ import soundfile as sf
 pytest.importorskip("webdataset")
 
 from asr.data.manifest import Utterance, write_manifest  # noqa: E402
+from asr.data.shard_writer import parse_size, write_shards  # noqa: E402
 from asr.data.shards import (  # noqa: E402
     Buckets,
     EpochPlan,
@@ -26,7 +27,6 @@ from asr.data.shards import (  # noqa: E402
     open_shard_set,
     read_texts,
 )
-from asr.data.shard_writer import parse_size, write_shards  # noqa: E402
 from asr.features import FeatureConfig  # noqa: E402
 from asr.model import ConvSubsampling  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402

@@ -58,6 +58,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from asr.audio import MAX_SAMPLE_MAGNITUDE, AudioError, resample
 from asr.data.dataset import Batch, Unreadable, collate, filter_utterances
 from asr.data.manifest import Utterance, duration_mismatch
+from asr.data.sampler import per_batch
 from asr.features import FeatureConfig, LogMel
 from asr.text import Tokenizer
 
@@ -172,14 +173,6 @@ def open_shard_set(spec: str, index: str = "") -> ShardSet:
 
 
 # --- the plan: buckets, the split across slots, batch counts ---------------------------------------
-
-
-def per_batch(longest: float, max_batch_seconds: float, max_batch_size: int) -> int:
-    """Most utterances of at most ``longest`` s a batch may hold (at least one); as BucketBatchSampler."""
-    per = max(1, min(max_batch_size, int(max_batch_seconds // longest) if longest > 0 else max_batch_size))
-    while per > 1 and longest * per > max_batch_seconds:
-        per -= 1
-    return per
 
 
 @dataclass(frozen=True)
