@@ -20,7 +20,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.audio", "AudioError"),
     ("asr.text", "TokenizerError"),
     ("asr.data.manifest", "ManifestError"),
-    ("asr.data.prepare", "PrepareError"),
+    ("asr.data.prepare.options", "PrepareError"),
     ("asr.data.corpora", "CorpusError"),
     ("asr.data.download", "DownloadError"),
     ("asr.checkpoint", "PackageError"),
@@ -35,8 +35,8 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("asr.data.prepare", "prepare a corpus into validated JSONL manifests"),
-    "shard": ("asr.data.shards", "pack a manifest into WebDataset tar shards + index.json for streaming"),
+    "prepare": ("asr.commands.prepare", "prepare a corpus into validated JSONL manifests"),
+    "shard": ("asr.commands.shard", "pack a manifest into WebDataset tar shards + index.json for streaming"),
     "train": ("asr.train", "train a model from a YAML config with key=value overrides"),
     "export": ("asr.checkpoint", "turn Lightning checkpoints into a loadable model package"),
     "transcribe": ("asr.transcription", "transcribe audio files with a model package"),

@@ -36,8 +36,8 @@ class DataConfig:
     num_buckets: int = 20  # duration buckets for the batch sampler
     bucketing: bool = True  # False = random batches (for benchmarking the sampler)
     max_duration: float = 30.0  # longer training utterances are skipped and counted
-    num_workers: int = 0  # DataLoader workers (0 = in the main process)
-    cache_features: bool = True  # keep log-mels in memory after the first epoch
+    num_workers: int = 0  # worker processes (0 = the main process): they fill the feature cache before training; the training DataLoader uses them only without the cache (a cache lookup needs no worker) or with train_shards (streamed)
+    cache_features: bool = True  # compute the log-mels of every train and dev utterance (every speed_perturb version) before the first epoch and keep them in memory; streamed train_shards are never cached (their dev set is)
     speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
     features_on_device: bool | str = "auto"  # without the cache: workers only decode (+ resample, speed-perturb) and log-mels are computed on the accelerator after the batch is moved there; auto = when cache_features is false and training runs on a GPU
 

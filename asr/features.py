@@ -96,6 +96,14 @@ def num_frames(num_samples: int | Tensor, cfg: FeatureConfig = FeatureConfig()) 
     return num_samples // cfg.hop_length + 1
 
 
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(N,) lengths -> (N, max_len) bool mask, True on valid frames (on ``lengths``' device).
+
+    The toolkit's one padding mask: features, CMVN and every model stage use it.
+    """
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class LogMel(nn.Module):
     """Waveforms (N, S) with lengths (N,) -> log-mel features (N, T, n_mels) and lengths (N,)."""
 
@@ -130,7 +138,7 @@ class LogMel(nn.Module):
         feat_lens = num_frames(lengths.to(torch.long), self.cfg)
         # Frames whose window reaches into padding differ from those of the unpadded
         # signal; zero every frame past the valid count so downstream masking is exact.
-        mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lens[:, None].to(feats.device)
+        mask = length_mask(feat_lens.to(feats.device), feats.shape[1])
         return feats * mask.unsqueeze(-1), feat_lens
 
     def single(self, wave: Tensor) -> Tensor:
@@ -142,8 +150,9 @@ class LogMel(nn.Module):
 class GlobalCMVN(nn.Module):
     """Global mean/variance normalisation with statistics stored as buffers.
 
-    The statistics are computed once from the training manifest (:meth:`fit`) and travel
-    inside the model's state dict, so inference never needs the training data.
+    The statistics are accumulated once from the training features
+    (:func:`compute_cmvn_stats`, then :meth:`set_stats`) and travel inside the model's state
+    dict, so inference never needs the training data.
     """
 
     def __init__(self, dim: int) -> None:
@@ -165,8 +174,7 @@ class GlobalCMVN(nn.Module):
 
     def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
         out = (feats - self.mean) * self.istd
-        mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
-        return out * mask.unsqueeze(-1)
+        return out * length_mask(lengths.to(feats.device), feats.shape[1]).unsqueeze(-1)
 
 
 def compute_cmvn_stats(feature_iter) -> tuple[Tensor, Tensor, int]:

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from asr.audio import AudioError, audio_info, load_audio
 from asr.checkpoint import ModelPackage, load_package
 from asr.data.manifest import Utterance, duration_mismatch, read_manifest
+from asr.data.sampler import plan_batches
 from asr.decoding import (
     LM_TUNE_SUFFIX,
     BeamSearchDecoder,
@@ -61,31 +62,6 @@ def set_threads(num_threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
-
-
-def plan_batches(
-    durations: Sequence[float], batch_size: int = DEFAULT_BATCH_SIZE,
-    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
-) -> list[list[int]]:
-    """Group indices into batches, longest first.
-
-    A batch holds at most ``batch_size`` items and at most ``max_batch_seconds`` of padded
-    audio (items x its longest); an item longer than ``max_batch_seconds`` gets a batch of
-    its own. Every index appears in exactly one batch.
-    """
-    if batch_size < 1 or max_batch_seconds <= 0:
-        raise ValueError(f"batch_size must be >= 1 and max_batch_seconds > 0 (are {batch_size}, {max_batch_seconds})")
-    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
-    batches: list[list[int]] = []
-    for i in order:
-        # Sorted descending, so a batch's longest item is its first.
-        if batches and len(batches[-1]) < batch_size and (
-            (len(batches[-1]) + 1) * durations[batches[-1][0]] <= max_batch_seconds
-        ):
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 @torch.inference_mode()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from asr.features import ConfigError, GlobalCMVN, SpecAugment, SpecAugmentConfig
+from asr.features import ConfigError, GlobalCMVN, SpecAugment, SpecAugmentConfig, length_mask
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -73,11 +73,6 @@ class ModelConfig:
                     f"{self.attention_heads}; change model.attention_heads or model.hidden"
                 )
         self.spec_augment.validate()
-
-
-def length_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """(N,) lengths -> (N, max_len) bool mask, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:

@@ -55,7 +55,8 @@ if str(REPO) not in sys.path:  # run as a file: import this checkout's asr
     sys.path.insert(0, str(REPO))
 
 from asr.data.sampler import BucketBatchSampler  # noqa: E402
-from asr.model import AcousticModel, ModelConfig, length_mask  # noqa: E402
+from asr.features import length_mask  # noqa: E402
+from asr.model import AcousticModel, ModelConfig  # noqa: E402
 
 LIBRISPEECH100_SECONDS = 100.6 * 3600  # train-clean-100
 TARGET_AUDIO_S_PER_S = 3000.0  # a train-clean-100 epoch in <= 2 min

@@ -1,5 +1,7 @@
 """YAML config with key=value overrides: unknown keys and type changes are errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,18 @@ def test_overrides_apply_and_types_are_checked(tmp_path):
         load_config(None, ["model.hidden"])
     with pytest.raises(ConfigError, match="required"):
         load_config(None, [])
-    with pytest.raises(ValueError, match="model.cell"):
+    with pytest.raises(ConfigError, match="model.cell"):
         load_config(None, REQUIRED + ["model.cell=transformer"])
+
+
+def test_bad_value_on_the_command_line_is_one_error_line_exit_2():
+    # Fails in load_config, before any manifest is read or model built: a second or two.
+    proc = subprocess.run([sys.executable, "-m", "asr", "train", "conf/yesno.yaml", "model.cell=x"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.cell" in errors[0], proc.stderr
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -10,6 +10,7 @@ from asr.features import (
     SpecAugment,
     SpecAugmentConfig,
     compute_cmvn_stats,
+    length_mask,
     num_frames,
 )
 
@@ -60,7 +61,22 @@ def test_specaugment_only_in_training_and_only_valid_frames():
     sa.eval()
     assert torch.equal(sa(x, torch.tensor([100, 50])), x)
     sa.train()
-    torch.manual_seed(0)
+    torch.manual_seed(4)  # a seed that draws time and frequency masks in both utterances
     y = sa(x, torch.tensor([100, 50]))
-    assert (y == 0).any()
-    assert torch.equal(y[1, 50:], x[1, 50:])
+    assert torch.equal(y[1, 50:], x[1, 50:])  # padding untouched
+    # time width <= min(time_width, 5 % of the valid frames): 5 frames of 100, 2 of 50
+    for i, n, max_time in ((0, 100, 5), (1, 50, 2)):
+        zero = y[i, :n] == 0
+        frames, channels = zero.all(1), zero.all(0)  # fully masked time frames / mel channels
+        # The masked region is exactly whole frames and whole channels, nothing else ...
+        assert torch.equal(zero, frames[:, None] | channels[None, :])
+        assert torch.equal(y[i, :n][~zero], x[i, :n][~zero])
+        # ... of two masks each, each at most its maximum width.
+        assert 0 < int(frames.sum()) <= 2 * max_time
+        assert 0 < int(channels.sum()) <= 2 * 5
+
+
+def test_length_mask_marks_exactly_the_valid_frames():
+    mask = length_mask(torch.tensor([3, 0, 5]), 5)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[True] * 3 + [False] * 2, [False] * 5, [True] * 5]

@@ -17,14 +17,14 @@ from asr.audio import load_audio
 from asr.cli import main
 from asr.data import download as dl
 from asr.data.corpora import CorpusError, CorpusOptions, DevSplit, RawItem, get_corpus
-from asr.data.manifest import read_manifest
-from asr.data.prepare import (
-    PrepareError,
-    PrepareOptions,
-    carve_dev,
-    ctc_min_frames,
-    prepare_corpus,
-)
+from asr.data.dataset import ctc_min_frames, filter_utterances
+from asr.data.manifest import Utterance, read_manifest
+from asr.data.prepare import PrepareError, PrepareOptions, carve_dev, prepare_corpus
+from asr.data.prepare.options import ENGLISH_VOCAB
+from asr.data.prepare.validate import ctc_problem, validate_items
+from asr.features import FeatureConfig
+from asr.model import ConvSubsampling
+from asr.text import CharTokenizer
 
 
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, channels: int = 1, **kw) -> Path:
@@ -129,7 +129,7 @@ def broken_folder(tmp_path) -> Path:
     write_tone(bad / "punct.wav")
     write_tone(bad / "no_transcript.wav")
     write_tone(bad / "accent.wav")
-    write_tone(bad / "ctc.wav", seconds=0.2)  # 20 frames for a 33-token transcript
+    write_tone(bad / "ctc.wav", seconds=0.2)  # 21 frames (asr.features.num_frames) for 33 tokens
     texts = {
         "empty": "empty",
         "truncated": "truncated",
@@ -154,7 +154,7 @@ EXPECTED_REJECTIONS = {
     "carol/punct": ("empty text", "empty transcript"),
     "carol/no_transcript": ("corpus listing", "no transcript file no_transcript.txt"),
     "carol/accent": ("characters outside the vocabulary", "'\u00e8' '\u00e9'"),
-    "carol/ctc": ("CTC-infeasible", "20 frames"),
+    "carol/ctc": ("CTC-infeasible", "21 frames"),
 }
 
 
@@ -448,3 +448,58 @@ def test_carve_dev_default_skips_tiny_corpus_explicit_errors():
     assert out == items and "none" in note
     with pytest.raises(PrepareError, match="cannot move 2 of 2"):
         carve_dev(items, DevSplit(fraction=0.1), dev_speakers=2)
+
+
+# ---------------------------------------------------------------------------- one frame formula
+
+CTC_TEXTS = ["yes no", "hello world", "see all the books"]
+
+
+def _train_keeps(duration: float, text: str, out_lengths) -> bool:
+    utt = Utterance(id="u", audio="u.wav", duration=duration, text=text, speaker="s", sample_rate=16000)
+    keep, _, _ = filter_utterances([utt], CharTokenizer(ENGLISH_VOCAB), FeatureConfig(), out_lengths)
+    return bool(keep)
+
+
+@pytest.mark.parametrize("subsampling", [1, 2, 4])
+def test_prepare_and_training_agree_on_ctc_feasibility(subsampling):
+    """Around each transcript's boundary, prepare's CTC verdict is training's filter verdict
+    (both count frames with asr.features.num_frames; the model's out_lengths subsamples)."""
+    def out_lengths(frames):
+        return ConvSubsampling.out_lengths(frames, subsampling)
+
+    for text in CTC_TEXTS:
+        hop = FeatureConfig().hop_length
+        edge = ctc_min_frames(text) * subsampling * hop  # samples near the boundary
+        verdicts = set()
+        for samples in range(max(1, edge - 4 * subsampling * hop), edge + 2 * subsampling * hop, 7):
+            duration = round(samples / 16000, 6)  # as prepare stores it in the manifest
+            prepare_ok = ctc_problem(duration, text, out_lengths=out_lengths) is None
+            assert prepare_ok == _train_keeps(duration, text, out_lengths), (text, samples)
+            if subsampling == 1:  # what `asr prepare` itself checks: no subsampling
+                assert (ctc_problem(duration, text) is None) == prepare_ok
+            verdicts.add(prepare_ok)
+        assert verdicts == {True, False}, text  # the scan crossed the boundary
+
+
+def test_prepare_keeps_exactly_what_training_keeps_on_real_files(tmp_path):
+    """End to end through the decoded files: the items validate_items accepts as CTC-feasible
+    are the ones filter_utterances (no subsampling) keeps from the written manifest."""
+    text = "see all the books"  # 17 characters + 3 repeats: 20 frames, from 19 * 160 samples
+    edge = (ctc_min_frames(text) - 1) * 160  # fewest samples num_frames makes enough frames of
+    items = []
+    for samples in range(edge - 3, edge + 4):
+        path = tmp_path / f"n{samples}.wav"
+        sf.write(path, np.full(samples, 0.1, np.float32), 16000)
+        items.append(RawItem(f"n{samples}", path, text, "s", "train"))
+    result = validate_items(items, PrepareOptions(min_duration=0.0, workers=1))
+    accepted = {u.id for u in result.splits["train"]}
+    assert {r.category for r in result.rejected} == {"CTC-infeasible"}
+    assert accepted == {f"n{n}" for n in range(edge, edge + 4)}
+    def identity(frames):
+        return ConvSubsampling.out_lengths(frames, 1)
+
+    for u in result.splits["train"] + [
+        Utterance(r.id, r.audio, round(int(r.id[1:]) / 16000, 6), text, "s", 16000) for r in result.rejected
+    ]:
+        assert _train_keeps(u.duration, text, identity) == (u.id in accepted)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from asr.data.sampler import BucketBatchSampler
+from asr.data.sampler import BucketBatchSampler, pack_batches, plan_batches
 
 random.seed(0)
 DURS = [random.uniform(1.0, 10.0) for _ in range(500)]
@@ -35,9 +35,44 @@ def test_epochs_shuffle_differently_but_deterministically():
     assert list(s) == e0 != e1
 
 
-def test_no_shuffle_is_stable():
-    s = BucketBatchSampler(DURS, 60, shuffle=False)
-    assert list(s) == list(s)
+def test_shuffle_changes_order_across_epochs_and_seeds():
+    for bucketing in (True, False):
+        s = BucketBatchSampler(DURS, 60, seed=3, bucketing=bucketing)
+        e0 = list(s)
+        s.set_epoch(1)
+        assert list(s) != e0
+        assert list(BucketBatchSampler(DURS, 60, seed=4, bucketing=bucketing)) != e0
+
+
+def test_no_shuffle_is_the_sorted_order_whatever_the_epoch_or_seed():
+    by_duration = sorted(range(len(DURS)), key=DURS.__getitem__)
+    for bucketing, expected in ((True, by_duration), (False, list(range(len(DURS))))):
+        s = BucketBatchSampler(DURS, 60, shuffle=False, bucketing=bucketing, seed=3)
+        e0 = list(s)
+        assert [i for b in e0 for i in b] == expected
+        s.set_epoch(5)
+        assert list(s) == e0
+        assert list(BucketBatchSampler(DURS, 60, shuffle=False, bucketing=bucketing, seed=9)) == e0
+
+
+def test_pack_batches_keeps_the_order_and_respects_both_caps():
+    durs = [1.0, 2.0, 5.0, 1.0, 1.0, 30.0, 1.0]
+    batches = pack_batches(durs, range(len(durs)), 6.0, 3)
+    assert batches == [[0, 1], [2], [3, 4], [5], [6]]  # padded seconds <= 6; 30 s alone; order kept
+    assert pack_batches([1.0] * 7, range(7), 100.0, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    with pytest.raises(ValueError):
+        pack_batches(durs, range(7), 0.0, 3)
+
+
+def test_plan_batches_longest_first_respects_limits_and_covers_everything():
+    durations = [3.0, 0.5, 12.0, 7.0, 7.0, 1.0, 30.0, 2.0]
+    batches = plan_batches(durations, batch_size=3, max_batch_seconds=20.0)
+    assert sorted(i for b in batches for i in b) == list(range(len(durations)))
+    assert [i for b in batches for i in b] == sorted(range(8), key=lambda i: (-durations[i], i))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(durations[i] for i in b) <= 20.0
+    assert batches[0] == [6]  # longer than the cap: alone
 
 
 @pytest.mark.parametrize("world", [2, 3])

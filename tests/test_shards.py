@@ -18,15 +18,14 @@ import soundfile as sf
 pytest.importorskip("webdataset")
 
 from asr.data.manifest import Utterance, write_manifest  # noqa: E402
+from asr.data.shard_writer import parse_size, write_shards  # noqa: E402
 from asr.data.shards import (  # noqa: E402
     Buckets,
     EpochPlan,
     ShardError,
     ShardStream,
     open_shard_set,
-    parse_size,
     read_texts,
-    write_shards,
 )
 from asr.features import FeatureConfig  # noqa: E402
 from asr.model import ConvSubsampling  # noqa: E402

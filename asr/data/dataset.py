@@ -73,6 +73,33 @@ def ctc_min_frames(ids: Sequence[int]) -> int:
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
 
 
+def utterance_frames(duration: float, feature_cfg: FeatureConfig, speed: float = 1.0) -> int:
+    """Feature frames of ``duration`` seconds of audio played at ``speed`` (1.1 = 10 % faster).
+
+    The seconds -> samples -> :func:`asr.features.num_frames` conversion that ``asr prepare``
+    and training both use, so that the two CTC feasibility checks cannot disagree. Rounding
+    (not truncating) recovers a 16 kHz file's exact sample count from its manifest duration
+    (6 decimals); for other rates and speeds it is at most the resampled length.
+    """
+    return int(num_frames(round(duration / speed * feature_cfg.sample_rate), feature_cfg))
+
+
+def output_frames(
+    durations: Sequence[float],
+    feature_cfg: FeatureConfig,
+    out_lengths: Callable[[Tensor], Tensor] | None = None,
+    speed: float = 1.0,
+) -> list[int]:
+    """CTC output frames of utterances of ``durations`` seconds: :func:`utterance_frames`
+    through the model's ``out_lengths`` (None: no subsampling, the bound any model meets)."""
+    frames = [utterance_frames(d, feature_cfg, speed) for d in durations]
+    if out_lengths is None or not frames:
+        return frames
+    # One call for every utterance: per-utterance tensor ops cost ~30 us each, minutes at
+    # LibriSpeech scale.
+    return out_lengths(torch.tensor(frames, dtype=torch.long)).tolist()
+
+
 @dataclass
 class Skipped:
     """Utterances excluded from a dataset, with reasons, for reporting."""
@@ -100,10 +127,7 @@ def filter_utterances(
 ) -> tuple[list[Utterance], list[list[int]], Skipped]:
     """Keep the utterances a CTC model with output lengths ``out_lengths(frames)`` can learn,
     also when sped up by ``max_speed`` (the fastest speed-perturbation factor)."""
-    # One call of out_lengths for every utterance: per-utterance tensor ops cost ~30 us each,
-    # minutes at LibriSpeech scale.
-    frames = [int(num_frames(int(u.duration / max_speed * feature_cfg.sample_rate), feature_cfg)) for u in utts]
-    outs = out_lengths(torch.tensor(frames, dtype=torch.long)).tolist() if frames else []
+    outs = output_frames([u.duration for u in utts], feature_cfg, out_lengths, speed=max_speed)
     keep, targets, skipped = [], [], Skipped()
     for u, out in zip(utts, outs, strict=True):
         if u.duration > max_duration:

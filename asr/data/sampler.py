@@ -28,10 +28,56 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+
+def pack_batches(
+    durations: Sequence[float], order: Iterable[int], max_batch_seconds: float, max_batch_size: int
+) -> list[list[int]]:
+    """Cut ``order`` (indices into ``durations``), in that order, into consecutive batches.
+
+    A batch grows until one more item would take it past ``max_batch_size`` items or
+    ``max_batch_seconds`` of padded audio (items x its longest); an item longer than
+    ``max_batch_seconds`` gets a batch of its own. Every index appears in exactly one batch.
+    The one packer of the toolkit: training's unbucketed epochs and inference
+    (:func:`plan_batches`) both use it.
+    """
+    if max_batch_size < 1 or max_batch_seconds <= 0:
+        raise ValueError(f"max_batch_size must be >= 1 and max_batch_seconds > 0 "
+                         f"(are {max_batch_size}, {max_batch_seconds})")
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0.0
+    for i in order.tolist() if isinstance(order, np.ndarray) else order:
+        d = durations[i]
+        new_longest = max(longest, d)
+        if cur and (new_longest * (len(cur) + 1) > max_batch_seconds or len(cur) >= max_batch_size):
+            batches.append(cur)
+            cur, new_longest = [], d
+        cur.append(i)
+        longest = new_longest
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def plan_batches(durations: Sequence[float], batch_size: int, max_batch_seconds: float) -> list[list[int]]:
+    """Inference batches: :func:`pack_batches` over the indices longest first (ties by index),
+    so each batch holds similar lengths and the first batch is the most memory-hungry."""
+    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
+    return pack_batches(durations, order, max_batch_seconds, batch_size)
+
+
+def per_batch(longest: float, max_batch_seconds: float, max_batch_size: int) -> int:
+    """Most utterances of at most ``longest`` s a batch may hold (at least one): the capacity of
+    a duration bucket, for :class:`BucketBatchSampler` and the shard stream alike."""
+    per = max(1, min(max_batch_size, int(max_batch_seconds // longest) if longest > 0 else max_batch_size))
+    while per > 1 and longest * per > max_batch_seconds:  # float rounding of //
+        per -= 1
+    return per
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -73,30 +119,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         # Python floats: indexing a numpy array per item costs ~10x more in the packing loop.
         return self.durations.tolist()
 
-    def _pack(self, indices: Sequence[int]) -> list[list[int]]:
-        durations = self._duration_list
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        longest = 0.0
-        for i in indices.tolist() if isinstance(indices, np.ndarray) else indices:
-            d = durations[i]
-            new_longest = max(longest, d)
-            if cur and (new_longest * (len(cur) + 1) > self.max_batch_seconds or len(cur) >= self.max_batch_size):
-                batches.append(cur)
-                cur, new_longest = [], d
-            cur.append(i)
-            longest = new_longest
-        if cur:
-            batches.append(cur)
-        return batches
-
-    def _per_batch(self, longest: float) -> int:
-        """Most utterances of at most ``longest`` s a batch may hold (at least one)."""
-        per = max(1, min(self.max_batch_size, int(self.max_batch_seconds // longest) if longest > 0 else self.max_batch_size))
-        while per > 1 and longest * per > self.max_batch_seconds:  # float rounding of //
-            per -= 1
-        return per
-
     @functools.cached_property
     def _bucket_plan(self) -> list[tuple[np.ndarray, int]]:
         """(utterance indices, number of batches) per bucket; the same every epoch."""
@@ -104,14 +126,14 @@ class BucketBatchSampler(Sampler[list[int]]):
         plan = []
         for bucket in np.array_split(order, min(self.num_buckets, max(len(order), 1))):
             if len(bucket):
-                per = self._per_batch(float(self.durations[bucket].max()))
+                per = per_batch(float(self.durations[bucket].max()), self.max_batch_seconds, self.max_batch_size)
                 plan.append((bucket, math.ceil(len(bucket) / per)))
         return plan
 
     def _random_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng(self.seed + epoch)
         order = rng.permutation(len(self.durations)) if self.shuffle else np.arange(len(self.durations))
-        return self._pack(order)
+        return pack_batches(self._duration_list, order, self.max_batch_seconds, self.max_batch_size)
 
     @functools.cached_property
     def _random_count(self) -> int:

@@ -3,7 +3,8 @@
 ``asr shard MANIFEST --out DIR`` packs a manifest's audio (the file's own bytes; a segment of a
 longer file is cut out and stored as FLAC) and metadata into ``DIR/<prefix>-000000.tar``, ... of
 about ``--shard-size`` bytes each, and writes ``DIR/index.json``: per shard its name, utterance
-count, seconds, bytes, and the ids and durations of its utterances in order (no texts).
+count, seconds, bytes, and the ids and durations of its utterances in order (no texts); the
+writing is :mod:`asr.data.shard_writer`, this module reads.
 
 Training reads the shards as a stream (``data.train_shards=DIR``, or a brace pattern or
 ``pipe:`` URL with the index beside it or in ``data.shards_index``). The index makes the epoch
@@ -39,11 +40,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
-import os
 import random
-import re
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,152 +55,22 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from asr.audio import MAX_SAMPLE_MAGNITUDE, AudioError, audio_info, resample
+from asr.audio import MAX_SAMPLE_MAGNITUDE, AudioError, resample
 from asr.data.dataset import Batch, Unreadable, collate, filter_utterances
 from asr.data.manifest import Utterance, duration_mismatch
+from asr.data.sampler import per_batch
 from asr.features import FeatureConfig, LogMel
-from asr.files import atomic_write_text
 from asr.text import Tokenizer
+
+log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "asr-shards"
-DEFAULT_SHARD_SIZE = 1_000_000_000  # bytes of audio + metadata per shard (before tar headers)
 PAD_MEMORY = 8  # a slot keeps at most its first 8 batches for padding (cycled when more are needed)
 
 
 class ShardError(ValueError):
     """A shard set or its index cannot be used; ``str(e)`` names the file or URL."""
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """``"1G"``, ``"500M"``, ``"200k"``, ``"1e9"`` -> bytes (decimal units, as disks count)."""
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)[bB]?\s*", str(text))
-    try:
-        value = float(m.group(1)) * 1000 ** " kmgt".index(m.group(2).lower() or " ") if m else -1.0
-    except ValueError:
-        value = -1.0
-    if not value >= 1:
-        raise ValueError(f"shard size {text!r} is not a size such as 1G, 500M or 1e9")
-    return int(value)
-
-
-def _audio_payload(u: Utterance) -> tuple[bytes, str, int]:
-    """(bytes, extension, sample rate) to store for ``u``; raises AudioError (file named).
-
-    A whole file is stored as its own bytes (no re-encoding; its header is checked and its
-    length compared with the manifest's, as training would). A segment (``offset``) is cut
-    out and stored as FLAC, so that a shard never holds more audio than it trains on.
-    """
-    info = audio_info(u.audio)
-    if not u.offset:
-        if duration_mismatch(u.duration, info.duration):
-            raise AudioError(u.audio, f"manifest says {u.duration:.3f} s but the file holds "
-                                      f"{info.duration:.3f} s (stale manifest: re-run asr prepare)")
-        try:
-            data = Path(u.audio).read_bytes()
-        except OSError as e:
-            raise AudioError(u.audio, f"cannot read ({e.strerror or e})") from None
-        return data, Path(u.audio).suffix.lstrip(".").lower() or "audio", info.sample_rate
-    sr = info.sample_rate
-    start, stop = round(u.offset * sr), round((u.offset + u.duration) * sr)
-    if start >= info.frames:
-        raise AudioError(u.audio, f"segment offset {u.offset} s is past the end ({info.duration:.3f} s)")
-    try:
-        data, _ = sf.read(u.audio, start=start, stop=min(stop, info.frames), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise AudioError(u.audio, f"decoding failed, file corrupt or truncated ({e})") from None
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(data, -1.0, 1.0), sr, format="FLAC", subtype="PCM_24")
-    return buf.getvalue(), "flac", sr
-
-
-@dataclass
-class ShardWriteResult:
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
-    bytes: int = 0
-
-    @property
-    def utterances(self) -> int:
-        return sum(s["utterances"] for s in self.shards)
-
-
-def write_shards(
-    utts: Sequence[Utterance],
-    out_dir: str | os.PathLike,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    prefix: str = "shard",
-    source: str = "",
-    on_skip: Callable[[str, str], None] = lambda utt_id, reason: None,
-) -> ShardWriteResult:
-    """Write ``utts`` as WebDataset shards plus ``index.json`` into ``out_dir``.
-
-    Each sample is ``<key>.json`` (id, duration, text, speaker, sample_rate, audio_ext) and
-    ``<key>.<audio_ext>`` (the audio); the key is the utterance's position in the index (ids
-    may hold dots or slashes, which WebDataset keys may not). Utterances whose audio cannot be
-    read are left out, reported through ``on_skip`` and listed in the index's ``skipped``. Each
-    shard is written to a temporary name and renamed when complete; the index comes last, so
-    a set with an index is a complete set.
-    """
-    import webdataset as wds
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = ShardWriteResult()
-    writer = tmp = None
-    cur: dict[str, Any] = {}
-
-    def finish() -> None:
-        nonlocal writer
-        if writer is None:
-            return
-        writer.close()
-        os.replace(tmp, out / cur["name"])
-        result.shards.append(dict(cur))
-        writer = None
-
-    key = 0
-    for u in utts:
-        try:
-            payload, ext, sr = _audio_payload(u)
-        except AudioError as e:
-            result.skipped.append((u.id, f"unreadable: {e}"))
-            on_skip(u.id, f"unreadable: {e}")
-            continue
-        meta = {"id": u.id, "duration": u.duration, "text": u.text, "speaker": u.speaker,
-                "sample_rate": sr, "audio_ext": ext}
-        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
-        if writer is not None and cur["bytes"] >= shard_size:
-            finish()
-        if writer is None:
-            name = f"{prefix}-{len(result.shards):06d}.tar"
-            tmp = out / f".{name}.{os.getpid()}.tmp"
-            writer = wds.TarWriter(str(tmp), encoder=False)
-            cur = {"name": name, "utterances": 0, "seconds": 0.0, "bytes": 0, "first": key,
-                   "ids": [], "durations": []}
-        writer.write({"__key__": f"{key:09d}", "json": blob, ext: payload})
-        cur["utterances"] += 1
-        cur["seconds"] += u.duration
-        cur["bytes"] += len(payload) + len(blob) + 3 * 512  # + tar headers
-        cur["ids"].append(u.id)
-        cur["durations"].append(u.duration)
-        result.bytes += len(payload) + len(blob)
-        key += 1
-    finish()
-    index = {
-        "format": INDEX_FORMAT,
-        "version": 1,
-        "source": source,
-        "utterances": result.utterances,
-        "seconds": round(sum(s["seconds"] for s in result.shards), 3),
-        "shards": [{**s, "seconds": round(s["seconds"], 3)} for s in result.shards],
-        "skipped": [{"id": i, "reason": r} for i, r in result.skipped],
-    }
-    atomic_write_text(out / INDEX_NAME, json.dumps(index, ensure_ascii=False) + "\n")
-    return result
 
 
 # --- the shard set ------------------------------------------------------------------------------
@@ -304,14 +173,6 @@ def open_shard_set(spec: str, index: str = "") -> ShardSet:
 
 
 # --- the plan: buckets, the split across slots, batch counts ---------------------------------------
-
-
-def per_batch(longest: float, max_batch_seconds: float, max_batch_size: int) -> int:
-    """Most utterances of at most ``longest`` s a batch may hold (at least one); as BucketBatchSampler."""
-    per = max(1, min(max_batch_size, int(max_batch_seconds // longest) if longest > 0 else max_batch_size))
-    while per > 1 and longest * per > max_batch_seconds:
-        per -= 1
-    return per
 
 
 @dataclass(frozen=True)
@@ -459,7 +320,7 @@ def read_texts(shard_set: ShardSet) -> list[str]:
             if meta is not None and isinstance(meta.get("text"), str):
                 texts.append(meta["text"])
         if errors:
-            print(f"warning: {sh.url}: {errors[0]} (texts read so far kept)", file=sys.stderr)
+            log.warning("%s: %s (texts read so far kept)", sh.url, errors[0])
     return texts
 
 
@@ -624,54 +485,3 @@ def cmvn_sample(shard_set: ShardSet, feature_cfg: FeatureConfig, max_utterances:
             taken += 1
             if taken >= per:
                 break
-
-
-# --- `asr shard` ----------------------------------------------------------------------------------
-
-
-def configure(parser) -> None:
-    parser.add_argument("manifest", help="JSONL manifest to pack (e.g. data/librispeech/train.jsonl)")
-    parser.add_argument("--out", required=True, help="folder for the shards and index.json")
-    parser.add_argument("--shard-size", default="1G", help="bytes per shard: 1G (default), 500M, 1e8, ...")
-    parser.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar, ... (default shard)")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-
-
-def run(args) -> int:
-    import time
-
-    from asr.data.manifest import ManifestError, read_manifest
-
-    try:
-        size = parse_size(args.shard_size)
-    except ValueError as e:
-        print(f"error: --shard-size: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    if (out / INDEX_NAME).exists() or any(out.glob(f"{args.prefix}-*.tar")):
-        if not args.overwrite:
-            print(f"error: {out}: already holds shards; pass --overwrite to replace them", file=sys.stderr)
-            return 2
-        for p in out.glob(f"{args.prefix}-*.tar"):
-            p.unlink()
-        (out / INDEX_NAME).unlink(missing_ok=True)
-    try:
-        utts = read_manifest(args.manifest)
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError):
-        print(f"error: {args.manifest}: manifest not found", file=sys.stderr)
-        return 2
-    if not utts:
-        print(f"error: {args.manifest}: manifest has no utterances", file=sys.stderr)
-        return 2
-    start = time.time()
-    result = write_shards(utts, out, size, args.prefix, source=str(args.manifest),
-                          on_skip=lambda i, r: print(f"warning: skipped {i}: {r}", file=sys.stderr))
-    secs = time.time() - start
-    hours = sum(s["seconds"] for s in result.shards) / 3600
-    print(f"wrote {len(result.shards)} shard(s), {result.utterances} utterances ({hours:.2f} h, "
-          f"{result.bytes / 1e6:.1f} MB) in {out} ({secs:.1f} s, {result.bytes / 1e6 / max(secs, 1e-9):.1f} MB/s); "
-          f"index {out / INDEX_NAME}; skipped {len(result.skipped)}")
-    return 1 if result.skipped else 0
