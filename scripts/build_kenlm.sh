@@ -60,7 +60,13 @@ fi
 echo "kenlm: building lmplz and build_binary with $JOBS jobs"
 cmake -S "$TOOLS/src" -B "$TOOLS/build" -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF \
   -DENABLE_PYTHON=OFF >"$TOOLS/cmake.log"
-cmake --build "$TOOLS/build" --target lmplz build_binary -j "$JOBS"
+# The compiler's warnings (hundreds of lines from KenLM's and Boost's headers) go to a log;
+# on failure its tail is shown.
+if ! cmake --build "$TOOLS/build" --target lmplz build_binary -j "$JOBS" >"$TOOLS/build.log" 2>&1; then
+  tail -n 40 "$TOOLS/build.log" >&2
+  echo "kenlm: build failed; full log in $TOOLS/build.log" >&2
+  exit 1
+fi
 
 mkdir -p "$BIN"
 cp "$TOOLS/build/bin/lmplz" "$TOOLS/build/bin/build_binary" "$BIN/"
