@@ -275,6 +275,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-weight", type=float, help="language model weight; beam only")
     g.add_argument("--word-score", type=float, help="word insertion score; beam only")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model runs (default cpu)")
+    g.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="run N worker processes, each on a share of the utterances balanced by duration: "
+                        "with --device cuda on cuda:0..N-1, with cpu splitting the cores (default 1)")
     r = parser.add_argument_group("report")
     r.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -289,8 +292,8 @@ def _validate(args: argparse.Namespace) -> None:
     if args.hyps is not None:
         if len(args.inputs) != 1:
             parser.error(f"with --hyps give only MANIFEST (got {len(args.inputs)} positionals)")
-        if given or args.decoder != "greedy":
-            parser.error(f"decoding options ({flags or '--decoder'}) do not apply with --hyps")
+        if given or args.decoder != "greedy" or args.devices != 1:
+            parser.error(f"decoding options ({flags or '--decoder/--devices'}) do not apply with --hyps")
     else:
         if len(args.inputs) != 2:
             parser.error(
@@ -303,6 +306,13 @@ def _validate(args: argparse.Namespace) -> None:
         parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
     if args.lm is not None and not args.lm.exists():
         parser.error(f"--lm {args.lm}: no such file")
+    if args.devices != 1 and args.hyps is None:
+        from asr.inference import worker_devices
+
+        try:
+            worker_devices(args.device, args.devices)
+        except (ValueError, RuntimeError) as e:
+            parser.error(str(e))
     if args.resamples < 1:
         parser.error(f"--resamples must be >= 1 (is {args.resamples})")
     if args.worst < 0:
@@ -398,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
         if "lm" in opts:
             opts["lm"] = str(opts["lm"])
         hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
+            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, devices=args.devices, **opts
         )
         # Manifest durations that disagree with the files: a property of the data, so
         # counted at the top level of summary.json rather than among decoder settings.

@@ -76,14 +76,14 @@ def _check_shards(durations, world, epoch, pad, **kw):
         assert max(counts) - min(counts) <= 1
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 8, 16])
+@pytest.mark.parametrize("world", [1, 2, 3, 8, 16])
 @pytest.mark.parametrize("pad", [True, False])
 @pytest.mark.parametrize("bucketing", [True, False])
 def test_sampler_shards_are_disjoint_equal_and_complete(world, pad, bucketing):
     rng = torch.Generator().manual_seed(world)
-    for n in (1, 5, 25, 101):
+    for n in (1, 5, 37):
         durations = (0.5 + 9.5 * torch.rand(n, generator=rng)).tolist()
-        for epoch in range(4):
+        for epoch in range(3):
             for shuffle in (True, False):
                 _check_shards(durations, world, epoch, pad, shuffle=shuffle, bucketing=bucketing,
                               num_buckets=5, seed=epoch + 17)
