@@ -2,6 +2,7 @@
 
     asr evaluate MODEL MANIFEST --out DIR [--decoder greedy|beam] [--lm FILE] [--beam-size N]
                                           [--lm-weight W] [--word-score S]
+                                          [--device cpu|cuda] [--devices N]
     asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]
 
 Both references and hypotheses go through :func:`asr.text.normalize_text`, so a system is
@@ -250,7 +251,7 @@ _DECODING_OPTS = ("lm", "beam_size", "lm_weight", "word_score")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
-        "asr evaluate MODEL MANIFEST --out DIR [decoding options]\n"
+        "asr evaluate MODEL MANIFEST --out DIR [decoding options] [--device cpu|cuda] [--devices N]\n"
         "       asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]"
     )
     parser.add_argument(
@@ -293,7 +294,8 @@ def _validate(args: argparse.Namespace) -> None:
         if len(args.inputs) != 1:
             parser.error(f"with --hyps give only MANIFEST (got {len(args.inputs)} positionals)")
         if given or args.decoder != "greedy" or args.devices != 1:
-            parser.error(f"decoding options ({flags or '--decoder/--devices'}) do not apply with --hyps")
+            what = flags or ("--decoder" if args.decoder != "greedy" else "--devices")
+            parser.error(f"decoding options ({what}) do not apply with --hyps")
     else:
         if len(args.inputs) != 2:
             parser.error(
@@ -405,10 +407,12 @@ def _run(args: argparse.Namespace) -> int:
         from asr.inference import transcribe_manifest
 
         opts = {o: getattr(args, o) for o in _DECODING_OPTS if getattr(args, o) is not None}
+        if args.devices != 1:
+            opts["devices"] = args.devices
         if "lm" in opts:
             opts["lm"] = str(opts["lm"])
         hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, devices=args.devices, **opts
+            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
         )
         # Manifest durations that disagree with the files: a property of the data, so
         # counted at the top level of summary.json rather than among decoder settings.

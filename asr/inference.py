@@ -4,6 +4,11 @@ Utterances are sorted by length and grouped into batches capped by count and by 
 audio seconds, so little compute goes to padding; the model is padding-invariant (features
 and every layer mask past each length), so an utterance's emissions do not depend on its
 batch mates, and results are returned in the caller's order.
+
+Several devices (:func:`transcribe_segments_parallel`): one spawned worker process per GPU
+(or several CPU processes splitting the cores), each loading the package and transcribing a
+share of the items balanced by duration; results are streamed back and put in input order.
+Processes rather than threads: the decoders and the Python around the model hold the GIL.
 """
 
 from __future__ import annotations

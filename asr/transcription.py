@@ -2,7 +2,7 @@
 
 ```
 asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] [--format txt|json|srt|vtt|all]
-               [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]
+               [--out DIR] [--device cpu|cuda] [--devices N] [--chunk-seconds 30]
 ```
 
 Files of any rate and channel count are read with :func:`asr.audio.load_audio`; directories
@@ -13,6 +13,10 @@ side. Pieces of all files are sorted by length and batched. Each window is decod
 own, and a word is kept only from the window whose owned region contains the word's start
 time, so words at the seams are neither lost nor doubled, and memory stays flat in the file
 length (one batch of audio and emissions at a time, plus the words found so far).
+
+With ``--devices N`` the files are shared out, balanced by duration, between N worker
+processes (one per GPU, cuda:0..N-1, or N CPU processes splitting the threads), each running
+all of the above on its share; results come back in file order, the same as on one device.
 
 Every file is handled on its own: an unreadable file becomes a result with ``error`` set,
 the others are transcribed, and the command exits with status 1 at the end if any failed.
@@ -172,7 +176,8 @@ def transcribe(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = ("asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] "
-                    "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]")
+                    "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--devices N] "
+                    "[--chunk-seconds 30]")
     parser.add_argument("model", type=Path, help="model package written by `asr export`")
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files and/or directories (walked recursively)")
     parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy", help="CTC decoder")

@@ -147,3 +147,29 @@ def test_a_failing_worker_stops_the_run_with_its_traceback(tmp_path):
     with pytest.raises(RuntimeError, match="inference worker [01] \\(cpu\\) failed:(.|\\n)*Traceback"):
         transcribe_segments_parallel(tmp_path / "missing.asr", [Segment(tmp_path / "a.wav")] * 2, ["cpu", "cpu"],
                                      {"decoder": "greedy"}, durations=[1.0, 1.0])
+
+
+# --- refused settings: one error line, exit 2 -------------------------------------------------
+
+
+def test_transcribe_refuses_bad_devices(package_path, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _noise(0.5, 1), SR)
+    assert main(["transcribe", str(package_path), str(wav), "--devices", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --devices must be >= 1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["MODEL", "--devices", "0"], "--devices must be >= 1"),
+    (["--hyps", "HYPS", "--devices", "2"], "(--devices) do not apply with --hyps"),
+])
+def test_evaluate_refuses_bad_devices(package_path, corpus, tmp_path, capsys, args, message):
+    hyps = tmp_path / "hyps.txt"
+    hyps.write_text("u0 abc\n")
+    args = [str(package_path) if a == "MODEL" else str(hyps) if a == "HYPS" else a for a in args]
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", *args, str(corpus / "test.jsonl"), "--out", str(tmp_path / "ev")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
