@@ -2,6 +2,7 @@
 
     asr evaluate MODEL MANIFEST --out DIR [--decoder greedy|beam] [--lm FILE] [--beam-size N]
                                           [--lm-weight W] [--word-score S]
+                                          [--device cpu|cuda] [--devices N]
     asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]
 
 Both references and hypotheses go through :func:`asr.text.normalize_text`, so a system is

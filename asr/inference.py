@@ -4,6 +4,11 @@ Utterances are sorted by length and grouped into batches capped by count and by 
 audio seconds, so little compute goes to padding; the model is padding-invariant (features
 and every layer mask past each length), so an utterance's emissions do not depend on its
 batch mates, and results are returned in the caller's order.
+
+Several devices (:func:`transcribe_segments_parallel`): one spawned worker process per GPU
+(or several CPU processes splitting the cores), each loading the package and transcribing a
+share of the items balanced by duration; results are streamed back and put in input order.
+Processes rather than threads: the decoders and the Python around the model hold the GIL.
 """
 
 from __future__ import annotations
@@ -257,6 +262,7 @@ def transcribe_manifest(
     progress: bool = True,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    devices: int = 1,
 ) -> tuple[dict[str, str], float, dict[str, Any], dict[str, Any]]:
     """Transcribe every utterance of a manifest, long ones window by window (see
     :func:`transcribe_segments`), so memory stays flat in the utterance length.
@@ -265,6 +271,12 @@ def transcribe_manifest(
     manifest duration that disagrees with the file's real length (beyond
     :data:`DURATION_TOLERANCE`) is warned about and counted, never silently used to cut the
     audio. An utterance with an offset is the segment [offset, offset + duration).
+
+    ``devices > 1`` runs that many worker processes (see :func:`worker_devices`: ``cuda``
+    -> cuda:0..N-1, ``cpu`` -> N processes splitting ``num_threads``), each on a share of
+    the utterances balanced by manifest duration; the results are the same as on one
+    device. The package must then be a path (or a package loaded from one); the RTF counts
+    the workers' start-up (process spawn, package load).
 
     Returns:
         hyps: utterance id -> text, for EVERY utterance (unreadable audio -> "").
@@ -276,17 +288,35 @@ def transcribe_manifest(
             ``duration_mismatch_items`` (id -> {manifest, file} seconds) when there are any.
         model_info: the package's info (path, sha256, toolkit_version, quantize, ...).
     """
-    package = package_path if isinstance(package_path, ModelPackage) else load_package(package_path, device)
+    targets = worker_devices(device, devices)
+    if isinstance(package_path, ModelPackage):
+        package = package_path
+    else:
+        # Several workers load their own copies; this one only checks the package (and decoder).
+        package = load_package(package_path, device if devices == 1 else "cpu")
     # Build the decoder first: a bad LM path should fail before minutes of inference.
     decode, settings = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
-    if package.device.type == "cpu":
+    if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
     utts = read_manifest(manifest_path)
     start = time.perf_counter()
     segments = [Segment(u.audio, u.offset, u.duration) if u.offset else Segment(u.audio) for u in utts]
-    results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
-                                  max_batch_seconds, progress=progress,
-                                  description=f"inference {Path(manifest_path).name}")
+    description = f"inference {Path(manifest_path).name}"
+    worker_threads = None
+    if devices == 1:
+        results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
+                                      max_batch_seconds, progress=progress, description=description)
+    else:
+        path = package.info.get("path") if isinstance(package_path, ModelPackage) else package_path
+        if not path:
+            raise ValueError("several devices need the package's path (workers load it themselves)")
+        options = {"decoder": decoder, "lm": lm, "beam_size": beam_size, "lm_weight": lm_weight,
+                   "word_score": word_score, "lexicon": lexicon}
+        results = transcribe_segments_parallel(
+            path, segments, targets, options, [u.duration for u in utts], chunk_seconds, overlap_seconds,
+            batch_size, max_batch_seconds, num_threads, progress=progress, description=description)
+        if "cpu" in targets:
+            worker_threads = max(1, (num_threads or default_threads()) // len(targets))
     elapsed = time.perf_counter() - start
     hyps: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -304,8 +334,11 @@ def transcribe_manifest(
     audio = sum(r.duration for r in results if r.error is None)
     settings = {
         **settings,
-        "device": str(package.device),
-        "threads": torch.get_num_threads() if package.device.type == "cpu" else None,
+        "device": str(package.device) if devices == 1 else ",".join(dict.fromkeys(targets)),
+        "devices": devices,
+        # CPU threads (per worker with several devices)
+        "threads": (torch.get_num_threads() if package.device.type == "cpu" else None) if devices == 1
+        else worker_threads,
         "quantize": package.info.get("quantize", "none"),
         "batch_size": batch_size,
         "max_batch_seconds": max_batch_seconds,
@@ -511,3 +544,174 @@ def _run_pieces(
     for p, w in zip(pieces, waves):
         out.extend(_run_pieces(package, decode, [p], [w], errors))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# several devices: one worker process per device, each on a share of the items
+
+
+def worker_devices(device: str | torch.device, devices: int) -> list[str]:
+    """Where each of ``devices`` inference workers runs.
+
+    ``cpu``: every worker on the CPU (they split the cores); ``cuda``: worker i on
+    ``cuda:i`` (choose the GPUs with ``CUDA_VISIBLE_DEVICES``). One device: ``[device]``.
+
+    Raises:
+        ValueError: ``devices < 1``, more CUDA workers than visible GPUs, ``cuda:K`` with
+            several workers, or another device type.
+    """
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1 (is {devices})")
+    dev = torch.device(device)
+    if devices == 1:
+        return [str(dev)]
+    if dev.type == "cpu":
+        return ["cpu"] * devices
+    if dev.type != "cuda":
+        raise ValueError(f"--devices {devices}: only cpu and cuda can run several workers (not {dev.type})")
+    if dev.index is not None:
+        raise ValueError(f"--devices {devices} uses cuda:0..{devices - 1}: give --device cuda, not {dev} "
+                         "(pick the GPUs with CUDA_VISIBLE_DEVICES)")
+    have = torch.cuda.device_count()
+    if devices > have:
+        raise ValueError(f"--devices {devices}: only {have} CUDA device(s) visible")
+    return [f"cuda:{i}" for i in range(devices)]
+
+
+def split_by_duration(durations: Sequence[float], parts: int) -> list[list[int]]:
+    """Indices into ``parts`` shares of near-equal total duration (each in ascending order).
+
+    Longest first, each to the share with the least audio so far (ties: the lowest share),
+    so the slowest worker ends at most about one item after the others.
+    """
+    loads = [0.0] * parts
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    for i in sorted(range(len(durations)), key=lambda i: (-durations[i], i)):
+        k = min(range(parts), key=lambda k: (loads[k], k))
+        shares[k].append(i)
+        loads[k] += max(0.0, float(durations[i]))
+    return [sorted(s) for s in shares]
+
+
+def _segments_worker(
+    rank: int, package_path: str, device: str, threads: int | None, decoder_options: dict[str, Any],
+    segments: list[Segment], indices: list[int], options: dict[str, Any], queue: Any,
+) -> None:
+    """One worker process: load the package on ``device``, transcribe its share and put each
+    result on ``queue`` as ``("result", global index, SegmentResult)`` as soon as it is
+    ready, then ``("done", rank, None)``; an unexpected failure sends ``("error", rank, traceback)``."""
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        package = load_package(package_path, device)
+        decode, _ = make_decoder(package, **decoder_options)
+        transcribe_segments(package, decode, segments, progress=False,
+                            on_result=lambda j, r: queue.put(("result", indices[j], r)), **options)
+        queue.put(("done", rank, None))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which re-raises it
+        import traceback
+
+        queue.put(("error", rank, traceback.format_exc()))
+
+
+def transcribe_segments_parallel(
+    package_path: str | os.PathLike,
+    segments: Sequence[Segment],
+    devices: Sequence[str],
+    decoder_options: dict[str, Any] | None = None,
+    durations: Sequence[float] | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+    num_threads: int | None = None,
+    progress: bool = False,
+    description: str | None = None,
+    on_result: Callable[[int, SegmentResult], None] | None = None,
+) -> list[SegmentResult]:
+    """:func:`transcribe_segments` on several devices: one spawned process per entry of
+    ``devices`` (e.g. from :func:`worker_devices`), each loading the package there and
+    transcribing a share of the segments balanced by ``durations`` (default: read from the
+    file headers). Results are the same as on one device, in segment order;
+    ``on_result`` is called in segment order as results arrive.
+
+    On the CPU the workers split ``num_threads`` (default: every core) evenly, at least one
+    thread each. ``decoder_options`` are :func:`make_decoder`'s keyword arguments; each
+    worker builds its own decoder (check them in the caller first: a bad LM fails there in
+    seconds instead of in every worker). A worker that fails or dies raises RuntimeError
+    (with its traceback) after the others are stopped.
+    """
+    import multiprocessing
+    import queue as queue_module
+
+    n = len(segments)
+    if durations is None:
+        durations = [_header_seconds(s) for s in segments]
+    shares = split_by_duration(durations, len(devices))
+    cpu_workers = sum(1 for d in devices if torch.device(d).type == "cpu")
+    threads = max(1, (num_threads or default_threads()) // cpu_workers) if cpu_workers else None
+    options = {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds, "batch_size": batch_size,
+               "max_batch_seconds": max_batch_seconds}
+    ctx = multiprocessing.get_context("spawn")  # CUDA and torch's thread pools do not survive fork
+    results: list[SegmentResult | None] = [None] * n
+    queue = ctx.Queue()
+    workers = []
+    for rank, (device, share) in enumerate(zip(devices, shares)):
+        if not share:
+            continue
+        p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
+            rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
+            dict(decoder_options or {}), [segments[i] for i in share], share, options, queue))
+        p.start()
+        workers.append((rank, p))
+    running = {rank for rank, _ in workers}
+    silent = dict.fromkeys(running, 0)
+    next_out = 0
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(description or f"transcribing {n} item(s) on {len(workers)} worker(s)",
+                                total=sum(durations))
+            while running:
+                try:
+                    kind, key, value = queue.get(timeout=1.0)
+                except queue_module.Empty:
+                    for rank, p in workers:
+                        # Exit code 0 without "done" can only be a message still in flight:
+                        # give it a few more polls.
+                        if rank in running and not p.is_alive():
+                            silent[rank] += 1
+                            if p.exitcode != 0 or silent[rank] > 3:
+                                raise RuntimeError(f"inference worker {rank} ({devices[rank]}) died "
+                                                   f"(exit code {p.exitcode})") from None
+                    continue
+                if kind == "error":
+                    raise RuntimeError(f"inference worker {key} ({devices[key]}) failed:\n{value}")
+                if kind == "done":
+                    running.discard(key)
+                    continue
+                results[key] = value
+                bar.advance(task, durations[key])
+                while next_out < n and results[next_out] is not None:
+                    if on_result is not None:
+                        on_result(next_out, results[next_out])  # type: ignore[arg-type]
+                    next_out += 1
+    finally:
+        for _, p in workers:
+            if not running:  # all done: they are exiting
+                p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        queue.close()
+    return results  # type: ignore[return-value]
+
+
+def _header_seconds(segment: Segment) -> float:
+    """A segment's length for load balancing (0 when the header cannot be read: the worker
+    that gets it reports why)."""
+    if segment.duration is not None:
+        return segment.duration
+    try:
+        return max(0.0, audio_info(segment.path).duration - segment.offset)
+    except AudioError:
+        return 0.0

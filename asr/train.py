@@ -596,15 +596,29 @@ def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
         print(f"removed {len(removed)} temp file(s) left by an interrupted write: {', '.join(p.name for p in removed)}")
 
 
+# Environment variables that launchers set to a process's rank (global, per node, or node):
+# Lightning's own DDP launcher sets LOCAL_RANK and NODE_RANK; torchrun sets RANK, LOCAL_RANK
+# and GROUP_RANK (the node) but no NODE_RANK; srun sets SLURM_PROCID (global) only.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def _is_rank_zero() -> bool:
-    """Before the Trainer exists: Lightning's DDP launcher starts ranks > 0 as copies of this
-    command with LOCAL_RANK / NODE_RANK set; only rank 0 may clear the exp dir or name the run."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """Before the Trainer exists: is this the one process that may clear the exp dir and name
+    the run? Yes when every rank variable that a launcher set is 0.
+
+    Lightning's launcher starts ranks > 0 as copies of this command after rank 0 got here;
+    torchrun and srun start every rank at once, so a check of LOCAL_RANK/NODE_RANK alone
+    made rank 0 of every node (torchrun: NODE_RANK unset) a "rank zero" that cleared the exp
+    dir and named the run while the others were starting.
+    """
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 def _run_id(exp: Path, resumed: dict[str, Any] | None, lead: bool = True) -> str:
     """The run's id: kept across --resume (from the checkpoint, else run.json), new otherwise.
-    Ranks > 0 (``lead=False``) take the one rank 0 wrote to run.json before starting them."""
+    Ranks > 0 (``lead=False``) take the one rank 0 wrote to run.json before starting them
+    (under torchrun/srun, which start all ranks at once, they may read it before rank 0 wrote
+    it; their id is never saved: only global rank 0 writes checkpoints and summaries)."""
     run_file = exp / "run.json"
     run_id = None
     if resumed is not None or not lead:

@@ -2,7 +2,7 @@
 
 ```
 asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] [--format txt|json|srt|vtt|all]
-               [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]
+               [--out DIR] [--device cpu|cuda] [--devices N] [--chunk-seconds 30]
 ```
 
 Files of any rate and channel count are read with :func:`asr.audio.load_audio`; directories
@@ -13,6 +13,10 @@ side. Pieces of all files are sorted by length and batched. Each window is decod
 own, and a word is kept only from the window whose owned region contains the word's start
 time, so words at the seams are neither lost nor doubled, and memory stays flat in the file
 length (one batch of audio and emissions at a time, plus the words found so far).
+
+With ``--devices N`` the files are shared out, balanced by duration, between N worker
+processes (one per GPU, cuda:0..N-1, or N CPU processes splitting the threads), each running
+all of the above on its share; results come back in file order, the same as on one device.
 
 Every file is handled on its own: an unreadable file becomes a result with ``error`` set,
 the others are transcribed, and the command exits with status 1 at the end if any failed.
@@ -43,6 +47,8 @@ from asr.inference import (
     plan_windows,
     set_threads,
     transcribe_segments,
+    transcribe_segments_parallel,
+    worker_devices,
 )
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
@@ -107,6 +113,7 @@ def transcribe(
     num_threads: int | None = None,
     progress: bool = False,
     on_result: Callable[[TranscriptionResult], None] | None = None,
+    devices: int = 1,
 ) -> list[TranscriptionResult]:
     """Transcribe audio files (directories are walked, see :func:`find_audio_files`).
 
@@ -117,13 +124,21 @@ def transcribe(
         chunk_seconds, overlap_seconds: long-file windowing, see :func:`plan_windows`.
         on_result: called with each result in file order, as soon as the file and every
             file before it are finished.
+        devices: worker processes (see :func:`asr.inference.worker_devices`): ``device``
+            ``cuda`` -> cuda:0..N-1, ``cpu`` -> N processes splitting ``num_threads``; each
+            loads the package from its path (a loaded ``model`` only lends its path) and
+            transcribes a share of the files balanced by duration. Same results as one.
 
     Returns:
         One result per file, in file order; unreadable files have ``error`` set.
     """
-    package = model if isinstance(model, ModelPackage) else load_package(model, device)
+    targets = worker_devices(device, devices)
+    if isinstance(model, ModelPackage):
+        package = model
+    else:  # with several workers, this copy only checks the package and decoder options
+        package = load_package(model, device if devices == 1 else "cpu")
     decode, _ = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
-    if package.device.type == "cpu":
+    if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
     if isinstance(paths, str | os.PathLike):
         paths = [paths]  # one path, not a sequence of characters
@@ -136,11 +151,22 @@ def transcribe(
         if on_result is not None:
             on_result(to_result(i, r))
 
-    results = transcribe_segments(
-        package, decode, [Segment(f) for f in files], chunk_seconds, overlap_seconds, batch_size,
-        max_batch_seconds, progress=progress, description=f"transcribing {len(files)} file(s)",
-        on_result=report,
-    )
+    segments = [Segment(f) for f in files]
+    description = f"transcribing {len(files)} file(s)"
+    if devices == 1:
+        results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
+                                      max_batch_seconds, progress=progress, description=description,
+                                      on_result=report)
+    else:
+        path = package.info.get("path") if isinstance(model, ModelPackage) else model
+        if not path:
+            raise ValueError("several devices need the package's path (workers load it themselves)")
+        options = {"decoder": decoder, "lm": None if lm is None else str(lm), "beam_size": beam_size,
+                   "lm_weight": lm_weight, "word_score": word_score,
+                   "lexicon": None if lexicon is None else str(lexicon)}
+        results = transcribe_segments_parallel(
+            path, segments, targets, options, None, chunk_seconds, overlap_seconds, batch_size,
+            max_batch_seconds, num_threads, progress=progress, description=description, on_result=report)
     return [to_result(i, r) for i, r in enumerate(results)]
 
 
@@ -150,7 +176,8 @@ def transcribe(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = ("asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] "
-                    "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--chunk-seconds 30]")
+                    "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--devices N] "
+                    "[--chunk-seconds 30]")
     parser.add_argument("model", type=Path, help="model package written by `asr export`")
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files and/or directories (walked recursively)")
     parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy", help="CTC decoder")
@@ -168,7 +195,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                         help="context added on each side of a window")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files/windows per batch at most")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads, shared by the workers (default: all cores, or OMP_NUM_THREADS)")
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="run N worker processes, each on a share of the files balanced by duration: "
+                             "with --device cuda on cuda:0..N-1, with cpu splitting the threads (default 1)")
 
 
 def _validate(args: argparse.Namespace) -> str | None:
@@ -182,6 +213,10 @@ def _validate(args: argparse.Namespace) -> str | None:
         return "--batch-size and --threads must be >= 1"
     if args.device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: no CUDA device available"
+    try:
+        worker_devices(args.device, args.devices)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -214,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --out {out_dir}: exists and is not a directory", file=sys.stderr)
         return 2
     # A PackageError (missing/corrupt package) reaches asr.cli.main: one `error:` line, exit 2.
-    package = load_package(args.model, args.device)
+    # With several workers each loads its own copy; this one only checks the package.
+    package = load_package(args.model, args.device if args.devices == 1 else "cpu")
     files = find_audio_files(args.inputs)
     if not files:
         print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in "
@@ -264,7 +300,7 @@ def _transcribe(
             lm_weight=args.lm_weight, word_score=args.word_score, lexicon=args.lexicon,
             chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
             batch_size=args.batch_size, num_threads=args.threads, progress=args.verbosity >= 0,
-            on_result=on_result,
+            on_result=on_result, device=args.device, devices=args.devices,
         )
     except DecoderError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ _DECODING_OPTS = ("lm", "beam_size", "lm_weight", "word_score")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
-        "asr evaluate MODEL MANIFEST --out DIR [decoding options]\n"
+        "asr evaluate MODEL MANIFEST --out DIR [decoding options] [--device cpu|cuda] [--devices N]\n"
         "       asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]"
     )
     parser.add_argument(
@@ -64,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-weight", type=float, help="language model weight; beam only")
     g.add_argument("--word-score", type=float, help="word insertion score; beam only")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model runs (default cpu)")
+    g.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="run N worker processes, each on a share of the utterances balanced by duration: "
+                        "with --device cuda on cuda:0..N-1, with cpu splitting the cores (default 1)")
     r = parser.add_argument_group("report")
     r.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help="bootstrap resamples for the CIs")
     r.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
@@ -78,8 +81,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.hyps is not None:
         if len(args.inputs) != 1:
             parser.error(f"with --hyps give only MANIFEST (got {len(args.inputs)} positionals)")
-        if given or args.decoder != "greedy":
-            parser.error(f"decoding options ({flags or '--decoder'}) do not apply with --hyps")
+        if given or args.decoder != "greedy" or args.devices != 1:
+            what = flags or ("--decoder" if args.decoder != "greedy" else "--devices")
+            parser.error(f"decoding options ({what}) do not apply with --hyps")
     else:
         if len(args.inputs) != 2:
             parser.error(
@@ -92,6 +96,13 @@ def _validate(args: argparse.Namespace) -> None:
         parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
     if args.lm is not None and not args.lm.exists():
         parser.error(f"--lm {args.lm}: no such file")
+    if args.devices != 1 and args.hyps is None:
+        from asr.inference import worker_devices
+
+        try:
+            worker_devices(args.device, args.devices)
+        except (ValueError, RuntimeError) as e:
+            parser.error(str(e))
     if args.resamples < 1:
         parser.error(f"--resamples must be >= 1 (is {args.resamples})")
     if args.worst < 0:
@@ -182,6 +193,8 @@ def _run(args: argparse.Namespace) -> int:
         from asr.inference import transcribe_manifest
 
         opts = {o: getattr(args, o) for o in _DECODING_OPTS if getattr(args, o) is not None}
+        if args.devices != 1:
+            opts["devices"] = args.devices
         if "lm" in opts:
             opts["lm"] = str(opts["lm"])
         hyps, rtf, settings, info = transcribe_manifest(
