@@ -31,7 +31,6 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from asr.checkpoint import ModelPackage, load_package
 from asr.decoding import DecoderError
 from asr.inference import (
     DEFAULT_BATCH_SIZE,
@@ -44,6 +43,7 @@ from asr.inference import (
     set_threads,
     transcribe_segments,
 )
+from asr.package import ModelPackage, load_package
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 

@@ -115,8 +115,8 @@ def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
     """Lightning does not call set_epoch on a custom batch_sampler: our callback must."""
     import pytorch_lightning as pl
 
+    from asr.callbacks import SamplerEpoch
     from asr.data.sampler import BucketBatchSampler
-    from asr.train import SamplerEpoch
 
     seen = []
 
@@ -186,7 +186,7 @@ def test_unreadable_training_audio_is_skipped_and_listed(tmp_path):
     (tmp_path / "utt5.wav").write_bytes(b"not audio at all")  # corrupted after `asr prepare`
     summary, proc = run_train(tmp_path, "trainer.max_epochs=1")
     assert summary["skipped_utterances"]["train"] == 1
-    assert "utt5" in proc.stdout and "unreadable" in proc.stdout
+    assert "utt5" in proc.stderr and "unreadable" in proc.stderr  # warnings go to stderr
     rows = [json.loads(line) for line in (tmp_path / "exp" / "skipped.jsonl").read_text().splitlines()]
     assert [(r["id"], r["split"]) for r in rows] == [("utt5", "train")]
     assert str(tmp_path / "utt5.wav") in rows[0]["reason"]

@@ -1,0 +1,1 @@
+"""`asr <command>` implementations: argparse ``configure(parser)`` and ``run(args) -> int`` per command."""
