@@ -23,8 +23,9 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.data.prepare.options", "PrepareError"),
     ("asr.data.corpora", "CorpusError"),
     ("asr.data.download", "DownloadError"),
-    ("asr.checkpoint", "PackageError"),
+    ("asr.package", "PackageError"),
     ("asr.checkpoint", "CheckpointError"),
+    ("asr.resume", "CheckpointLoadError"),
     ("asr.decoding", "DecoderError"),
     ("asr.lm", "LMError"),
     ("asr.reports.data", "ReportError"),
@@ -37,8 +38,8 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("asr.commands.prepare", "prepare a corpus into validated JSONL manifests"),
     "shard": ("asr.commands.shard", "pack a manifest into WebDataset tar shards + index.json for streaming"),
-    "train": ("asr.train", "train a model from a YAML config with key=value overrides"),
-    "export": ("asr.checkpoint", "turn Lightning checkpoints into a loadable model package"),
+    "train": ("asr.commands.train", "train a model from a YAML config with key=value overrides"),
+    "export": ("asr.commands.export", "turn Lightning checkpoints into a loadable model package"),
     "transcribe": ("asr.transcription", "transcribe audio files with a model package"),
     "evaluate": ("asr.commands.evaluate", "score a model (or a hypothesis file) on a manifest; write reports"),
     "compare": ("asr.commands.compare", "compare two evaluation reports with a paired bootstrap test"),
@@ -46,7 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace | None]:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The ``asr`` parser; only the command named by ``argv[0]`` gets its options configured."""
     parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0])
     from asr import __version__
 
@@ -66,7 +68,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
             importlib.import_module(module).configure(p)
             _add_common_to_subcommands(p, common)
             p.set_defaults(_module=module)
-    return parser, None
+    return parser
 
 
 def _add_common_to_subcommands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     # `asr lm TEXT --order N --out FILE` is shorthand for `asr lm build TEXT ...`.
     if len(argv) > 1 and argv[0] == "lm" and argv[1] not in ("build", "tune", "-h", "--help"):
         argv.insert(1, "build")
-    parser, _ = build_parser(argv)
+    parser = build_parser(argv)
     args = _parse(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -27,7 +27,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import AudioError, audio_info, load_audio
-from asr.checkpoint import ModelPackage, load_package
 from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.data.sampler import plan_batches
 from asr.decoding import (
@@ -38,6 +37,7 @@ from asr.decoding import (
     greedy_decode,
     load_tuned_weights,
 )
+from asr.package import ModelPackage, load_package
 
 DEFAULT_BATCH_SIZE = 32  # utterances per batch at most
 DEFAULT_MAX_BATCH_SECONDS = 300.0  # padded audio seconds per batch at most (bounds memory)
@@ -117,7 +117,7 @@ def emissions(
     """CTC log-probs of in-memory waveforms.
 
     Args:
-        package: from :func:`asr.checkpoint.load_package` (CPU or CUDA).
+        package: from :func:`asr.package.load_package` (CPU or CUDA).
         waves: [(S_i,)] mono float32 at ``package.sample_rate``.
         num_threads: CPU threads (None: all cores, or OMP_NUM_THREADS when set).
 

@@ -411,8 +411,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         print(f"error: {args.lm}: language model not found", file=sys.stderr)
         return 1
     # Imported here: loading a model needs the whole model stack, building an LM does not.
-    from asr.checkpoint import load_package
     from asr.inference import emissions_for_manifest
+    from asr.package import load_package
 
     failed: dict[str, str] = {}
     try:

@@ -23,13 +23,19 @@ QUIET, NORMAL, VERBOSE = -1, 0, 1
 _LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
 
 
+# Environment variables that launchers set to a process's rank (global, per node, or node):
+# Lightning's own DDP launcher sets LOCAL_RANK and NODE_RANK; torchrun sets RANK, LOCAL_RANK
+# and GROUP_RANK (the node) but no NODE_RANK; srun sets SLURM_PROCID (global) only.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def is_rank_zero() -> bool:
-    """True outside DDP and on global rank zero (torchrun sets RANK; Lightning's launcher
-    LOCAL_RANK / NODE_RANK; SLURM SLURM_PROCID)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return os.environ[var] == "0"
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """True outside DDP and on global rank zero: every rank variable a launcher set is 0.
+
+    Checking LOCAL_RANK/NODE_RANK alone made rank 0 of every node a "rank zero" under
+    torchrun (no NODE_RANK), which then cleared the exp dir and named the run too.
+    """
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 class _Format(logging.Formatter):

@@ -35,7 +35,6 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from asr.checkpoint import ModelPackage, load_package
 from asr.decoding import DecoderError
 from asr.inference import (
     DEFAULT_BATCH_SIZE,
@@ -50,6 +49,7 @@ from asr.inference import (
     transcribe_segments_parallel,
     worker_devices,
 )
+from asr.package import ModelPackage, load_package
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from asr.audio import load_audio
-from asr.checkpoint import export, load_package
 from asr.config import ExperimentConfig, to_dict
 from asr.decoding import BeamSearchDecoder, greedy_decode
+from asr.export import export
 from asr.inference import emissions
 from asr.model import AcousticModel, ModelConfig
+from asr.package import load_package
 from asr.text import CharTokenizer, normalize_text
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762"

@@ -11,21 +11,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from asr.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    ModelPackage,
-    PackageError,
-    best_checkpoints,
-    export,
-    load_package,
-    read_lightning_checkpoint,
-    read_metadata,
-)
+from asr.checkpoint import CheckpointError, best_checkpoints, read_lightning_checkpoint
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.decoding import greedy_decode
+from asr.export import export
 from asr.model import AcousticModel, ModelConfig
+from asr.package import (
+    FORMAT,
+    ModelPackage,
+    PackageConfig,
+    PackageError,
+    load_package,
+    read_metadata,
+)
 from asr.text import CharTokenizer, Tokenizer
 
 TOKENIZER = CharTokenizer("abcdefgh'")
@@ -89,7 +88,7 @@ def test_export_load_round_trip_gives_identical_log_probs(tmp_path):
     assert torch.equal(got, want) and torch.equal(got_lens, want_lens)
     assert torch.equal(pkg.model.cmvn.mean, model.cmvn.mean)
     assert pkg.tokenizer.tokens == TOKENIZER.tokens
-    assert pkg.config == cfg
+    assert pkg.config == PackageConfig(features=cfg.features, model=cfg.model)
     assert pkg.featurizer.cfg == cfg.features
     assert pkg.frame_shift == pytest.approx(0.01 * cfg.model.subsampling)
     info = pkg.info
@@ -98,7 +97,9 @@ def test_export_load_round_trip_gives_identical_log_probs(tmp_path):
     assert info["averaged"] == 1 and info["quantize"] == "none"
     assert info["source_checkpoints"] == [{"path": str(ckpt.resolve()), "epoch": 3, "global_step": 40}]
     meta = read_metadata(out)
-    assert meta["format"] == FORMAT and json.loads(meta["config"]) == to_dict(cfg)
+    assert meta["format"] == FORMAT and meta["format_version"] == "2"
+    # Only what inference needs: no training sections that a later rename could break.
+    assert json.loads(meta["config"]) == {"features": to_dict(cfg.features), "model": to_dict(cfg.model)}
 
 
 def test_averaging_two_checkpoints_averages_the_weights(tmp_path):
@@ -236,9 +237,50 @@ def test_packages_and_checkpoints_with_retired_config_keys_still_load(tmp_path):
 
     with safe_open(str(out), "pt") as f:
         meta = dict(f.metadata())
-    meta["config"] = json.dumps(old_cfg)
+    meta["config"], meta["format_version"] = json.dumps(old_cfg), "1"
     save_file(load_file(str(out)), str(out), metadata=meta)
-    assert load_package(out).config == cfg
+    assert load_package(out).config == PackageConfig.of(cfg)
+
+
+def _as_v1_package(out: Path, full_config: dict) -> None:
+    """Rewrite a package as format version 1 wrote it: the whole ExperimentConfig stored."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(out), "pt") as f:
+        meta = dict(f.metadata())
+    meta["config"], meta["format_version"] = json.dumps(full_config), "1"
+    save_file(load_file(str(out)), str(out), metadata=meta)
+
+
+def test_v1_package_with_renamed_training_keys_still_loads(tmp_path):
+    cfg = tiny_config()
+    model = tiny_model(cfg)
+    out = export([write_lightning_ckpt(tmp_path / "a.ckpt", model, cfg)], tmp_path / "m.asr")
+    old = to_dict(cfg)
+    old["trainer"]["a_key_renamed_since"] = 3  # training sections are not read from v1 packages
+    old["optim"]["gone"] = "x"
+    _as_v1_package(out, old)
+    pkg = load_package(out)
+    assert pkg.info["format_version"] == 1 and pkg.config == PackageConfig.of(cfg)
+    x, lens = features()
+    with torch.no_grad():
+        assert torch.equal(pkg.model(x, lens)[0], model(x, lens)[0])
+
+
+def test_v2_package_refuses_training_sections(tmp_path):
+    """A v2 package is written with features/model only; one that has more was not written
+    by `asr export` and is refused like any other bad metadata."""
+    cfg = tiny_config()
+    out = export([write_lightning_ckpt(tmp_path / "a.ckpt", tiny_model(cfg), cfg)], tmp_path / "m.asr")
+    meta = read_metadata(out)
+    assert set(json.loads(meta["config"])) == {"features", "model"}
+    from safetensors.torch import load_file
+
+    meta["config"] = json.dumps(to_dict(cfg))
+    save_file(load_file(str(out)), str(out), metadata=meta)
+    with pytest.raises(PackageError, match=r"unknown config key\(s\): data, exp_dir, optim, seed, trainer"):
+        load_package(out)
 
 
 def test_unsafe_pickles_are_refused(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from asr.data.sampler import BucketBatchSampler
-from asr.train import RANK_VARIABLES, _is_rank_zero
+from asr.log import RANK_VARIABLES
+from asr.log import is_rank_zero as _is_rank_zero
 
 ROOT = Path(__file__).resolve().parents[1]
 

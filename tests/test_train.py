@@ -115,8 +115,8 @@ def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
     """Lightning does not call set_epoch on a custom batch_sampler: our callback must."""
     import pytorch_lightning as pl
 
+    from asr.callbacks import SamplerEpoch
     from asr.data.sampler import BucketBatchSampler
-    from asr.train import SamplerEpoch
 
     seen = []
 
@@ -186,7 +186,7 @@ def test_unreadable_training_audio_is_skipped_and_listed(tmp_path):
     (tmp_path / "utt5.wav").write_bytes(b"not audio at all")  # corrupted after `asr prepare`
     summary, proc = run_train(tmp_path, "trainer.max_epochs=1")
     assert summary["skipped_utterances"]["train"] == 1
-    assert "utt5" in proc.stdout and "unreadable" in proc.stdout
+    assert "utt5" in proc.stderr and "unreadable" in proc.stderr  # warnings go to stderr
     rows = [json.loads(line) for line in (tmp_path / "exp" / "skipped.jsonl").read_text().splitlines()]
     assert [(r["id"], r["split"]) for r in rows] == [("utt5", "train")]
     assert str(tmp_path / "utt5.wav") in rows[0]["reason"]
@@ -219,3 +219,74 @@ def test_intermediate_ctc_loss_mixes_final_and_middle_layers_in_training_only():
     with torch.no_grad():
         eval_loss, lp, lens = module.ctc_loss(batch)
     torch.testing.assert_close(eval_loss, module._ctc(lp, lens, batch))  # dev loss: final layer only
+
+
+@pytest.mark.parametrize("schedule, want", [
+    # warm-up 10 of 110 steps: step 0, end of warm-up (step 9), midpoint of the decay (step 60), end (110)
+    ("constant", [0.1, 1.0, 1.0, 1.0]),
+    ("noam", [0.1, 1.0, (10 / 61) ** 0.5, (10 / 111) ** 0.5]),
+    ("cosine", [0.1, 1.0, 0.05 + 0.95 * 0.5, 0.05]),
+])
+def test_lr_factor_shapes(schedule, want):
+    from asr.train import lr_factor
+
+    got = [lr_factor(s, warmup=10, total=110, schedule=schedule, min_lr_ratio=0.05) for s in (0, 9, 60, 110)]
+    assert got == pytest.approx(want)
+    assert lr_factor(5, 10, 110, schedule) == pytest.approx(0.6)  # linear warm-up
+    assert lr_factor(10, 10, 110, schedule) <= 1.0  # no jump after warm-up
+
+
+def test_lr_factor_edge_cases():
+    from asr.train import lr_factor
+
+    assert lr_factor(0, warmup=0, total=50, schedule="cosine") == 1.0  # no warm-up: peak at once
+    assert lr_factor(4, warmup=100, total=5, schedule="cosine") == 1.0  # warm-up longer than the run
+    assert lr_factor(10_000, 10, 110, "cosine", 0.05) == pytest.approx(0.05)  # past the end: floor
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_factor(50, 10, 110, "linear")
+
+
+def test_gpu_accelerator_without_cuda_is_one_config_error(monkeypatch, tmp_path, capsys):
+    from asr.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train_m, dev_m = make_corpus(tmp_path, n=4)
+    rc = main(["train", str(ROOT / "conf" / "yesno.yaml"), f"exp_dir={tmp_path / 'exp'}",
+               f"data.train_manifest={train_m}", f"data.dev_manifest={dev_m}", "trainer.accelerator=gpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == ("error: trainer.accelerator=gpu but no CUDA device is visible; "
+                               "use trainer.accelerator=cpu or auto\n")
+    assert not (tmp_path / "exp").exists()  # refused before anything was written
+
+
+def test_train_help_imports_neither_torch_nor_lightning():
+    code = ("import sys; from asr.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'pytorch_lightning', 'lightning_fabric') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert "--resume" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_lightning_noise_is_dropped_and_real_messages_kept(caplog):
+    import logging
+    import warnings
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+    from asr.train import quiet_lightning
+
+    quiet_lightning()
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]")
+        rank_zero_info("Restoring states from the checkpoint path at x.ckpt")
+    assert [r.getMessage() for r in caplog.records] == ["Restoring states from the checkpoint path at x.ckpt"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_lightning()  # filters go in front of "default"
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        rank_zero_warn("The dataloader does not have many workers")
+    assert [str(w.message) for w in seen] == ["The dataloader does not have many workers"]

@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.checkpoint import ModelPackage, export, load_package
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.decoding import greedy_decode
+from asr.export import export
 from asr.features import LogMel
 from asr.inference import emissions, emissions_for_manifest, plan_batches, transcribe_manifest
 from asr.model import AcousticModel, ModelConfig
+from asr.package import ModelPackage, load_package
 from asr.text import CharTokenizer
 from asr.transcription import find_audio_files, plan_windows, transcribe
 

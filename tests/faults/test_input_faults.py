@@ -16,10 +16,10 @@ import torch
 
 import asr.audio
 from asr.audio import AudioError, load_audio
-from asr.checkpoint import export
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
+from asr.export import export
 from asr.inference import NON_FINITE, transcribe_manifest
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer

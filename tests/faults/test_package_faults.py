@@ -24,16 +24,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from asr.checkpoint import (
-    CheckpointError,
-    PackageError,
-    export,
-    load_package,
-    read_lightning_checkpoint,
-)
+from asr.checkpoint import CheckpointError, read_lightning_checkpoint
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
+from asr.export import export
 from asr.model import AcousticModel, ModelConfig
+from asr.package import PackageError, load_package
 from asr.text import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -131,7 +131,7 @@ def test_kill_mid_epoch_then_resume_finishes_the_planned_epochs(tmp_path):
     kill9(proc)  # in epoch 1, after epoch 0's checkpoints
     done = run(train_cmd(tmp_path, "trainer.max_epochs=3") + ["--resume"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "resuming from" in done.stdout
+    assert "resuming from" in done.stderr  # progress is logged to stderr
     s = summary(tmp_path)
     assert s["epochs"] == 3 and s["steps"] == 3 * STEPS_PER_EPOCH
 
@@ -166,7 +166,7 @@ def test_kill_during_checkpoint_write_keeps_last_ckpt_and_resume_cleans_up(tmp_p
     assert "Traceback" not in done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and str(last) in warnings[0] and "resuming from" in warnings[0], done.stderr
-    assert "removed 1 temp file(s)" in done.stdout
+    assert "removed 1 temp file(s)" in done.stderr
     assert summary(tmp_path)["epochs"] == 3
     assert not list((tmp_path / "exp").rglob("*.tmp")) and not staged(tmpdir)
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
@@ -184,7 +184,7 @@ def test_kill_during_feature_caching_then_resume(tmp_path):
     assert not list((tmp_path / "exp").rglob("*.ckpt"))
     done = run(train_cmd(tmp_path, "trainer.max_epochs=1") + ["--resume"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "starting from scratch" in done.stdout
+    assert "starting from scratch" in done.stderr
     assert summary(tmp_path)["epochs"] == 1 and not list((tmp_path / "exp").rglob("*.tmp"))
 
 
@@ -226,7 +226,8 @@ def _in_process_cfg(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_file_truncated_mid_run_without_cache_is_skipped_on_train_and_resume(tmp_path, monkeypatch):
-    from asr.train import CTCDataModule, train
+    from asr.datamodule import CTCDataModule
+    from asr.train import train
 
     make_corpus(tmp_path)
     real = CTCDataModule.cmvn_stats
@@ -330,7 +331,10 @@ def test_atomic_write_and_stale_temp_cleanup(tmp_path):
 
 
 def test_resume_falls_back_to_newest_readable_checkpoint_and_refuses_pickled_code(tmp_path, monkeypatch, capsys):
-    from asr.train import CheckpointLoadError, find_resume_checkpoint, load_checkpoint_file
+    from asr import log
+    from asr.resume import CheckpointLoadError, find_resume_checkpoint, load_checkpoint_file
+
+    log.setup()  # as `asr` does: warnings to (the captured) stderr in the "warning: ..." form
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"

@@ -1,0 +1,203 @@
+"""``asr export``'s library side: Lightning checkpoints -> a model package (optionally
+averaged, marked for int8), plus TorchScript / ONNX graphs of the network.
+
+The package format lives in :mod:`asr.package`; reading checkpoints in :mod:`asr.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.checkpoint import (
+    CheckpointError,
+    average_state_dicts,
+    best_checkpoints,
+    check_compatible,
+    read_lightning_checkpoint,
+)
+from asr.model import AcousticModel
+from asr.package import check_model_config, weights_mismatch, write_package
+from asr.text import Tokenizer, TokenizerError
+
+
+def export(
+    ckpts: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    average: bool | int = False,
+    int8: bool = False,
+    torchscript: bool = False,
+    onnx: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a model package from Lightning checkpoints (or experiment directories).
+
+    Args:
+        ckpts: checkpoint files and/or experiment directories. A directory contributes its
+            best checkpoint by dev WER; with ``average=True`` all its ranked checkpoints
+            (not last.ckpt); with ``average=N`` its N best.
+        out: the package file to write (parent directories are created).
+        average: False: exactly one checkpoint is expected. True: average all of them.
+            N (int >= 1): average the N best of each directory (and all given files).
+        int8: mark the package for dynamic int8 quantisation (applied at load time, CPU).
+        torchscript: also write ``out.with_suffix(".ts")`` (traced, dynamic batch/time).
+        onnx: also write ``out.with_suffix(".onnx")`` (inputs feats (N, T, n_mels) float32,
+            feat_lens (N,) int64; outputs log_probs (N, T', V), out_lens (N,)).
+        note: called with one-line remarks the caller should show (e.g. fewer checkpoints
+            than ``average=N`` asked for).
+
+    Returns:
+        The package path.
+    """
+    if average is False:
+        n_best = 1
+    elif average is True:
+        n_best = sys.maxsize  # every ranked checkpoint of a directory (save_top_k of them)
+    else:
+        n_best = int(average)
+        if n_best < 1:
+            raise CheckpointError(f"--average must be >= 1 (is {average})")
+    paths: list[Path] = []
+    for p in map(Path, ckpts):
+        found = best_checkpoints(p, n_best) if p.is_dir() else [p]
+        if p.is_dir() and average is not True and average is not False and len(found) < n_best and note:
+            note(f"--average {n_best}: {p} has only {len(found)} ranked checkpoint(s); averaging those "
+                 f"{len(found)}")
+        paths.extend(found)
+    if not paths:
+        raise CheckpointError("no checkpoints given")
+    if len(paths) > 1 and average is False:
+        raise CheckpointError(
+            f"{len(paths)} checkpoints given ({', '.join(map(str, paths))}); pass --average to "
+            "average them, or give one"
+        )
+    loaded = [read_lightning_checkpoint(p) for p in paths]
+    check_compatible(loaded)
+    first = loaded[0]
+    if len(loaded) > 1:
+        state = average_state_dicts([c.state_dict for c in loaded], [str(c.path) for c in loaded])
+    else:
+        state = first.state_dict
+    try:
+        tokenizer = Tokenizer.from_dict(first.tokenizer)
+    except (TokenizerError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{first.path}: bad tokenizer in hyper_parameters: {e}") from e
+    # Config bounds and stored shapes first: nothing is allocated for a config the weights
+    # do not fit (hidden=100000 in a 1 MB checkpoint must not become a 160 GB model).
+    try:
+        check_model_config(first.config, tokenizer.vocab_size)
+    except ValueError as e:
+        raise CheckpointError(f"{first.path}: bad config in hyper_parameters: {e}") from e
+    why = weights_mismatch(first.config, tokenizer.vocab_size, {k: tuple(v.shape) for k, v in state.items()})
+    if why:
+        raise CheckpointError(f"{first.path}: weights do not match its config: {why}")
+
+    # Build the network once so a state dict that does not fit the config fails here, at
+    # export time, not when someone tries to use the package.
+    model = AcousticModel(first.config.model, first.config.features.n_mels, tokenizer.vocab_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{first.path}: weights do not match its config: {e}") from e
+    model.eval()
+
+    sources = [{"path": str(c.path.resolve()), "epoch": c.epoch, "global_step": c.global_step} for c in loaded]
+    out = write_package(out, model, first.config, first.tokenizer, sources, int8=int8)
+    if torchscript:
+        export_torchscript(model, out.with_suffix(".ts"), first.config.features.n_mels)
+    if onnx:
+        export_onnx(model, out.with_suffix(".onnx"), first.config.features.n_mels)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# TorchScript / ONNX
+
+
+def _example_inputs(n_mels: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    # Two different batch sizes and lengths, with padding: the second checks that the
+    # exported graph did not bake in the shapes of the first.
+    a = (torch.randn(2, 61, n_mels, generator=g), torch.tensor([61, 40]))
+    b = (torch.randn(3, 97, n_mels, generator=g), torch.tensor([97, 23, 80]))
+    return a, b
+
+
+def _check_same(name: str, got: Sequence[Any], want: tuple[Tensor, Tensor], out: Path) -> None:
+    lp, lens = torch.as_tensor(got[0]), torch.as_tensor(got[1])
+    if lp.shape != want[0].shape or not torch.equal(lens.long(), want[1].long()):
+        raise CheckpointError(
+            f"{out}: {name} export does not generalise to other shapes (got log-probs "
+            f"{tuple(lp.shape)}, lengths {lens.tolist()}; expected {tuple(want[0].shape)}, "
+            f"{want[1].tolist()}); the model has shape-dependent Python control flow"
+        )
+    err = (lp - want[0]).abs().max().item()
+    if err > 1e-3:
+        raise CheckpointError(f"{out}: {name} export differs from the eager model (max |diff| {err:.3g})")
+
+
+def export_torchscript(model: AcousticModel, out: Path, n_mels: int) -> Path:
+    """Write a TorchScript module ``(feats (N, T, F), feat_lens (N,)) -> (log_probs, out_lens)``.
+
+    ``torch.jit.script`` cannot compile AcousticModel (its frozen config dataclasses are
+    not TorchScript types), so the module is traced; the trace is then checked on inputs
+    of another batch size and length, so a graph with baked-in shapes is never written.
+    """
+    model = model.eval()
+    a, b = _example_inputs(n_mels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings from nn.LSTM's own shape checks
+        try:
+            traced = torch.jit.trace(model, a, check_trace=False)
+        except Exception as e:
+            raise CheckpointError(f"{out}: torch.jit.trace failed: {e}") from e
+        _check_same("TorchScript", traced(*b), model(*b), out)
+    traced.save(str(out))
+    return out
+
+
+def export_onnx(model: AcousticModel, out: Path, n_mels: int, opset: int = 17) -> Path:
+    """Write an ONNX graph with dynamic batch and time axes.
+
+    The TorchScript-based exporter (``dynamo=False``) is used: it handles the
+    length-masked bidirectional LSTM in well under a second, while the dynamo exporter
+    of this torch version takes minutes on it and its graph failed on a second batch size.
+    The result is checked with onnx.checker, and numerically against the eager model on
+    another batch size/length when onnxruntime is installed.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise CheckpointError("--onnx needs the onnx package: pip install 'asr[export]'") from e
+    model = model.eval()
+    a, b = _example_inputs(n_mels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model, a, str(out), dynamo=False, opset_version=opset,
+                input_names=["feats", "feat_lens"], output_names=["log_probs", "out_lens"],
+                dynamic_axes={"feats": {0: "batch", 1: "time"}, "feat_lens": {0: "batch"},
+                              "log_probs": {0: "batch", 1: "frames"}, "out_lens": {0: "batch"}},
+            )
+        except Exception as e:
+            raise CheckpointError(f"{out}: torch.onnx.export failed: {e}") from e
+        try:
+            onnx.checker.check_model(str(out))
+        except Exception as e:
+            raise CheckpointError(f"{out}: the exported ONNX graph is invalid: {e}") from e
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return out  # checked structurally only; nothing in the toolkit needs onnxruntime
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"feats": b[0].numpy(), "feat_lens": b[1].numpy()})
+        _check_same("ONNX", got, model(*b), out)
+    return out

@@ -1,0 +1,147 @@
+"""A run's experiment directory: refusing to mix runs, the run id, and finding and safely
+loading the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.config import ConfigError
+from asr.data.dataset import Skipped
+from asr.files import atomic_write_text, remove_stale_temp_files
+from asr.log import is_rank_zero as log_is_rank_zero
+
+log = logging.getLogger(__name__)
+
+# Files of a run in its exp dir that --overwrite deletes (nothing else there is touched).
+RUN_FILES = ("checkpoints", "tb", "csv", "train_summary.json", "skipped.jsonl", "run.json",
+             "tokenizer.json", "config.yaml")
+
+
+class CheckpointLoadError(Exception):
+    """A checkpoint to resume from cannot be read, or is refused; ``str(e)`` names the file."""
+
+
+@contextlib.contextmanager
+def _env_without(name: str) -> Iterator[None]:
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint with ``weights_only=True``: tensors and plain values only.
+
+    torch 2.14 lets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turn full unpickling back on only
+    when ``weights_only`` is not passed; we pass it, and also hide the variable while loading,
+    so that no environment makes resuming run code pickled into a planted checkpoint.
+    Raises :class:`CheckpointLoadError` with a one-line reason naming the file.
+    """
+    path = Path(path)
+    try:
+        with _env_without("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it pickles {m.group(1)}, which" if m else "it holds objects that"
+        raise CheckpointLoadError(f"{path}: refusing to load: {what} weights-only loading does not allow "
+                                  "(checkpoints written by `asr train` hold only tensors and plain values)") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read a file is a bad file here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointLoadError(f"{path}: unreadable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointLoadError(f"{path}: not a checkpoint written by `asr train` (no state_dict)")
+    return ckpt
+
+
+def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """last.ckpt, or when it cannot be read the newest readable checkpoint in ``ckpt_dir``.
+
+    ``None`` when there is no checkpoint at all. A fallback is announced in one warning; when
+    no checkpoint is readable, :class:`CheckpointLoadError` names the first (last.ckpt).
+    """
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.is_file() else []) + others
+    problems: list[CheckpointLoadError] = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint_file(path)
+        except CheckpointLoadError as e:
+            problems.append(e)
+            continue
+        if problems:
+            more = f" ({len(problems) - 1} other unreadable checkpoint(s) skipped)" if len(problems) > 1 else ""
+            log.warning("%s; resuming from %s instead%s", problems[0], path, more)
+        return path, ckpt
+    if problems:
+        more = f" (and {len(problems) - 1} other checkpoint(s) in {ckpt_dir} unreadable)" if len(problems) > 1 else ""
+        raise CheckpointLoadError(f"{problems[0]}{more}")
+    return None
+
+
+def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run with an earlier run's checkpoints (export would pick the old
+    ones), unless resuming it or told to delete it; remove temp files of killed writers."""
+    ckpt_dir = exp / "checkpoints"
+    old = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if overwrite:
+        for name in RUN_FILES:
+            p = exp / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        if old:
+            log.info("--overwrite: deleted the earlier run in %s (%d checkpoint(s), logs, summaries)", exp, len(old))
+    elif old and not resume:
+        raise ConfigError(f"{exp}: already holds checkpoints of an earlier run ({len(old)} in {ckpt_dir}); "
+                          f"continue it with --resume, train into another exp_dir=..., or pass --overwrite "
+                          f"to delete them")
+    exp.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temp_files(exp, ckpt_dir)
+    if removed:
+        log.info("removed %d temp file(s) left by an interrupted write: %s",
+                 len(removed), ", ".join(p.name for p in removed))
+
+
+def is_rank_zero() -> bool:
+    """Before the Trainer exists: may this process clear the exp dir and name the run?
+    (Only global rank zero: see :func:`asr.log.is_rank_zero`.)"""
+    return log_is_rank_zero()
+
+
+def run_id(exp: Path, resumed: dict[str, Any] | None, lead: bool = True) -> str:
+    """The run's id: kept across --resume (from the checkpoint, else run.json), new otherwise.
+    Ranks > 0 (``lead=False``) take the one rank 0 wrote to run.json before starting them."""
+    run_file = exp / "run.json"
+    rid = None
+    if resumed is not None or not lead:
+        rid = ((resumed or {}).get("hyper_parameters") or {}).get("run_id")
+        if rid is None and run_file.is_file():
+            with contextlib.suppress(ValueError, OSError, AttributeError):
+                rid = json.loads(run_file.read_text()).get("run_id")
+    rid = str(rid) if rid else uuid.uuid4().hex
+    if lead:
+        atomic_write_text(run_file, json.dumps({"run_id": rid}) + "\n")
+    return rid
+
+
+def write_skipped(path: Path, skipped: dict[str, Skipped]) -> None:
+    """skipped.jsonl: one line per utterance left out of training, with its split and reason."""
+    atomic_write_text(path, "".join(json.dumps({"id": utt_id, "split": split, "reason": reason}) + "\n"
+                                    for split, sk in skipped.items() for utt_id, reason in sk.items))
