@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.checkpoint import export
+from asr.export import export
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
