@@ -197,7 +197,7 @@ def _train(tmp_path: Path, name: str, *overrides: str) -> dict:
                            f"exp_dir={tmp_path / name}", "trainer.threads=1", "trainer.progress_bar=false",
                            "trainer.max_epochs=10", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads((tmp_path / name / "train_summary.json").read_text()) | {"stdout": proc.stdout}
+    return json.loads((tmp_path / name / "train_summary.json").read_text()) | {"stdout": proc.stdout + proc.stderr}
 
 
 @pytest.mark.slow
