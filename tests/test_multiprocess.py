@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.export import export
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
+from asr.export import export
 from asr.inference import Segment, split_by_duration, transcribe_segments_parallel, worker_devices
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer

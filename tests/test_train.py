@@ -6,13 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
+from tone_corpus import make_corpus
 
-from asr.data.manifest import Utterance, write_manifest
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
 
@@ -44,27 +42,6 @@ def test_overfit_single_batch():
     with torch.no_grad():
         lp, out = model(feats, lens)
     assert [h.text for h in greedy_decode(lp, out, tok)] == texts
-
-
-def make_corpus(root: Path, n: int = 16) -> tuple[Path, Path]:
-    """Tones: 'lo' is a 300 Hz tone, 'hi' a 1200 Hz tone; each file says two words."""
-    rng = np.random.default_rng(0)
-    sr = 16000
-    words = {"lo": 300.0, "hi": 1200.0}
-    utts = []
-    for i in range(n):
-        seq = [("lo", "hi")[(i >> b) & 1] for b in range(2)]
-        t = np.arange(int(0.4 * sr)) / sr
-        parts = [np.zeros(int(0.1 * sr))]
-        for w in seq:
-            parts += [0.5 * np.sin(2 * np.pi * words[w] * t), np.zeros(int(0.1 * sr))]
-        wave = np.concatenate(parts) + 0.01 * rng.standard_normal(sum(len(p) for p in parts))
-        path = root / f"utt{i}.wav"
-        sf.write(path, wave.astype("float32"), sr)
-        utts.append(Utterance(f"utt{i}", str(path), len(wave) / sr, " ".join(seq), f"spk{i % 2}", sr))
-    write_manifest(root / "train.jsonl", utts)
-    write_manifest(root / "dev.jsonl", utts[:4])
-    return root / "train.jsonl", root / "dev.jsonl"
 
 
 def run_train(tmp_path, *overrides, resume=False):

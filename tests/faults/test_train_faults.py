@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tone_corpus import make_corpus
 
 from asr.audio import AudioError
 from asr.config import ConfigError, load_config
@@ -32,29 +32,6 @@ from asr.features import FeatureConfig, GlobalCMVN, compute_cmvn_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 4  # 16 utterances of 1.1 s, at most 4 (yesno.yaml) and 8 s per batch
-
-
-def make_corpus(root: Path, n: int = 16, repeats: int = 1) -> tuple[Path, Path]:
-    """Tones: 'lo' is a 300 Hz tone, 'hi' a 1200 Hz tone; each file says two words.
-    ``repeats`` lists each file that many times (under different ids) in train.jsonl."""
-    rng = np.random.default_rng(0)
-    sr = 16000
-    words = {"lo": 300.0, "hi": 1200.0}
-    utts = []
-    for i in range(n):
-        seq = [("lo", "hi")[(i >> b) & 1] for b in range(2)]
-        t = np.arange(int(0.4 * sr)) / sr
-        parts = [np.zeros(int(0.1 * sr))]
-        for w in seq:
-            parts += [0.5 * np.sin(2 * np.pi * words[w] * t), np.zeros(int(0.1 * sr))]
-        wave = np.concatenate(parts) + 0.01 * rng.standard_normal(sum(len(p) for p in parts))
-        path = root / f"utt{i}.wav"
-        sf.write(path, wave.astype("float32"), sr)
-        utts.append(Utterance(f"utt{i}", str(path), len(wave) / sr, " ".join(seq), f"spk{i % 2}", sr))
-    train = [replace(u, id=f"{u.id}-{r}") if r else u for r in range(repeats) for u in utts]
-    write_manifest(root / "train.jsonl", train)
-    write_manifest(root / "dev.jsonl", utts[:4])
-    return root / "train.jsonl", root / "dev.jsonl"
 
 
 def add_bad_files(root: Path, manifest: Path) -> list[str]:
