@@ -403,7 +403,7 @@ def write_outputs(args, brain: PeerBrain, dev_rows: list[dict], vocab: list[str]
     )
     audio_s = brain.audio_s_total
     summary = {
-        "peer": "speechbrain CRDNN-LSTM CTC (chars)",
+        "peer": "speechbrain CNN(stride 4)-BiLSTM-DNN CTC, characters",
         "speechbrain_version": sb.__version__,
         "torch_version": torch.__version__,
         "params": params,
