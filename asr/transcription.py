@@ -36,20 +36,17 @@ import soundfile as sf
 import torch
 
 from asr.decoding import DecoderError
-from asr.inference import (
+from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
-    Segment,
     make_decoder,
-    plan_windows,
     set_threads,
-    transcribe_segments,
-    transcribe_segments_parallel,
-    worker_devices,
 )
 from asr.package import ModelPackage, load_package
+from asr.parallel import transcribe_segments_parallel, worker_devices
+from asr.segments import Segment, plan_windows, transcribe_segments
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 
@@ -120,11 +117,11 @@ def transcribe(
     Args:
         model: a package path or a loaded :class:`ModelPackage`.
         decoder, lm, beam_size, lm_weight, word_score, lexicon: see
-            :func:`asr.inference.make_decoder`.
+            :func:`asr.engine.make_decoder`.
         chunk_seconds, overlap_seconds: long-file windowing, see :func:`plan_windows`.
         on_result: called with each result in file order, as soon as the file and every
             file before it are finished.
-        devices: worker processes (see :func:`asr.inference.worker_devices`): ``device``
+        devices: worker processes (see :func:`asr.parallel.worker_devices`): ``device``
             ``cuda`` -> cuda:0..N-1, ``cpu`` -> N processes splitting ``num_threads``; each
             loads the package from its path (a loaded ``model`` only lends its path) and
             transcribes a share of the files balanced by duration. Same results as one.

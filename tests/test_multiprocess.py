@@ -15,8 +15,9 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.export import export
-from asr.inference import Segment, split_by_duration, transcribe_segments_parallel, worker_devices
 from asr.model import AcousticModel, ModelConfig
+from asr.parallel import split_by_duration, transcribe_segments_parallel, worker_devices
+from asr.segments import Segment
 from asr.text import CharTokenizer
 
 SR = 16000

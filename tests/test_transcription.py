@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
+from asr.data.sampler import plan_batches
 from asr.decoding import greedy_decode
 from asr.export import export
 from asr.features import LogMel
-from asr.inference import emissions, emissions_for_manifest, plan_batches, transcribe_manifest
+from asr.inference import emissions, emissions_for_manifest, transcribe_manifest
 from asr.model import AcousticModel, ModelConfig
 from asr.package import ModelPackage, load_package
 from asr.text import CharTokenizer
@@ -334,7 +335,7 @@ ngram 2=3
 
 
 def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
-    from asr.inference import make_decoder
+    from asr.engine import make_decoder
 
     lm = tmp_path / "lm.arpa"
     lm.write_text(BIGRAM_ARPA)

@@ -97,7 +97,7 @@ def _validate(args: argparse.Namespace) -> None:
     if args.lm is not None and not args.lm.exists():
         parser.error(f"--lm {args.lm}: no such file")
     if args.devices != 1 and args.hyps is None:
-        from asr.inference import worker_devices
+        from asr.parallel import worker_devices
 
         try:
             worker_devices(args.device, args.devices)

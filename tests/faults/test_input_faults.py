@@ -293,7 +293,7 @@ def test_evaluate_warns_duration_mismatch_and_empty_references(package, tmp_path
 
 
 def test_evaluate_reads_long_utterances_in_windows(package, tmp_path, monkeypatch):
-    import asr.inference as inf
+    import asr.segments as inf
 
     sf.write(tmp_path / "long.wav", noise(20.0), SR)
     m = tmp_path / "m.jsonl"

@@ -1,0 +1,149 @@
+"""The inference engine: one batch of waveforms through features and model, decoders, threads.
+
+The pieces every way of transcribing shares (:mod:`asr.segments` for files of any length,
+:mod:`asr.parallel` for several devices, :mod:`asr.inference` for manifests): default batch
+limits, CPU thread settings, :func:`forward_batch`, building a decoder from its options
+(:func:`make_decoder`) and decoding emissions in padded groups, and the progress display.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from asr.decoding import (
+    LM_TUNE_SUFFIX,
+    BeamSearchDecoder,
+    BeamSearchOptions,
+    Hypothesis,
+    greedy_decode,
+    load_tuned_weights,
+)
+from asr.package import ModelPackage
+
+DEFAULT_BATCH_SIZE = 32  # utterances per batch at most
+DEFAULT_MAX_BATCH_SECONDS = 300.0  # padded audio seconds per batch at most (bounds memory)
+DEFAULT_CHUNK_SECONDS = 30.0  # longer audio is read in windows owning this much audio
+DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned region
+
+
+NON_FINITE = "features or model output are not finite (NaN/inf): corrupt or absurd audio"
+
+
+def default_threads() -> int:
+    """CPU threads for inference: ``OMP_NUM_THREADS`` when set, else every core we may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads (None: :func:`default_threads`); returns the count."""
+    n = default_threads() if num_threads is None else int(num_threads)
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1 (is {n})")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+@torch.inference_mode()
+def forward_batch(package: ModelPackage, waves: Sequence[Tensor]) -> list[Tensor]:
+    """Emissions of one batch: waves [(S_i,)] at ``package.sample_rate`` -> [(T'_i, V)] float32 on CPU."""
+    if not waves:
+        return []
+    device = package.device
+    lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+    padded = pad_sequence([w.reshape(-1).float() for w in waves], batch_first=True).to(device)  # (N, S)
+    feats, feat_lens = package.featurizer(padded, lengths.to(device))  # (N, T, F)
+    log_probs, out_lens = package.model(feats, feat_lens)  # (N, T', V)
+    log_probs = log_probs.float().cpu()
+    return [log_probs[i, : int(n)].clone() for i, n in enumerate(out_lens.tolist())]
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr, or a no-op when not ``enabled``.
+
+    stdout is only redirected through the bar when it is a terminal: a transcript piped to
+    a file must stay on stdout, not be re-routed to the bar's stderr console.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled,
+        redirect_stdout=sys.stdout.isatty(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+
+
+def make_decoder(
+    package: ModelPackage,
+    decoder: str = "greedy",
+    lm: str | os.PathLike | None = None,
+    beam_size: int | None = None,
+    lm_weight: float | None = None,
+    word_score: float | None = None,
+    lexicon: str | os.PathLike | None = None,
+) -> tuple[Callable[[Tensor, Tensor], list[Hypothesis]], dict[str, Any]]:
+    """A function (log_probs (N, T, V), lengths (N,)) -> [Hypothesis] (best only) and its settings.
+
+    Beam options left as None take, in order: the weights ``asr lm tune`` saved beside the
+    LM (``<lm>.tune.json``), then :class:`asr.decoding.BeamSearchOptions` defaults.
+
+    Raises:
+        ValueError: unknown decoder, or beam options given with the greedy decoder.
+        DecoderError: a missing/unusable LM or lexicon.
+    """
+    tokenizer = package.tokenizer
+    if decoder == "greedy":
+        given = {k: v for k, v in (("lm", lm), ("beam_size", beam_size), ("lm_weight", lm_weight),
+                                   ("word_score", word_score), ("lexicon", lexicon)) if v is not None}
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) decoder='beam' (greedy decoding has no LM or beam)")
+        return (lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
+    if decoder != "beam":
+        raise ValueError(f"decoder must be 'greedy' or 'beam' (is {decoder!r})")
+    defaults = BeamSearchOptions()
+    tuned = load_tuned_weights(lm) if lm is not None else None
+    opts: dict[str, Any] = {
+        "beam_size": defaults.beam_size if beam_size is None else beam_size,
+        "lm_weight": lm_weight if lm_weight is not None else (tuned or {}).get("lm_weight", defaults.lm_weight),
+        "word_score": word_score if word_score is not None else (tuned or {}).get("word_score", defaults.word_score),
+    }
+    beam = BeamSearchDecoder(tokenizer, lm=lm, lexicon=lexicon, **opts)
+    settings = beam.settings()
+    if tuned is not None:
+        settings["tuned_weights"] = f"{lm}{LM_TUNE_SUFFIX}"
+    return (lambda lp, lens: [h[0] for h in beam(lp, lens)]), settings
+
+
+def decode_emissions(
+    decode: Callable[[Tensor, Tensor], list[Hypothesis]], emissions_list: Sequence[Tensor], batch: int = 64
+) -> Iterator[Hypothesis]:
+    """Decode [(T_i, V)] emissions in padded groups of ``batch``; yields one Hypothesis each."""
+    for s in range(0, len(emissions_list), batch):
+        group = list(emissions_list[s : s + batch])
+        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
+        yield from decode(pad_sequence(group, batch_first=True), lens)  # (n, T, V)
