@@ -119,10 +119,10 @@ def _check_header(f: sf.SoundFile, path: str | os.PathLike) -> None:
                     f"truncated: header declares {declared} data bytes, file holds {actual}",
                 )
     elif f.format == "NIST":
-        declared = _nist_sample_count(f.name)
-        if declared is not None and declared > f.frames:
+        samples = _nist_sample_count(f.name)
+        if samples is not None and samples > f.frames:
             raise AudioError(
-                path, f"truncated: header declares {declared} samples, file holds {f.frames}"
+                path, f"truncated: header declares {samples} samples, file holds {f.frames}"
             )
     if f.frames <= 0:
         raise AudioError(path, "contains no audio samples")

@@ -53,8 +53,9 @@ class SamplerEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
         for obj in (getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None)):
-            if hasattr(obj, "set_epoch"):  # BucketBatchSampler; ShardStream (an IterableDataset)
-                obj.set_epoch(trainer.current_epoch)
+            set_epoch = getattr(obj, "set_epoch", None)  # BucketBatchSampler; ShardStream
+            if set_epoch is not None:
+                set_epoch(trainer.current_epoch)
 
 
 class EpochSummary(pl.Callback):

@@ -34,8 +34,8 @@ def _examples(ids: Sequence[str]) -> str:
 def _check_same_set(
     dir_a: Path,
     dir_b: Path,
-    recs_a: dict[str, Mapping[str, Any]],
-    recs_b: dict[str, Mapping[str, Any]],
+    recs_a: Mapping[str, Mapping[str, Any]],
+    recs_b: Mapping[str, Mapping[str, Any]],
 ) -> None:
     only_a = sorted(set(recs_a) - set(recs_b))
     only_b = sorted(set(recs_b) - set(recs_a))

@@ -7,7 +7,9 @@ timestamps) calls it rather than re-deriving it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torchaudio
@@ -83,6 +85,10 @@ class SpecAugmentConfig:
             raise ConfigError(f"model.spec_augment.time_width_ratio must be in [0, 1] (is {self.time_width_ratio})")
 
 
+@overload
+def num_frames(num_samples: int, cfg: FeatureConfig = ...) -> int: ...
+@overload
+def num_frames(num_samples: Tensor, cfg: FeatureConfig = ...) -> Tensor: ...
 def num_frames(num_samples: int | Tensor, cfg: FeatureConfig = FeatureConfig()) -> int | Tensor:
     """Number of feature frames :class:`LogMel` yields for ``num_samples`` samples.
 
@@ -155,6 +161,9 @@ class GlobalCMVN(nn.Module):
     dict, so inference never needs the training data.
     """
 
+    mean: Tensor
+    istd: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -177,7 +186,7 @@ class GlobalCMVN(nn.Module):
         return out * length_mask(lengths.to(feats.device), feats.shape[1]).unsqueeze(-1)
 
 
-def compute_cmvn_stats(feature_iter) -> tuple[Tensor, Tensor, int]:
+def compute_cmvn_stats(feature_iter: Iterable[Tensor]) -> tuple[Tensor, Tensor, int]:
     """Accumulate (sum, sum of squares, frame count) over an iterable of (T, F) tensors.
 
     Utterances with a non-finite value (or whose squares overflow) are left out: one of them
@@ -194,7 +203,7 @@ def compute_cmvn_stats(feature_iter) -> tuple[Tensor, Tensor, int]:
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
         count += f.shape[0]
-    if total is None:
+    if total is None or total_sq is None:
         raise ValueError("no (finite) features to compute CMVN statistics from")
     return total, total_sq, count
 

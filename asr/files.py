@@ -24,7 +24,7 @@ TMP_SUFFIX = ".tmp"  # temp files of atomic writes: "<target name>.<writer pid>.
 _WRITE_DELAY_ENV = "ASR_TEST_CHECKPOINT_WRITE_DELAY"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` so that a reader (or a kill at any moment) sees the old file or the new one.
 
     The bytes go to a temp file beside the target (same filesystem, so the final rename is

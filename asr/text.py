@@ -206,6 +206,9 @@ class BpeTokenizer(Tokenizer):
     word_delimiter = "\u2581"  # "▁": sentencepiece marks word-initial pieces with it
 
     def __init__(self, model_proto: bytes) -> None:
+        self._load(model_proto)
+
+    def _load(self, model_proto: bytes) -> None:
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor()
         try:
@@ -308,4 +311,4 @@ class BpeTokenizer(Tokenizer):
         return {"model_proto": self._proto}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model_proto"])
+        self._load(state["model_proto"])

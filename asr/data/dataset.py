@@ -68,7 +68,7 @@ class Unreadable(NamedTuple):
     reason: str  # "unreadable: <file>: <problem>"
 
 
-def ctc_min_frames(ids: Sequence[int]) -> int:
+def ctc_min_frames(ids: Sequence[object]) -> int:
     """Fewest CTC output frames that can emit ``ids``: one per token, one blank between repeats."""
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
 

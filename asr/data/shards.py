@@ -377,9 +377,8 @@ class ShardStream(IterableDataset):
                 if meta is None:
                     errors.append(f"member {sample.get('__key__')}: no readable metadata")
                     continue
-                d = expected.pop(meta["id"], None)
-                if d is not None:  # others: another slot's, too long, or not in the index (stale index)
-                    yield meta["id"], d, sample, ""
+                if meta["id"] in expected:  # others: another slot's, too long, or not in the index (stale index)
+                    yield meta["id"], expected.pop(meta["id"]), sample, ""
             why = errors[0] if errors else "not found in the shard (index.json is stale?)"
             for utt_id, d in expected.items():
                 yield utt_id, d, None, f"unreadable: {sh.url}: {why}"

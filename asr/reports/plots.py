@@ -37,9 +37,10 @@ def group_figure(groups: Sequence[GroupStat], title: str, horizontal: bool) -> A
     matplotlib.use("Agg")  # no display here; must precede pyplot
     import matplotlib.pyplot as plt
 
-    wer = np.array([100 * g.wer for g in groups])
-    lo = np.array([100 * g.ci_low for g in groups])
-    hi = np.array([100 * g.ci_high for g in groups])
+    wer = np.array([100 * (g.wer or 0.0) for g in groups])
+    # A group with a WER but no interval (too few references to resample) gets a zero-width bar.
+    lo = np.array([100 * (g.ci_low if g.ci_low is not None else g.wer or 0.0) for g in groups])
+    hi = np.array([100 * (g.ci_high if g.ci_high is not None else g.wer or 0.0) for g in groups])
     err = np.vstack([np.maximum(wer - lo, 0), np.maximum(hi - wer, 0)])
     # All-zero bars would give matplotlib an empty data range; show 0-1% instead.
     top = float(hi.max()) if hi.max() > 0 else 1.0

@@ -50,7 +50,7 @@ def _split_of(subset: str) -> str | None:
 
 
 def _subset_dirs(src: Path) -> dict[str, Path]:
-    found = {}
+    found: dict[str, Path] = {}
     for root in (src, src / "LibriSpeech"):
         if root.is_dir():
             for d in sorted(root.iterdir()):
