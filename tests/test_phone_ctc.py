@@ -256,3 +256,45 @@ def test_yesno_trains_with_phone_ctc_and_the_package_decodes(tmp_path, shared_da
 
 def summary_best(exp: Path) -> str:
     return json.loads((exp / "train_summary.json").read_text())["best_checkpoint"]
+
+
+def test_streamed_shard_batches_carry_the_phone_targets(tmp_path, monkeypatch):
+    pytest.importorskip("webdataset")
+    from test_shards import make_utts, run_slot, stream
+
+    from asr.data.shard_writer import write_shards
+    from asr.data.shards import Buckets, EpochPlan, open_shard_set
+
+    utts = make_utts(tmp_path / "wav", 10)  # texts "a", "ab", "ab", "ab b", "ab ba", ...
+    write_shards(utts, tmp_path / "sh", shard_size=10**9)
+    shards = open_shard_set(str(tmp_path / "sh"))
+    plan = EpochPlan(shards, Buckets.plan(shards.durations(), 1, 4.0, 4), world=1, workers=1, max_duration=30.0)
+    phone_map = PhoneMap({"a": ("AH",), "ab": ("AE", "B"), "ba": ("B", "AA")})  # no "b"
+    tok = CharTokenizer.from_texts([u.text for u in utts])
+    batches = run_slot(stream(plan, 0, tok, phone_map=phone_map), 0, monkeypatch)
+    text = {u.id: u.text for u in utts}
+    seen = 0
+    for b in batches[: plan.planned[0]]:
+        for i, uid in enumerate(b.ids):
+            want = phone_map.encode(text[uid]) or []
+            assert b.phones[i, : b.phone_lens[i]].tolist() == want
+            seen += 1
+    assert seen == len(utts)
+    assert run_slot(stream(plan, 0, tok), 0, monkeypatch)[0].phones is None
+
+
+def test_features_on_device_batches_carry_the_phone_targets_past_a_dropped_item(tmp_path):
+    from test_dataset import _wave_dataset
+
+    from asr.data.dataset import WaveBatch, collate_waves, wave_batch_features
+    from asr.features import LogMel
+
+    utts, targets = _wave_dataset(tmp_path, rates=(16000, 16000, 16000), seconds=(1.0, 0.5, 0.8))
+    ds = FeatureDataset(utts, targets, FeatureConfig(), cache=False, waveforms=True, phones=[[3, 4], [], [5, 6, 7]])
+    batch = collate_waves([ds[0], ds[1], ds[2]])
+    assert batch.phone_lens.tolist() == [2, 0, 3]
+    waves = batch.waves.clone()
+    waves[0] *= 1e30  # features not finite: w0 is dropped, the others keep their own phones
+    out = wave_batch_features(WaveBatch(waves, *batch[1:]), LogMel(FeatureConfig()))
+    assert out.ids == ["w1", "w2"]
+    assert out.phone_lens.tolist() == [0, 3] and out.phones.tolist() == [[0, 0, 0], [5, 6, 7]]
