@@ -71,9 +71,10 @@ class EpochSummary(pl.Callback):
             return
         m = trainer.callback_metrics
         fmt = lambda k: f"{float(m[k]):.4f}" if k in m else "-"  # noqa: E731
-        log.info("epoch %d step %d: train/loss %s val/loss %s val_wer %s val_cer %s [%.0f s]",
+        phone = f" val/phone_ctc {fmt('val/phone_ctc')}" if "val/phone_ctc" in m else ""
+        log.info("epoch %d step %d: train/loss %s val/loss %s val_wer %s val_cer %s%s [%.0f s]",
                  trainer.current_epoch, trainer.global_step, fmt("train/loss"), fmt("val/loss"),
-                 fmt("val_wer"), fmt("val_cer"), time.time() - self.start)
+                 fmt("val_wer"), fmt("val_cer"), phone, time.time() - self.start)
 
 
 class SkippedItems(pl.Callback):

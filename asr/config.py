@@ -39,6 +39,7 @@ class DataConfig:
     num_workers: int = 0  # worker processes (0 = the main process): they fill the feature cache before training; the training DataLoader uses them only without the cache (a cache lookup needs no worker) or with train_shards (streamed)
     cache_features: bool = True  # compute the log-mels of every train and dev utterance (every speed_perturb version) before the first epoch and keep them in memory; streamed train_shards are never cached (their dev set is)
     speed_perturb: tuple[float, ...] = ()  # e.g. [0.9, 1.0, 1.1]: each epoch uses one speed per utterance at random; with the cache every version is kept
+    lexicon: str = ""  # pronunciation lexicon (WORD PHONE PHONE ... per line) for model.phone_ctc_weight; only the training transcripts' words are looked up
     features_on_device: bool | str = "auto"  # without the cache: workers only decode (+ resample, speed-perturb) and log-mels are computed on the accelerator after the batch is moved there; auto = when cache_features is false and training runs on a GPU
 
     def validate(self) -> None:
@@ -134,6 +135,12 @@ class ExperimentConfig:
             raise ConfigError("exp_dir must not be empty")
         for section in (self.data, self.features, self.model, self.optim, self.trainer):
             section.validate()
+        if self.model.phone_ctc_weight > 0:
+            if not self.data.lexicon:
+                raise ConfigError("model.phone_ctc_weight > 0 needs data.lexicon (a pronunciation lexicon: "
+                                  "WORD PHONE PHONE ... per line)")
+            if not Path(self.data.lexicon).is_file():
+                raise ConfigError(f"data.lexicon: {self.data.lexicon}: no such file")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -18,7 +18,9 @@ from asr.data.dataset import (
     collate_waves,
     fill_cache,
     filter_utterances,
+    phone_targets,
 )
+from asr.data.lexicon import PhoneMap
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.data.shards import Buckets, EpochPlan, ShardError, ShardStream, cmvn_sample, open_shard_set
@@ -72,10 +74,11 @@ class CTCDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer, model: AcousticModel,
-                 manifests: dict[str, list[Utterance]] | None = None) -> None:
+                 manifests: dict[str, list[Utterance]] | None = None, phone_map: PhoneMap | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.phone_map = phone_map  # phone CTC targets ride in the batches (model.phone_ctc_weight > 0)
         d = cfg.data
         self.skipped: dict[str, Skipped] = {}
         self.datasets: dict[str, FeatureDataset] = {}
@@ -93,12 +96,20 @@ class CTCDataModule(pl.LightningDataModule):
             self.skipped[split] = skipped
             if not keep:
                 raise ConfigError(f"{path}: no usable utterances ({skipped.summary()})")
+            phones = None
+            if phone_map is not None:
+                phones, cov, short = phone_targets(keep, phone_map, cfg.features, model.out_lengths,
+                                                   max(speeds, default=1.0))
+                log.info("%s: phone targets for %d of %d utterances (%d lack a word of the training "
+                         "pronunciations, %d are too short for their phones: masked out of the phone loss)",
+                         split, sum(map(bool, phones)), len(keep), cov.utterances - cov.covered, short)
             self.datasets[split] = FeatureDataset(
                 keep,
                 targets,
                 cfg.features,
                 cache=d.cache_features,
                 speed_perturb=speeds,
+                phones=phones,
             )
             log.info("%s: %d utterances (%.2f h) from %s; skipped %d: %s", split, len(keep),
                      sum(u.duration for u in keep) / 3600, path, len(skipped), skipped.summary())
@@ -232,7 +243,8 @@ class CTCDataModule(pl.LightningDataModule):
                                 max_duration=d.max_duration)
         stream = ShardStream(self.shards, rank, self.tokenizer, self.cfg.features,
                              functools.partial(ConvSubsampling.out_lengths, factor=self.cfg.model.subsampling),
-                             speed_perturb=d.speed_perturb, shuffle_buffer=d.shard_shuffle_buffer, seed=self.cfg.seed)
+                             speed_perturb=d.speed_perturb, shuffle_buffer=d.shard_shuffle_buffer, seed=self.cfg.seed,
+                             phone_map=self.phone_map)
         if self.shards.by_utterance and self.shards.slots > 1:
             log.info("note: fewer shards (%d) than ranks x workers (%d): every reader reads every shard and "
                      "keeps its share; write more, smaller shards for real data",

@@ -16,6 +16,7 @@ times faster (see scripts/bench_rnn.py and BENCHMARKS.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from asr.features import ConfigError, GlobalCMVN, SpecAugment, SpecAugmentConfig, length_mask
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class ModelOutputs(NamedTuple):
+    log_probs: Tensor  # (N, T', V), zero past lens
+    lens: Tensor  # (N,) output frames
+    mask: Tensor  # (N, T') bool, True on valid frames
+    inter: Tensor | None  # intermediate CTC log-probs (training mode, inter_ctc_weight > 0)
+    tapped: Tensor | None  # (N, T', layer_dim) output of the layer asked for, zero past lens
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,8 @@ class ModelConfig:
     spec_augment_enabled: bool = True  # SpecAugment on/off (applies in training mode only)
     cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's, or long-file chunk's, own mean removed; needs the whole input, so not for streaming)
     inter_ctc_weight: float = 0.0  # weight of an intermediate CTC loss on the middle recurrent layer (0 = off)
+    phone_ctc_weight: float = 0.0  # weight of an auxiliary phone CTC loss (training only; needs data.lexicon; 0 = off)
+    phone_ctc_layer: int = 0  # recurrent layer (1 = the lowest, num_layers = the top) the phone head reads; 0 = the middle one (as inter_ctc)
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -61,6 +72,12 @@ class ModelConfig:
             raise ConfigError(f"model.inter_ctc_weight must be in [0, 1) (is {self.inter_ctc_weight})")
         if self.inter_ctc_weight > 0 and self.num_layers < 2:
             raise ConfigError("model.inter_ctc_weight needs model.num_layers >= 2 (it taps the middle layer)")
+        if not 0.0 <= self.phone_ctc_weight < 1.0 or self.inter_ctc_weight + self.phone_ctc_weight >= 1.0:
+            raise ConfigError(f"model.phone_ctc_weight must be in [0, 1) and model.inter_ctc_weight + "
+                              f"model.phone_ctc_weight < 1 (are {self.phone_ctc_weight}, {self.inter_ctc_weight})")
+        if not 0 <= self.phone_ctc_layer <= self.num_layers:
+            raise ConfigError(f"model.phone_ctc_layer must be 0 (the middle layer) or 1..model.num_layers="
+                              f"{self.num_layers} (is {self.phone_ctc_layer})")
         if self.rnn_impl not in ("flip", "packed"):
             raise ConfigError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
         if self.proj < 0 or self.conv_channels < 1 or self.attention_heads < 1:
@@ -192,14 +209,32 @@ class AcousticModel(nn.Module):
         logits = self.output(self.dropout(x)).float()
         return logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
 
+    @property
+    def phone_layer(self) -> int:
+        """Index (0-based) of the recurrent layer the phone head reads (``model.phone_ctc_layer``)."""
+        return self.cfg.phone_ctc_layer - 1 if self.cfg.phone_ctc_layer else self.inter_layer
+
+    @property
+    def layer_dim(self) -> int:
+        """Width of each recurrent layer's output (after its projection)."""
+        return self.cfg.proj or self.cfg.hidden * (2 if self.cfg.bidirectional else 1)
+
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
-        log_probs, lens, _ = self.forward_with_intermediate(feats, feat_lens)
-        return log_probs, lens
+        out = self.forward_outputs(feats, feat_lens)
+        return out.log_probs, out.lens
 
     def forward_with_intermediate(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Like :meth:`forward`, plus the middle layer's CTC log-probs when
         ``inter_ctc_weight > 0`` (Lee & Watanabe 2021: the same output layer applied to an
         intermediate layer, as an auxiliary loss that regularises the lower layers)."""
+        out = self.forward_outputs(feats, feat_lens)
+        return out.log_probs, out.lens, out.inter
+
+    def forward_outputs(self, feats: Tensor, feat_lens: Tensor, tap: int | None = None) -> ModelOutputs:
+        """The final log-probs and lengths; the intermediate CTC log-probs (training mode with
+        ``inter_ctc_weight > 0``); and, when ``tap`` is a layer index, that recurrent layer's
+        output, zero past each length (what a training-only head such as the phone CTC head
+        reads: it is not part of this module, so model packages never hold it)."""
         assert feats.ndim == 3, f"expected (N, T, F) features, got {tuple(feats.shape)}"
         feat_lens = feat_lens.to(feats.device)
         x = self.cmvn(feats, feat_lens)
@@ -213,17 +248,19 @@ class AcousticModel(nn.Module):
             x = self.spec_augment(x, feat_lens)
         x, lens = self.frontend(x, feat_lens)
         mask = length_mask(lens, x.shape[1])
-        inter = None
+        inter = tapped = None
         for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
             if i > 0:
                 x = self.dropout(x)
             x = proj(norm(rnn(x, lens)))
             if self.training and self.cfg.inter_ctc_weight > 0 and i == self.inter_layer:
                 inter = self._log_probs(x, mask)
+            if i == tap:
+                tapped = x * mask.unsqueeze(-1).to(x.dtype)
         if self.attn is not None:
             a, _ = self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)
             x = self.attn_norm(x + self.dropout(a))
-        return self._log_probs(x, mask), lens, inter
+        return ModelOutputs(self._log_probs(x, mask), lens, mask, inter, tapped)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

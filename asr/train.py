@@ -15,7 +15,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -23,11 +25,14 @@ import torch.nn.functional as F
 import yaml
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from asr.callbacks import AtomicCheckpointIO, EpochSummary, SamplerEpoch, SkippedItems
 from asr.config import ConfigError, ExperimentConfig, to_dict
 from asr.data.dataset import Batch, WaveBatch, wave_batch_features
+from asr.data.lexicon import LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import Utterance
 from asr.data.shards import ShardError, open_shard_set, read_texts
 from asr.datamodule import CTCDataModule, read_manifest_or_fail
@@ -99,11 +104,19 @@ def quiet_lightning() -> None:
                             category=FutureWarning)
 
 
+class Losses(NamedTuple):
+    loss: torch.Tensor  # what training optimises (validation: the final layer's CTC loss)
+    log_probs: torch.Tensor  # (N, T', V) final layer
+    out_lens: torch.Tensor  # (N,)
+    phone: torch.Tensor | None  # phone CTC loss, mean over phone_n utterances (None: no phone head)
+    phone_n: int  # utterances with phone targets in the batch
+
+
 class CTCModule(pl.LightningModule):
     """CTC loss, AdamW with warm-up + decay, corpus-level greedy WER/CER on the dev set."""
 
     def __init__(self, model: AcousticModel, tokenizer: Tokenizer, cfg: ExperimentConfig,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, phones: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -113,9 +126,21 @@ class CTCModule(pl.LightningModule):
         hparams = {"config": to_dict(cfg), "tokenizer": tokenizer.to_dict()}
         if run_id is not None:
             hparams["run_id"] = run_id
+        if phones:
+            hparams["phones"] = list(phones)
         self.save_hyperparameters(hparams)
         self.val_wer = WordErrorRate()  # corpus-level, synced across DDP ranks
         self.val_cer = CharErrorRate()
+        # The auxiliary phone CTC head (model.phone_ctc_weight > 0): a linear layer on one
+        # recurrent layer's output to the phones + blank (id 0). It lives here, not in the
+        # AcousticModel, so checkpoints hold it (resume) but model packages, which take the
+        # "model." weights only, never do: decoding is unchanged.
+        self.phone_head: nn.Linear | None = None
+        if cfg.model.phone_ctc_weight > 0:
+            assert phones, "model.phone_ctc_weight > 0 needs the phone inventory"
+            self.phone_head = nn.Linear(model.layer_dim, len(phones) + 1)
+            self.phone_dropout = nn.Dropout(cfg.model.dropout)
+            self.val_phone = MeanMetric()  # mean over dev utterances with phone targets, synced
         self.skipped_steps = 0
         self.epoch_steps = self.epoch_nonfinite = self.consecutive_nonfinite = 0
         # Log-mel extractors for data.features_on_device, one per device; a plain dict, not a
@@ -145,25 +170,58 @@ class CTCModule(pl.LightningModule):
             zero_infinity=True,
         ) / len(batch.ids)
 
-    def ctc_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The CTC loss to optimise (per utterance) and the final layer's log-probs.
+    def phone_ctc(self, hidden: torch.Tensor, mask: torch.Tensor, out_lens: torch.Tensor,
+                  batch: Batch) -> tuple[torch.Tensor, int]:
+        """Phone CTC loss (mean over the utterances with phone targets) of the phone head on
+        ``hidden`` (N, T', D), and how many utterances it averages (0: the loss is a zero
+        that still reaches the head, so every DDP rank's backward sees its parameters)."""
+        assert self.phone_head is not None and batch.phones is not None and batch.phone_lens is not None
+        logits = self.phone_head(self.phone_dropout(hidden)).float()
+        log_probs = logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
+        valid = batch.phone_lens > 0
+        n = int(valid.sum())
+        if n == 0:
+            return log_probs.sum() * 0.0, 0
+        per_utt = F.ctc_loss(log_probs.transpose(0, 1), batch.phones, out_lens, batch.phone_lens, blank=0,
+                             reduction="none", zero_infinity=True)
+        return torch.where(valid, per_utt, torch.zeros_like(per_utt)).sum() / n, n
 
-        With ``model.inter_ctc_weight = w > 0`` the loss is ``(1 - w) * final + w * middle``
-        in training; validation reports the final layer's loss alone, so dev losses stay
-        comparable across configurations.
+    def losses(self, batch: Batch) -> Losses:
+        """The CTC loss to optimise (per utterance), the final layer's log-probs, and the
+        phone CTC loss with the number of utterances it averages (None, 0 without the head).
+
+        In training, with ``model.inter_ctc_weight = wi`` and ``model.phone_ctc_weight = wp``
+        (each 0 = off), the loss is ``(1 - wi - wp) * final + wi * middle + wp * phone``; with
+        the phone head alone that is ``(1 - w) * final + w * phone``, the form the
+        intermediate CTC loss has. Validation reports the final layer's loss alone, so dev
+        losses stay comparable across configurations (the phone loss is logged apart).
         """
-        log_probs, out_lens, inter = self.model.forward_with_intermediate(batch.feats, batch.feat_lens)
-        loss = self._ctc(log_probs, out_lens, batch)
-        if inter is not None:  # only computed in training mode
-            w = self.model.cfg.inter_ctc_weight
-            loss = (1 - w) * loss + w * self._ctc(inter, out_lens, batch)
-        return loss, log_probs, out_lens
+        tap = self.model.phone_layer if self.phone_head is not None else None
+        out = self.model.forward_outputs(batch.feats, batch.feat_lens, tap=tap)
+        final = self._ctc(out.log_probs, out.lens, batch)
+        aux: list[tuple[float, torch.Tensor]] = []  # (weight, loss) of the auxiliary losses
+        if out.inter is not None:  # only computed in training mode
+            aux.append((self.model.cfg.inter_ctc_weight, self._ctc(out.inter, out.lens, batch)))
+        phone, n = None, 0
+        if out.tapped is not None:
+            phone, n = self.phone_ctc(out.tapped, out.mask, out.lens, batch)
+            if self.training:
+                aux.append((self.model.cfg.phone_ctc_weight, phone))
+        loss = final
+        if aux:
+            loss = (1 - sum(w for w, _ in aux)) * final + sum(w * x for w, x in aux)
+        return Losses(loss, out.log_probs, out.lens, phone, n)
+
+    def ctc_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first three of :meth:`losses`: the loss to optimise, log-probs and lengths."""
+        out = self.losses(batch)
+        return out.loss, out.log_probs, out.out_lens
 
     def _skip_step(self):
         if self.trainer.world_size == 1:
             return None  # Lightning skips the optimiser step
         # Under DDP every rank must step together: contribute zero gradients instead.
-        return sum(p.sum() for p in self.model.parameters()) * 0.0
+        return sum(p.sum() for p in self.parameters()) * 0.0
 
     def on_train_epoch_start(self) -> None:
         self.epoch_steps = self.epoch_nonfinite = 0
@@ -172,7 +230,8 @@ class CTCModule(pl.LightningModule):
         if not batch.ids:  # every utterance of the batch was unreadable (counted by SkippedItems)
             return self._skip_step()
         self.epoch_steps += 1
-        loss, _, _ = self.ctc_loss(batch)
+        out = self.losses(batch)
+        loss = out.loss
         if not torch.isfinite(loss):
             self.skipped_steps += 1
             self.epoch_nonfinite += 1
@@ -185,6 +244,8 @@ class CTCModule(pl.LightningModule):
             return self._skip_step()
         self.consecutive_nonfinite = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
+        if out.phone_n:
+            self.log("train/phone_ctc", out.phone, batch_size=out.phone_n)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -196,7 +257,9 @@ class CTCModule(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if not batch.ids:
             return
-        loss, log_probs, out_lens = self.ctc_loss(batch)
+        loss, log_probs, out_lens, phone, phone_n = self.losses(batch)
+        if self.phone_head is not None:
+            self.val_phone.update(phone.detach(), phone_n)
         hyps = [h.text for h in greedy_decode(log_probs, out_lens, self.tokenizer)]
         refs = [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(batch.targets, batch.target_lens)]
         self.val_wer.update(hyps, refs)
@@ -208,10 +271,15 @@ class CTCModule(pl.LightningModule):
         self.log("val_cer", self.val_cer.compute(), prog_bar=True, sync_dist=False)
         self.val_wer.reset()
         self.val_cer.reset()
+        if self.phone_head is not None:
+            value = self.val_phone.compute()
+            if torch.isfinite(value):  # nan when no dev utterance had phone targets
+                self.log("val/phone_ctc", value, sync_dist=False)
+            self.val_phone.reset()
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         factor = functools.partial(lr_factor, warmup=o.warmup_steps, total=total, schedule=o.schedule,
                                    min_lr_ratio=o.min_lr_ratio)
@@ -250,6 +318,23 @@ def _train_texts(cfg: ExperimentConfig, manifests: dict[str, list[Utterance]]) -
     return texts
 
 
+def build_phone_map(cfg: ExperimentConfig, train_texts: list[str]) -> PhoneMap:
+    """The phone targets' map for ``model.phone_ctc_weight``: ``data.lexicon``'s pronunciations
+    of the training transcripts' words (only those are looked up), stress stripped."""
+    try:
+        lexicon = read_lexicon(cfg.data.lexicon)
+    except LexiconError as e:
+        raise ConfigError(str(e)) from None
+    phone_map, cov = PhoneMap.build(lexicon, train_texts)
+    if not phone_map.num_phones:
+        raise ConfigError(f"{cfg.data.lexicon}: none of the training transcripts' words is in the lexicon")
+    log.info("phone targets: %s", cov.summary("training utterances"))
+    log.info("phones: %d (stress stripped) from the pronunciations of %d training words; layer %d of %d feeds "
+             "the phone CTC head, weight %g", phone_map.num_phones, len(phone_map.prons),
+             cfg.model.phone_ctc_layer or (cfg.model.num_layers + 1) // 2, cfg.model.num_layers,
+             cfg.model.phone_ctc_weight)
+    return phone_map
+
 
 def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json).
@@ -285,20 +370,27 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         tokenizer = Tokenizer.from_dict(json.loads(tok_path.read_text()))
     else:
         tokenizer = build_tokenizer(cfg, _train_texts(cfg, manifests))
+    phone_map = None
+    if cfg.model.phone_ctc_weight > 0:
+        phone_map = build_phone_map(cfg, _train_texts(cfg, manifests))
+        stored = hp.get("phones")
+        if resumed is not None and stored is not None and list(stored) != list(phone_map.phones):
+            raise ConfigError(f"data.lexicon: {cfg.data.lexicon} now gives {phone_map.num_phones} phones for the "
+                              f"training words, the checkpoint resumed was trained on {len(stored)} other ones")
     if lead:
         atomic_write_text(tok_path, json.dumps(tokenizer.to_dict()))
         atomic_write_text(exp / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     rid = run_id(exp, resumed, lead)
 
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
-    dm = CTCDataModule(cfg, tokenizer, model, manifests)
+    dm = CTCDataModule(cfg, tokenizer, model, manifests, phone_map=phone_map)
     dm.precompute()
     model.cmvn.set_stats(*dm.cmvn_stats())
     log.info("model: %.2f M parameters, vocabulary %d, output frame %.0f ms", model.num_parameters() / 1e6,
              tokenizer.vocab_size, cfg.features.frame_shift * model.subsampling * 1000)
 
     checkpoint_io = AtomicCheckpointIO()
-    module = CTCModule(model, tokenizer, cfg, run_id=rid)
+    module = CTCModule(model, tokenizer, cfg, run_id=rid, phones=phone_map.phones if phone_map else ())
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
                         mode="min", save_top_k=cfg.trainer.save_top_k, auto_insert_metric_name=False),

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from asr.audio import AudioError, load_audio
+from asr.data.lexicon import Coverage, PhoneMap
 from asr.data.manifest import Utterance, duration_mismatch
 from asr.features import FeatureConfig, LogMel, num_frames
 from asr.text import Tokenizer
@@ -48,6 +49,10 @@ class Batch(NamedTuple):
     # (id, reason) of items dropped because their audio could not be read. Collected here
     # (in the DataLoader worker) so the main process can count them with num_workers > 0.
     skipped: tuple[tuple[str, str], ...] = ()
+    # Phone CTC targets (model.phone_ctc_weight > 0 only; None otherwise): (N, P) long padded
+    # with 0, and (N,) lengths, 0 for an utterance without phone targets (masked out of the loss).
+    phones: Tensor | None = None
+    phone_lens: Tensor | None = None
 
 
 class WaveBatch(NamedTuple):
@@ -59,6 +64,8 @@ class WaveBatch(NamedTuple):
     target_lens: Tensor  # (N,) long
     ids: list[str]
     skipped: tuple[tuple[str, str], ...] = ()
+    phones: Tensor | None = None  # as in Batch
+    phone_lens: Tensor | None = None
 
 
 class Unreadable(NamedTuple):
@@ -150,6 +157,27 @@ def filter_utterances(
     return keep, targets, skipped
 
 
+def phone_targets(
+    utts: Sequence[Utterance],
+    phone_map: PhoneMap,
+    feature_cfg: FeatureConfig,
+    out_lengths: Callable[[Tensor], Tensor],
+    max_speed: float = 1.0,
+) -> tuple[list[list[int]], Coverage, int]:
+    """Phone ids of each utterance (``[]``: none, masked out of the phone loss), the
+    coverage, and how many covered utterances are too short for CTC to emit their phones
+    (also ``[]``: ``zero_infinity`` would train them on a zero loss, diluting the mean)."""
+    outs = output_frames([u.duration for u in utts], feature_cfg, out_lengths, speed=max_speed)
+    cov = phone_map.coverage([u.text for u in utts])
+    seqs, short = [], 0
+    for u, out in zip(utts, outs, strict=True):
+        ids = phone_map.encode(u.text) or []
+        if ids and out < ctc_min_frames(ids):
+            ids, short = [], short + 1
+        seqs.append(ids)
+    return seqs, cov, short
+
+
 class Ragged:
     """Token-id sequences in one flat array plus offsets; item ``i`` is a (L,) long tensor.
 
@@ -206,11 +234,16 @@ class FeatureDataset(Dataset):
         cache: bool = True,
         speed_perturb: Sequence[float] = (),
         waveforms: bool = False,
+        phones: Sequence[Sequence[int]] | None = None,
     ) -> None:
         assert len(utts) == len(targets)
+        assert phones is None or len(phones) == len(utts)
         assert not (cache and waveforms), "waveform items are for the cache-less path"
         self.utts = list(utts)
         self.targets = Ragged(targets)
+        # Phone CTC targets (empty = none), items then carry them as a 4th element; the same
+        # for every speed-perturbed version of an utterance.
+        self.phones = Ragged(phones) if phones is not None else None
         self.feature_cfg = feature_cfg
         self.logmel = LogMel(feature_cfg)
         self.cache: dict[tuple[int, float], Tensor] | None = {} if cache else None
@@ -269,13 +302,14 @@ class FeatureDataset(Dataset):
         # torch's generator: seeded by Lightning, and differently in each DataLoader worker.
         return self.factors[int(torch.randint(len(self.factors), ()))]
 
-    def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor] | Unreadable:
+    def __getitem__(self, i: int) -> tuple[str, Tensor, Tensor] | tuple[str, Tensor, Tensor, Tensor] | Unreadable:
         try:
-            if self.waveforms:
-                return self.utts[i].id, self.waveform(i, self._random_factor()), self.targets[i]
-            return self.utts[i].id, self.features(i), self.targets[i]
+            x = self.waveform(i, self._random_factor()) if self.waveforms else self.features(i)
         except AudioError as e:  # a file unreadable since (or not checked before) training began
             return Unreadable(self.utts[i].id, f"unreadable: {e}")
+        if self.phones is not None:
+            return self.utts[i].id, x, self.targets[i], self.phones[i]
+        return self.utts[i].id, x, self.targets[i]
 
     def remove(self, indices: Iterable[int]) -> None:
         """Drop utterances ``indices`` (and their cached features); the others keep their data."""
@@ -286,6 +320,8 @@ class FeatureDataset(Dataset):
                 new_index[i] = len(new_index)
         self.utts = [u for i, u in enumerate(self.utts) if i not in gone]
         self.targets = self.targets.select([i for i in range(len(self.targets)) if i not in gone])
+        if self.phones is not None:
+            self.phones = self.phones.select([i for i in range(len(self.phones)) if i not in gone])
         if self.cache is not None:
             self.cache = {(new_index[i], f): v for (i, f), v in self.cache.items() if i in new_index}
 
@@ -334,7 +370,26 @@ def fill_cache(ds: FeatureDataset, num_workers: int = 0, progress=lambda it, tot
     return skipped
 
 
-def collate(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> Batch:
+Item = tuple[str, Tensor, Tensor] | tuple[str, Tensor, Tensor, Tensor]
+
+
+def pad(seqs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Sequences (L_i, ...) -> zero-padded (N, max L, ...) and lengths (N,) long."""
+    lens = torch.tensor([x.shape[0] for x in seqs], dtype=torch.long)
+    out = seqs[0].new_zeros((len(seqs), int(lens.max()), *seqs[0].shape[1:]))
+    for i, x in enumerate(seqs):
+        out[i, : x.shape[0]] = x
+    return out, lens
+
+
+def _phones(items: Sequence[Item]) -> tuple[Tensor | None, Tensor | None]:
+    """Padded phone targets of items that carry them (4-tuples), else (None, None)."""
+    if len(items[0]) < 4:
+        return None, None
+    return pad([it[3] for it in items])
+
+
+def collate(items: Sequence[Item | Unreadable]) -> Batch:
     """Pad items into a :class:`Batch`; :class:`Unreadable` items are left out and listed in
     ``Batch.skipped``. A batch with no readable item has ``ids == []`` (callers skip it)."""
     skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
@@ -342,32 +397,21 @@ def collate(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> Batch:
     if not items:
         empty = torch.zeros(0, dtype=torch.long)
         return Batch(torch.zeros(0, 0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
-    ids = [it[0] for it in items]
-    feat_lens = torch.tensor([it[1].shape[0] for it in items], dtype=torch.long)
-    target_lens = torch.tensor([it[2].shape[0] for it in items], dtype=torch.long)
-    feats = torch.zeros(len(items), int(feat_lens.max()), items[0][1].shape[1])
-    targets = torch.zeros(len(items), int(target_lens.max()), dtype=torch.long)
-    for i, (_, f, t) in enumerate(items):
-        feats[i, : f.shape[0]] = f
-        targets[i, : t.shape[0]] = t
-    return Batch(feats, feat_lens, targets, target_lens, ids, skipped)
+    feats, feat_lens = pad([it[1] for it in items])
+    targets, target_lens = pad([it[2] for it in items])
+    return Batch(feats, feat_lens, targets, target_lens, [it[0] for it in items], skipped, *_phones(items))
 
 
-def collate_waves(items: Sequence[tuple[str, Tensor, Tensor] | Unreadable]) -> WaveBatch:
+def collate_waves(items: Sequence[Item | Unreadable]) -> WaveBatch:
     """:func:`collate` for waveform items (``FeatureDataset(waveforms=True)``): a :class:`WaveBatch`."""
     skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
     items = [it for it in items if not isinstance(it, Unreadable)]
     if not items:
         empty = torch.zeros(0, dtype=torch.long)
         return WaveBatch(torch.zeros(0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
-    wave_lens = torch.tensor([it[1].shape[0] for it in items], dtype=torch.long)
-    target_lens = torch.tensor([it[2].shape[0] for it in items], dtype=torch.long)
-    waves = torch.zeros(len(items), int(wave_lens.max()))
-    targets = torch.zeros(len(items), int(target_lens.max()), dtype=torch.long)
-    for i, (_, w, t) in enumerate(items):
-        waves[i, : w.shape[0]] = w
-        targets[i, : t.shape[0]] = t
-    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in items], skipped)
+    waves, wave_lens = pad([it[1] for it in items])
+    targets, target_lens = pad([it[2] for it in items])
+    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in items], skipped, *_phones(items))
 
 
 @torch.no_grad()
@@ -379,14 +423,15 @@ def wave_batch_features(batch: WaveBatch, logmel: LogMel) -> Batch:
     if not batch.ids:
         empty = batch.wave_lens
         return Batch(batch.waves.new_zeros(0, 0, logmel.cfg.n_mels), empty, batch.targets, batch.target_lens,
-                     [], batch.skipped)
+                     [], batch.skipped, batch.phones, batch.phone_lens)
     feats, feat_lens = logmel(batch.waves, batch.wave_lens)
     # Trim to the longest utterance's frames: what collate pads to (the padded tail of the
     # waveform batch can add a frame that no utterance has).
     feats = feats[:, : int(feat_lens.max())]
     finite = torch.isfinite(feats).flatten(1).all(1).tolist()
     if all(finite):
-        return Batch(feats, feat_lens, batch.targets, batch.target_lens, list(batch.ids), batch.skipped)
+        return Batch(feats, feat_lens, batch.targets, batch.target_lens, list(batch.ids), batch.skipped,
+                     batch.phones, batch.phone_lens)
     keep = torch.tensor([i for i, ok in enumerate(finite) if ok], dtype=torch.long, device=feats.device)
     bad = tuple((uid, "unreadable: features are not finite (sample values of absurd magnitude?)")
                 for uid, ok in zip(batch.ids, finite) if not ok)
@@ -397,4 +442,8 @@ def wave_batch_features(batch: WaveBatch, logmel: LogMel) -> Batch:
     feat_lens, target_lens = feat_lens[keep], batch.target_lens[keep]
     feats = feats[keep][:, : int(feat_lens.max())]
     targets = batch.targets[keep][:, : int(target_lens.max())]
-    return Batch(feats, feat_lens, targets, target_lens, ids, batch.skipped + bad)
+    phones = phone_lens = None
+    if batch.phones is not None:
+        phone_lens = batch.phone_lens[keep]
+        phones = batch.phones[keep][:, : int(phone_lens.max())]
+    return Batch(feats, feat_lens, targets, target_lens, ids, batch.skipped + bad, phones, phone_lens)

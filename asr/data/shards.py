@@ -56,7 +56,8 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from asr.audio import MAX_SAMPLE_MAGNITUDE, AudioError, resample
-from asr.data.dataset import Batch, Unreadable, collate, filter_utterances
+from asr.data.dataset import Batch, Item, Unreadable, collate, filter_utterances, phone_targets
+from asr.data.lexicon import PhoneMap
 from asr.data.manifest import Utterance, duration_mismatch
 from asr.data.sampler import per_batch
 from asr.features import FeatureConfig, LogMel
@@ -334,8 +335,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, plan: EpochPlan, rank: int, tokenizer: Tokenizer, feature_cfg: FeatureConfig,
                  out_lengths: Callable[[Tensor], Tensor], speed_perturb: Sequence[float] = (),
-                 shuffle_buffer: int = 1000, seed: int = 0) -> None:
+                 shuffle_buffer: int = 1000, seed: int = 0, phone_map: PhoneMap | None = None) -> None:
         self.plan = plan
+        self.phone_map = phone_map  # items carry phone targets too (model.phone_ctc_weight)
         self.rank = rank
         self.tokenizer = tokenizer
         self.feature_cfg = feature_cfg
@@ -383,7 +385,7 @@ class ShardStream(IterableDataset):
             for utt_id, d in expected.items():
                 yield utt_id, d, None, f"unreadable: {sh.url}: {why}"
 
-    def _example(self, sample: dict, rng: random.Random) -> tuple[str, Tensor, Tensor] | Unreadable:
+    def _example(self, sample: dict, rng: random.Random) -> Item | Unreadable:
         meta = json.loads(sample["json"])
         utt_id, ext = meta["id"], str(meta.get("audio_ext", ""))
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}.{ext}"
@@ -406,6 +408,9 @@ class ShardStream(IterableDataset):
                 raise AudioError(name, "features are not finite (sample values of absurd magnitude?)")
         except AudioError as e:
             return Unreadable(utt_id, f"unreadable: {e}")
+        if self.phone_map is not None:
+            phones, _, _ = phone_targets([utt], self.phone_map, self.feature_cfg, self.out_lengths, max(self.factors))
+            return utt_id, feats, torch.tensor(targets[0], dtype=torch.long), torch.tensor(phones[0], dtype=torch.long)
         return utt_id, feats, torch.tensor(targets[0], dtype=torch.long)
 
     def _natural(self, slot: int, rng: random.Random) -> Iterator[list]:

@@ -229,13 +229,13 @@ def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypat
     from asr.train import CTCModule, DivergedError, train
 
     make_corpus(tmp_path)
-    real = CTCModule.ctc_loss
+    real = CTCModule.losses
 
     def poisoned(self, batch):
-        loss, lp, lens = real(self, batch)
-        return (loss * float("nan") if self.training else loss), lp, lens
+        out = real(self, batch)
+        return out._replace(loss=out.loss * float("nan")) if self.training else out
 
-    monkeypatch.setattr(CTCModule, "ctc_loss", poisoned)
+    monkeypatch.setattr(CTCModule, "losses", poisoned)
     with pytest.raises(DivergedError, match=f"{STEPS_PER_EPOCH} of {STEPS_PER_EPOCH} steps of epoch 0"):
         train(_in_process_cfg(tmp_path, "trainer.max_epochs=3"))
     assert (tmp_path / "exp" / "skipped.jsonl").exists()
