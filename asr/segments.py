@@ -178,7 +178,8 @@ def _plan(
     """The windows of one segment and how they were cut (see :mod:`asr.windows`)."""
     if segment == "pauses" and duration > chunk_seconds:
         pauses = find_pauses(seg.path, package.sample_rate, duration, seg.offset)
-        plan, method = plan_pause_windows(duration, pauses, chunk_seconds, overlap_seconds)
+        plan, method = plan_pause_windows(duration, pauses, chunk_seconds, overlap_seconds,
+                                          grid=package.frame_shift)
     else:
         plan = plan_windows(duration, chunk_seconds, overlap_seconds)
         method = "single" if len(plan) == 1 else "fixed"

@@ -133,6 +133,7 @@ def plan_pause_windows(
     pauses: list[tuple[float, float]],
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    grid: float = 0.0,
 ) -> tuple[list[Window], str]:
     """Windows cut in the middle of pauses, each at most ``chunk_seconds`` long, and the method used.
 
@@ -140,7 +141,9 @@ def plan_pause_windows(
     ``chunk_seconds`` (so windows are as long as allowed, and few). Pause windows read
     exactly what they own: the cut is in silence, so no context is needed. Where no pause
     lies within ``chunk_seconds``, the stretch up to the next pause (or the end) is covered
-    by :func:`plan_windows` with ``overlap_seconds``.
+    by :func:`plan_windows` with ``overlap_seconds``. With ``grid`` (the model's frame shift)
+    each cut is moved to the nearest multiple of it (well inside the pause), so word times
+    come out exactly as from decoding the whole file at once.
 
     Returns:
         (windows, method): method is ``"single"`` (no cut needed), ``"pauses"``, ``"fixed"``
@@ -150,7 +153,10 @@ def plan_pause_windows(
         raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
     if duration <= chunk_seconds:
         return [(0.0, None, 0.0, math.inf)], "single"
-    cuts = sorted((s + e) / 2 for s, e in pauses if 0.0 < (s + e) / 2 < duration)
+    mids = ((s + e) / 2 for s, e in pauses)
+    if grid > 0:
+        mids = (round(round(m / grid) * grid, 6) for m in mids)
+    cuts = sorted(c for c in mids if 0.0 < c < duration)
     windows: list[Window] = []
     used: set[str] = set()
     pos = 0.0
