@@ -13,9 +13,10 @@ from asr.engine import LogProgress, progress_bar
 
 @pytest.fixture(autouse=True)
 def _propagate(monkeypatch):
-    """asr.log.setup (run by any earlier CLI test) stops "asr" records at its own handler;
-    let them reach caplog's."""
+    """asr.log.setup (run by any earlier CLI test) sends "asr" records to its own handler,
+    on that test's (since closed) captured stderr; let them reach caplog's instead."""
     monkeypatch.setattr(logging.getLogger("asr"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("asr"), "handlers", [])
 
 
 def test_redirected_stderr_gets_plain_progress_lines(caplog, capsys):
