@@ -12,6 +12,7 @@ engine (batch forward, decoders, threads, progress) is :mod:`asr.engine`.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -40,6 +41,8 @@ from asr.engine import (
 from asr.package import ModelPackage, load_package
 from asr.parallel import transcribe_segments_parallel, worker_devices
 from asr.segments import Segment, transcribe_segments
+
+log = logging.getLogger(__name__)
 
 
 def emissions(
@@ -88,8 +91,8 @@ def emissions_for_manifest(
     Audio is read batch by batch (batches planned from the manifest durations), so memory
     holds one batch of audio plus the emissions. An utterance whose audio cannot be read
     is not dropped (nor one whose emissions are not finite): it gets an empty (0, V) emission, which every decoder turns into an
-    empty hypothesis; its id and reason are added to ``failed`` (when given) and printed
-    to stderr.
+    empty hypothesis; its id and reason are added to ``failed`` (when given) and logged
+    as a warning.
 
     Returns:
         (emissions [(T'_i, V)], utterances) in manifest order.
@@ -112,15 +115,14 @@ def emissions_for_manifest(
                 except AudioError as e:
                     if failed is not None:
                         failed[u.id] = str(e)
-                    print(f"warning: utterance {u.id}: {e}; scored as an empty hypothesis", file=sys.stderr)
+                    log.warning("utterance %s: %s; scored as an empty hypothesis", u.id, e)
                     out[i] = torch.zeros(0, vocab)
             for i, e in zip(good, forward_batch(package, waves)):
                 if not bool(torch.isfinite(e).all()):
                     u = utts[i]
                     if failed is not None:
                         failed[u.id] = f"{u.audio}: {NON_FINITE}"
-                    print(f"warning: utterance {u.id}: {u.audio}: {NON_FINITE}; scored as an empty hypothesis",
-                          file=sys.stderr)
+                    log.warning("utterance %s: %s: %s; scored as an empty hypothesis", u.id, u.audio, NON_FINITE)
                     e = torch.zeros(0, vocab)
                 out[i] = e
             bar.advance(task, sum(utts[i].duration for i in batch))

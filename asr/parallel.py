@@ -106,6 +106,7 @@ def transcribe_segments_parallel(
     progress: bool = False,
     description: str | None = None,
     on_result: Callable[[int, SegmentResult], None] | None = None,
+    segment: str = "fixed",
 ) -> list[SegmentResult]:
     """:func:`transcribe_segments` on several devices: one spawned process per entry of
     ``devices`` (e.g. from :func:`worker_devices`), each loading the package there and
@@ -129,7 +130,7 @@ def transcribe_segments_parallel(
     cpu_workers = sum(1 for d in devices if torch.device(d).type == "cpu")
     threads = max(1, (num_threads or default_threads()) // cpu_workers) if cpu_workers else None
     options = {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds, "batch_size": batch_size,
-               "max_batch_seconds": max_batch_seconds}
+               "max_batch_seconds": max_batch_seconds, "segment": segment}
     ctx = multiprocessing.get_context("spawn")  # CUDA and torch's thread pools do not survive fork
     results: list[SegmentResult | None] = [None] * n
     queue = ctx.Queue()

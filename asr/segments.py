@@ -8,7 +8,7 @@ start time. Inputs of all segments are batched together by length.
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,9 @@ from asr.engine import (
     progress_bar,
 )
 from asr.package import ModelPackage
+from asr.windows import SEGMENT_METHODS, find_pauses, plan_pause_windows, plan_windows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class SegmentResult:
     words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
     duration: float = 0.0  # seconds of audio in the segment (0 when unreadable)
     error: str | None = None  # why it could not be transcribed (without the path), else None
+    segmentation: str = "single"  # how it was cut: single, pauses, fixed, pauses+fixed (asr.windows)
 
 
 @dataclass(frozen=True)
@@ -63,33 +67,6 @@ class _Piece:
     own_end: float
 
 
-def plan_windows(
-    duration: float, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
-) -> list[tuple[float, float | None, float, float]]:
-    """Windows over a file of ``duration`` seconds: [(offset, read_seconds | None, own_start, own_end)].
-
-    Window k owns [k * chunk, (k + 1) * chunk) and reads ``overlap_seconds`` more on each
-    side (clipped to the file). The owned regions tile [0, inf) exactly: the first starts at
-    0, the last is open-ended, so every word start falls in exactly one of them.
-    """
-    if chunk_seconds <= 0 or overlap_seconds < 0:
-        raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
-    if duration <= chunk_seconds:
-        return [(0.0, None, 0.0, math.inf)]
-    out = []
-    for k in range(math.ceil(duration / chunk_seconds)):
-        own_start = k * chunk_seconds
-        start = max(0.0, own_start - overlap_seconds)
-        stop = own_start + chunk_seconds + overlap_seconds
-        if stop >= duration:
-            # This window reads to the end of the file (None: no header rounding can cut the
-            # last samples), so it also owns the rest; a further window would add nothing.
-            out.append((start, None, own_start, math.inf))
-            break
-        out.append((start, stop - start, own_start, own_start + chunk_seconds))
-    return out
-
-
 def transcribe_segments(
     package: ModelPackage,
     decode: Callable[[Tensor, Tensor], list[Hypothesis]],
@@ -101,11 +78,14 @@ def transcribe_segments(
     progress: bool = False,
     description: str | None = None,
     on_result: Callable[[int, SegmentResult], None] | None = None,
+    segment: str = "fixed",
 ) -> list[SegmentResult]:
     """Transcribe segments of audio files, each on its own (a bad one never stops the rest).
 
     Work is cut into *pieces*: a segment up to ``chunk_seconds`` long is one piece; a longer
-    one is read window by window (:func:`plan_windows`, never whole). Pieces of all segments
+    one is read window by window, never whole: cut at pauses (``segment="pauses"``,
+    :func:`asr.windows.plan_pause_windows`, falling back to fixed windows where there is no
+    pause) or in fixed overlapping windows (``"fixed"``, :func:`asr.windows.plan_windows`). Pieces of all segments
     are sorted by length and batched. Each window is decoded on its own, and a word is kept
     only from the window whose owned region contains the word's start time, so words at the
     seams are neither lost nor doubled, and memory stays flat in the segment length.
@@ -115,7 +95,10 @@ def transcribe_segments(
     ``on_result(index, result)`` is called once per segment, in segment order, as soon as it
     and every segment before it are finished.
     """
+    if segment not in SEGMENT_METHODS:
+        raise ValueError(f"segment must be one of {', '.join(SEGMENT_METHODS)} (is {segment!r})")
     n = len(segments)
+    methods = ["single"] * n
     results: list[SegmentResult | None] = [None] * n
     durations = [0.0] * n
     errors: dict[int, str] = {}
@@ -127,10 +110,10 @@ def transcribe_segments(
     def finish(i: int) -> None:
         nonlocal next_out
         if i in errors:
-            results[i] = SegmentResult("", [], durations[i], errors[i])
+            results[i] = SegmentResult("", [], durations[i], errors[i], methods[i])
         else:
             ws = sorted(words[i], key=lambda w: (w[1], w[2]))
-            results[i] = SegmentResult(" ".join(w for w, _, _ in ws), ws, durations[i])
+            results[i] = SegmentResult(" ".join(w for w, _, _ in ws), ws, durations[i], None, methods[i])
         words[i] = []
         while next_out < n and results[next_out] is not None:
             if on_result is not None:
@@ -147,11 +130,12 @@ def transcribe_segments(
                 durations[i] = info.duration - seg.offset
             else:
                 durations[i] = seg.duration
+            plan, methods[i] = _plan(package, seg, durations[i], segment, chunk_seconds, overlap_seconds)
         except AudioError as e:
             errors[i] = e.reason
             finish(i)
             continue
-        for offset, dur, own_start, own_end in plan_windows(durations[i], chunk_seconds, overlap_seconds):
+        for offset, dur, own_start, own_end in plan:
             if dur is None and seg.duration is not None:
                 dur = seg.duration - offset  # the segment's end, not the file's
             seconds = (durations[i] - offset) if dur is None else dur
@@ -186,6 +170,22 @@ def transcribe_segments(
                     finish(p.item)
             bar.advance(task, sum(pieces[k].seconds for k in batch))
     return results  # type: ignore[return-value]
+
+
+def _plan(
+    package: ModelPackage, seg: Segment, duration: float, segment: str, chunk_seconds: float, overlap_seconds: float
+) -> tuple[list[tuple[float, float | None, float, float]], str]:
+    """The windows of one segment and how they were cut (see :mod:`asr.windows`)."""
+    if segment == "pauses" and duration > chunk_seconds:
+        pauses = find_pauses(seg.path, package.sample_rate, duration, seg.offset)
+        plan, method = plan_pause_windows(duration, pauses, chunk_seconds, overlap_seconds,
+                                          grid=package.frame_shift)
+    else:
+        plan = plan_windows(duration, chunk_seconds, overlap_seconds)
+        method = "single" if len(plan) == 1 else "fixed"
+    if len(plan) > 1:
+        log.debug("%s: %d windows (%s)", seg.path, len(plan), method)
+    return plan, method
 
 
 def _run_pieces(

@@ -46,7 +46,8 @@ from asr.engine import (
 )
 from asr.package import ModelPackage, load_package
 from asr.parallel import transcribe_segments_parallel, worker_devices
-from asr.segments import Segment, plan_windows, transcribe_segments
+from asr.segments import Segment, transcribe_segments
+from asr.windows import SEGMENT_METHODS, plan_windows
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 
@@ -73,6 +74,7 @@ class TranscriptionResult:
     words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
     duration: float = 0.0  # seconds of audio (from the header; 0 when unreadable)
     error: str | None = None  # why the file could not be transcribed, else None
+    segmentation: str = "single"  # how a long file was cut: pauses, fixed, pauses+fixed (asr.windows)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +113,7 @@ def transcribe(
     progress: bool = False,
     on_result: Callable[[TranscriptionResult], None] | None = None,
     devices: int = 1,
+    segment: str = "pauses",
 ) -> list[TranscriptionResult]:
     """Transcribe audio files (directories are walked, see :func:`find_audio_files`).
 
@@ -118,7 +121,9 @@ def transcribe(
         model: a package path or a loaded :class:`ModelPackage`.
         decoder, lm, beam_size, lm_weight, word_score, lexicon: see
             :func:`asr.engine.make_decoder`.
-        chunk_seconds, overlap_seconds: long-file windowing, see :func:`plan_windows`.
+        chunk_seconds, overlap_seconds: long-file windowing, see :mod:`asr.windows`.
+        segment: where files longer than ``chunk_seconds`` are cut: ``"pauses"`` (in the
+            silences, fixed windows only across stretches without one) or ``"fixed"``.
         on_result: called with each result in file order, as soon as the file and every
             file before it are finished.
         devices: worker processes (see :func:`asr.parallel.worker_devices`): ``device``
@@ -142,7 +147,7 @@ def transcribe(
     files = find_audio_files(paths)
 
     def to_result(i: int, r) -> TranscriptionResult:
-        return TranscriptionResult(str(files[i]), r.text, r.words, r.duration, r.error)
+        return TranscriptionResult(str(files[i]), r.text, r.words, r.duration, r.error, r.segmentation)
 
     def report(i: int, r) -> None:
         if on_result is not None:
@@ -153,7 +158,7 @@ def transcribe(
     if devices == 1:
         results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
                                       max_batch_seconds, progress=progress, description=description,
-                                      on_result=report)
+                                      on_result=report, segment=segment)
     else:
         path = package.info.get("path") if isinstance(model, ModelPackage) else model
         if not path:
@@ -163,7 +168,8 @@ def transcribe(
                    "lexicon": None if lexicon is None else str(lexicon)}
         results = transcribe_segments_parallel(
             path, segments, targets, options, None, chunk_seconds, overlap_seconds, batch_size,
-            max_batch_seconds, num_threads, progress=progress, description=description, on_result=report)
+            max_batch_seconds, num_threads, progress=progress, description=description, on_result=report,
+            segment=segment)
     return [to_result(i, r) for i, r in enumerate(results)]
 
 
@@ -191,6 +197,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="files longer than this are read in windows of this many seconds")
     parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                         help="context added on each side of a window")
+    parser.add_argument("--segment", choices=SEGMENT_METHODS, default="pauses",
+                        help="cut files longer than --chunk-seconds at pauses (fixed windows only where "
+                             "there is none) or in fixed overlapping windows (default pauses)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files/windows per batch at most")
     parser.add_argument("--threads", type=int,
                         help="CPU threads, shared by the workers (default: all cores, or OMP_NUM_THREADS)")
@@ -227,6 +236,15 @@ def _print_transcript(r: TranscriptionResult, header: bool) -> None:
     for cue in group_cues(r.words):
         print(f"[{format_timestamp(cue.start, '.')} --> {format_timestamp(cue.end, '.')}] {cue.text}")
     sys.stdout.flush()
+
+
+def _segmentation_summary(results: Sequence[TranscriptionResult]) -> str:
+    """How the long files were cut, e.g. "long files: 3 cut at pauses, 1 in fixed windows (no pause)"."""
+    names = {"pauses": "cut at pauses", "pauses+fixed": "at pauses and in fixed windows (a stretch without pause)",
+             "fixed": "in fixed windows"}
+    counts = {m: sum(1 for r in results if r.ok and r.segmentation == m) for m in names}
+    parts = [f"{k} {names[m]}" for m, k in counts.items() if k]
+    return "long files: " + ", ".join(parts) if parts else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -297,7 +315,7 @@ def _transcribe(
             lm_weight=args.lm_weight, word_score=args.word_score, lexicon=args.lexicon,
             chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
             batch_size=args.batch_size, num_threads=args.threads, progress=args.verbosity >= 0,
-            on_result=on_result, device=args.device, devices=args.devices,
+            on_result=on_result, device=args.device, devices=args.devices, segment=args.segment,
         )
     except DecoderError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -308,6 +326,9 @@ def _transcribe(
     rtf = f", RTF {wall / audio:.3f}" if audio > 0 else ""
     print(f"transcribed {len(results) - len(failed)}/{len(results)} file(s), {audio:.1f} s of audio in "
           f"{wall:.1f} s{rtf}" + (f"; outputs in {out_dir}" if out_dir is not None else ""), file=sys.stderr)
+    cut = _segmentation_summary(results)
+    if cut:
+        print(cut, file=sys.stderr)
     if failed:
         print(f"{len(failed)} file(s) failed:", file=sys.stderr)
         for r in failed:

@@ -294,13 +294,15 @@ def test_tone_model_reads_a_short_file(tmp_path):
         assert end == pytest.approx(t0 + len(want) * CHAR_SECONDS, abs=0.03)
 
 
+@pytest.mark.parametrize("segment", ["fixed", "pauses"])
 @pytest.mark.parametrize("decoder", ["greedy", "beam"])
-def test_long_file_windows_neither_lose_nor_duplicate_words_at_seams(long_file, decoder):
+def test_long_file_windows_neither_lose_nor_duplicate_words_at_seams(long_file, decoder, segment):
     path, words = long_file
     pkg = tone_package()
     (whole,) = transcribe(pkg, [path], decoder=decoder, chunk_seconds=1000.0)
     (chunked,) = transcribe(pkg, [path], decoder=decoder, chunk_seconds=10.0, overlap_seconds=2.0,
-                            batch_size=4)
+                            batch_size=4, segment=segment)
+    assert chunked.segmentation == segment
     expected = [w for w, _ in words]
     assert [w for w, _, _ in whole.words] == expected
     assert [w for w, _, _ in chunked.words] == expected
