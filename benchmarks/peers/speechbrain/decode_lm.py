@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, load_tuned_weights
-from asr.inference import decode_emissions
+from asr.engine import decode_emissions
 from asr.text import BLANK, CharTokenizer, Tokenizer
 
 
