@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from asr.decoding import (
 )
 from asr.files import atomic_write_text
 from asr.text import Tokenizer, normalize_text
+
+log = logging.getLogger(__name__)
 
 KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
 DEFAULT_LM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -123,7 +127,9 @@ def _read_texts(source: str | os.PathLike) -> Iterable[str]:
         return data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise LMError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
+        raise LMError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8"
+        ) from None
 
 
 def build_lm(
@@ -132,6 +138,7 @@ def build_lm(
     out_path: str | os.PathLike,
     kenlm_bin: str | os.PathLike | None = None,
     memory: str = "1G",
+    vocab_size: int | None = None,
 ) -> LMBuild:
     """Estimate a word n-gram LM with KenLM.
 
@@ -146,29 +153,47 @@ def build_lm(
             removed: tuned weights belong to the model they were tuned with.
         kenlm_bin: directory of ``lmplz``/``build_binary``; None: :func:`find_kenlm_bin`.
         memory: ``lmplz -S`` sorting memory (number + unit, or a percentage of RAM).
+        vocab_size: keep only the ``vocab_size`` most frequent words (ties: alphabetical),
+            through lmplz's own ``--limit_vocab_file``: n-grams holding another word are
+            pruned, while every sentence still counts towards the kept n-grams' statistics
+            (mapping the other words to ``<unk>`` first would instead invent n-grams like
+            "the <unk> of"). None: every word of the text.
 
     ``--discount_fallback`` is always passed: on small corpora the closed-form Kneser-Ney
     discounts are undefined, and on large ones the flag never triggers.
     """
     if order < 2:
         raise ValueError(f"order must be >= 2 (KenLM cannot load unigram models); got {order}")
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1 (is {vocab_size})")
     out = Path(out_path)
     if out.suffix not in (".arpa", ".bin"):
         raise ValueError(f"{out}: output must end in .arpa or .bin")
 
     if isinstance(text, (str, os.PathLike)):
-        sources: list[Iterable[str]] = [_read_texts(text)]
-        name = str(text)
+        named: list[tuple[str, Iterable[str]]] = [(str(text), _read_texts(text))]
     else:
         texts = list(text)
         if texts and all(isinstance(t, os.PathLike) for t in texts):
-            sources, name = [_read_texts(t) for t in texts], ", ".join(map(str, texts))
+            named = [(str(t), _read_texts(t)) for t in texts]
         else:
-            sources, name = [texts], "<texts>"
-    sentences = [s for src in sources for s in (normalize_text(line) for line in src) if s]
+            named = [("<texts>", texts)]
+    name = ", ".join(n for n, _ in named)
+    sentences: list[str] = []
+    for src_name, src in named:
+        kept = [s for s in (normalize_text(line) for line in src) if s]
+        log.info(
+            "lm text %s: %d sentences, %d words",
+            src_name,
+            len(kept),
+            sum(len(s.split()) for s in kept),
+        )
+        sentences += kept
     if not sentences:
         raise LMError(f"{name}: no text left after normalisation")
-    words = sum(len(s.split()) for s in sentences)
+    counts = Counter(w for s in sentences for w in s.split())
+    words = sum(counts.values())
+    limit = _vocabulary_limit(counts, vocab_size)
 
     tools = ("lmplz", "build_binary") if out.suffix == ".bin" else ("lmplz",)
     bin_dir = Path(kenlm_bin) if kenlm_bin is not None else find_kenlm_bin(tools)
@@ -195,6 +220,11 @@ def build_lm(
                 str(corpus),
                 "--arpa",
                 str(arpa),
+                *(
+                    ["--limit_vocab_file", str(_write_words(Path(tmp) / "limit.txt", limit))]
+                    if limit
+                    else []
+                ),
             ],
             "lmplz",
         )
@@ -209,6 +239,29 @@ def build_lm(
             os.replace(arpa, out)
     Path(str(out) + LM_TUNE_SUFFIX).unlink(missing_ok=True)
     return LMBuild(out, order, len(sentences), words, len(vocab))
+
+
+def _vocabulary_limit(counts: Counter[str], vocab_size: int | None) -> list[str] | None:
+    """The ``vocab_size`` most frequent words (ties alphabetical, so builds are repeatable),
+    or None when there is no cap or the text has no more words than that. Logs what the cap
+    leaves out: the share of running words that become out-of-vocabulary."""
+    if vocab_size is None or len(counts) <= vocab_size:
+        return None
+    kept = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size]
+    total = sum(counts.values())
+    covered = sum(counts[w] for w in kept)
+    log.info(
+        "lm vocabulary capped at %d of %d words: %.2f%% of the text's running words are outside it",
+        vocab_size,
+        len(counts),
+        100 * (total - covered) / total,
+    )
+    return kept
+
+
+def _write_words(path: Path, words: Sequence[str]) -> Path:
+    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +410,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--order", type=_order, default=3, help="n-gram order (default 3)")
     b.add_argument("--out", type=Path, required=True, help="output model: *.arpa or *.bin")
     b.add_argument("--memory", default="1G", help="lmplz sorting memory (default 1G)")
+    b.add_argument(
+        "--vocab-size",
+        type=int,
+        help="keep only the N most frequent words of all the text (default: every word)",
+    )
     b.add_argument("--kenlm-bin", type=Path, help="directory of lmplz/build_binary")
 
     t = sub.add_parser(
@@ -393,7 +451,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _run_build(args: argparse.Namespace) -> int:
     text: Any = args.text[0] if len(args.text) == 1 else list(args.text)
     try:
-        info = build_lm(text, args.order, args.out, kenlm_bin=args.kenlm_bin, memory=args.memory)
+        info = build_lm(
+            text,
+            args.order,
+            args.out,
+            kenlm_bin=args.kenlm_bin,
+            memory=args.memory,
+            vocab_size=args.vocab_size,
+        )
     except (LMError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -138,6 +138,39 @@ def test_build_binary_from_manifest_writes_vocab_and_drops_stale_tuning(tmp_path
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".lm-")] == []
 
 
+def test_vocabulary_limit_keeps_the_most_frequent_words_ties_alphabetical(caplog):
+    from collections import Counter
+
+    counts = Counter("b a c a b d".split())  # a 2, b 2, c 1, d 1
+    with caplog.at_level("INFO", logger="asr.lm"):
+        assert lm_mod._vocabulary_limit(counts, 3) == ["a", "b", "c"]
+    assert "capped at 3 of 4 words: 16.67%" in caplog.text
+    assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
+    assert lm_mod._vocabulary_limit(counts, None) is None
+
+
+@needs_kenlm
+def test_cli_build_from_texts_and_a_manifest_with_a_vocabulary_cap(tmp_path, capsys):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("The cat sat.\nthe dog sat\n", encoding="utf-8")
+    b.write_text("the cat ran\nA bird flew\n", encoding="utf-8")
+    manifest = tmp_path / "train.jsonl"
+    write_manifest(manifest, [Utterance("u1", "u1.wav", 1.0, "the cat", "spk", 16000)])
+    out = tmp_path / "lm.arpa"
+    argv = ["lm", "build", str(a), str(b), str(manifest), "--order", "2", "--out", str(out)]
+    assert main([*argv, "--vocab-size", "3"]) == 0
+    # the 4, cat 3, sat 2 (ran, dog, a, bird, flew: 1 each) are kept; the rest pruned.
+    assert sorted(lm_vocabulary(out)) == ["cat", "sat", "the"]
+    assert "trained on 5 sentences / 14 words" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert len(lm_vocabulary(out)) == 8
+
+
+def test_build_lm_rejects_a_zero_vocabulary_cap(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_lm(["a b"], 2, tmp_path / "lm.arpa", vocab_size=0)
+
+
 @needs_kenlm
 def test_built_lm_changes_beam_decision(tmp_path):
     out = tmp_path / "lm.bin"
