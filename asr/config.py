@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
+        return from_dict(typing.cast(type, tp), value, prefix=key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -214,7 +215,7 @@ def drop_retired_keys(data: dict) -> dict:
     out = copy.deepcopy(data)
     for key in RETIRED_KEYS:
         *sections, leaf = key.split(".")
-        node = out
+        node: Any = out
         for s in sections:
             node = node.get(s) if isinstance(node, dict) else None
         if isinstance(node, dict):
@@ -251,7 +252,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     data: dict = {}
     if path is not None:
         try:

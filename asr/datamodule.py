@@ -239,6 +239,7 @@ class CTCDataModule(pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         plan = self.shards
+        assert plan is not None, "the streamed loader is only made after setup() planned the shards"
         self.shards = EpochPlan(plan.shard_set, plan.buckets, world=world, workers=d.num_workers,
                                 max_duration=d.max_duration)
         stream = ShardStream(self.shards, rank, self.tokenizer, self.cfg.features,

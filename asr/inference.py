@@ -117,14 +117,14 @@ def emissions_for_manifest(
                         failed[u.id] = str(e)
                     log.warning("utterance %s: %s; scored as an empty hypothesis", u.id, e)
                     out[i] = torch.zeros(0, vocab)
-            for i, e in zip(good, forward_batch(package, waves)):
-                if not bool(torch.isfinite(e).all()):
+            for i, em in zip(good, forward_batch(package, waves)):
+                if not bool(torch.isfinite(em).all()):
                     u = utts[i]
                     if failed is not None:
                         failed[u.id] = f"{u.audio}: {NON_FINITE}"
                     log.warning("utterance %s: %s: %s; scored as an empty hypothesis", u.id, u.audio, NON_FINITE)
-                    e = torch.zeros(0, vocab)
-                out[i] = e
+                    em = torch.zeros(0, vocab)
+                out[i] = em
             bar.advance(task, sum(utts[i].duration for i in batch))
     return out, utts  # type: ignore[return-value]
 

@@ -185,11 +185,10 @@ class AcousticModel(nn.Module):
             self.projs.append(nn.Linear(width, cfg.proj) if cfg.proj else nn.Identity())
             dim = cfg.proj or width
         self.dropout = nn.Dropout(cfg.dropout)
+        self.attn: nn.MultiheadAttention | None = None
         if cfg.attention:
             self.attn = nn.MultiheadAttention(dim, cfg.attention_heads, dropout=cfg.dropout, batch_first=True)
             self.attn_norm = nn.LayerNorm(dim)
-        else:
-            self.attn = None
         self.output = nn.Linear(dim, vocab_size)
 
     @property

@@ -64,7 +64,7 @@ def plan_windows(
         raise ValueError(f"chunk_seconds must be > 0 and overlap_seconds >= 0 (are {chunk_seconds}, {overlap_seconds})")
     if duration <= chunk_seconds:
         return [(0.0, None, 0.0, math.inf)]
-    out = []
+    out: list[tuple[float, float | None, float, float]] = []
     for k in range(math.ceil(duration / chunk_seconds)):
         own_start = k * chunk_seconds
         start = max(0.0, own_start - overlap_seconds)
