@@ -207,11 +207,11 @@ class Ragged:
     def select(self, keep: Sequence[int]) -> Ragged:
         """The sequences at ``keep`` (in that order)."""
         out = Ragged.__new__(Ragged)
-        keep = np.asarray(keep, dtype=np.int64)
-        lengths = self.offsets[keep + 1] - self.offsets[keep]
-        out.offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+        rows = np.asarray(keep, dtype=np.int64)
+        lengths = self.offsets[rows + 1] - self.offsets[rows]
+        out.offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=out.offsets[1:])
-        parts = [self.flat[self.offsets[i]:self.offsets[i + 1]] for i in keep.tolist()]
+        parts = [self.flat[self.offsets[i]:self.offsets[i + 1]] for i in rows.tolist()]
         out.flat = np.concatenate(parts) if parts else self.flat[:0]
         return out
 
@@ -314,7 +314,7 @@ class FeatureDataset(Dataset):
     def remove(self, indices: Iterable[int]) -> None:
         """Drop utterances ``indices`` (and their cached features); the others keep their data."""
         gone = set(indices)
-        new_index = {}
+        new_index: dict[int, int] = {}
         for i in range(len(self.utts)):
             if i not in gone:
                 new_index[i] = len(new_index)
@@ -386,32 +386,32 @@ def _phones(items: Sequence[Item]) -> tuple[Tensor | None, Tensor | None]:
     """Padded phone targets of items that carry them (4-tuples), else (None, None)."""
     if len(items[0]) < 4:
         return None, None
-    return pad([it[3] for it in items])
+    return pad([it[3] for it in items if len(it) == 4])
 
 
 def collate(items: Sequence[Item | Unreadable]) -> Batch:
     """Pad items into a :class:`Batch`; :class:`Unreadable` items are left out and listed in
     ``Batch.skipped``. A batch with no readable item has ``ids == []`` (callers skip it)."""
     skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
-    items = [it for it in items if not isinstance(it, Unreadable)]
-    if not items:
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    if not good:
         empty = torch.zeros(0, dtype=torch.long)
         return Batch(torch.zeros(0, 0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
-    feats, feat_lens = pad([it[1] for it in items])
-    targets, target_lens = pad([it[2] for it in items])
-    return Batch(feats, feat_lens, targets, target_lens, [it[0] for it in items], skipped, *_phones(items))
+    feats, feat_lens = pad([it[1] for it in good])
+    targets, target_lens = pad([it[2] for it in good])
+    return Batch(feats, feat_lens, targets, target_lens, [it[0] for it in good], skipped, *_phones(good))
 
 
 def collate_waves(items: Sequence[Item | Unreadable]) -> WaveBatch:
     """:func:`collate` for waveform items (``FeatureDataset(waveforms=True)``): a :class:`WaveBatch`."""
     skipped = tuple((it.id, it.reason) for it in items if isinstance(it, Unreadable))
-    items = [it for it in items if not isinstance(it, Unreadable)]
-    if not items:
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    if not good:
         empty = torch.zeros(0, dtype=torch.long)
         return WaveBatch(torch.zeros(0, 0), empty, torch.zeros(0, 0, dtype=torch.long), empty, [], skipped)
-    waves, wave_lens = pad([it[1] for it in items])
-    targets, target_lens = pad([it[2] for it in items])
-    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in items], skipped, *_phones(items))
+    waves, wave_lens = pad([it[1] for it in good])
+    targets, target_lens = pad([it[2] for it in good])
+    return WaveBatch(waves, wave_lens, targets, target_lens, [it[0] for it in good], skipped, *_phones(good))
 
 
 @torch.no_grad()
@@ -443,7 +443,7 @@ def wave_batch_features(batch: WaveBatch, logmel: LogMel) -> Batch:
     feats = feats[keep][:, : int(feat_lens.max())]
     targets = batch.targets[keep][:, : int(target_lens.max())]
     phones = phone_lens = None
-    if batch.phones is not None:
+    if batch.phones is not None and batch.phone_lens is not None:
         phone_lens = batch.phone_lens[keep]
         phones = batch.phones[keep][:, : int(phone_lens.max())]
     return Batch(feats, feat_lens, targets, target_lens, ids, batch.skipped + bad, phones, phone_lens)
