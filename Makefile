@@ -33,7 +33,8 @@ test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check asr tests scripts
+	$(VENV)/bin/ruff check asr tests scripts benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf exp data/yesno

@@ -14,10 +14,11 @@ import json
 import logging
 import math
 import time
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -123,7 +124,7 @@ class CTCModule(pl.LightningModule):
         self.cfg = cfg
         # Everything needed to rebuild the network travels inside each checkpoint; the run id
         # lets `asr export` refuse to average checkpoints of different runs.
-        hparams = {"config": to_dict(cfg), "tokenizer": tokenizer.to_dict()}
+        hparams: dict[str, Any] = {"config": to_dict(cfg), "tokenizer": tokenizer.to_dict()}
         if run_id is not None:
             hparams["run_id"] = run_id
         if phones:
@@ -244,7 +245,7 @@ class CTCModule(pl.LightningModule):
             return self._skip_step()
         self.consecutive_nonfinite = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.ids))
-        if out.phone_n:
+        if out.phone_n and out.phone is not None:
             self.log("train/phone_ctc", out.phone, batch_size=out.phone_n)
         return loss
 
@@ -258,7 +259,7 @@ class CTCModule(pl.LightningModule):
         if not batch.ids:
             return
         loss, log_probs, out_lens, phone, phone_n = self.losses(batch)
-        if self.phone_head is not None:
+        if self.phone_head is not None and phone is not None:
             self.val_phone.update(phone.detach(), phone_n)
         hyps = [h.text for h in greedy_decode(log_probs, out_lens, self.tokenizer)]
         refs = [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(batch.targets, batch.target_lens)]
@@ -417,7 +418,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=typing.cast(Any, t.precision),  # a str from YAML; Lightning checks the value
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
@@ -442,7 +443,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         if trainer.is_global_zero:  # what was skipped is reported even when training fails
             write_skipped(exp / "skipped.jsonl", dm.skipped)
 
-    ckpt_cb = callbacks[0]
+    ckpt_cb = typing.cast(ModelCheckpoint, callbacks[0])
     summary = {
         "exp_dir": str(exp),
         "run_id": rid,
