@@ -35,7 +35,14 @@ from asr.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text
 from asr.model import AcousticModel
-from asr.resume import find_resume_checkpoint, is_rank_zero, prepare_exp_dir, run_id, write_skipped
+from asr.resume import (
+    check_resume_config,
+    find_resume_checkpoint,
+    is_rank_zero,
+    prepare_exp_dir,
+    run_id,
+    write_skipped,
+)
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -276,6 +283,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     if resume and found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
     resumed = found[1] if found is not None else None
+    if found is not None:
+        check_resume_config((found[1].get("hyper_parameters") or {}).get("config"), cfg, found[0])
 
     tok_path = exp / "tokenizer.json"
     hp = (resumed or {}).get("hyper_parameters") or {}

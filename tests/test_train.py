@@ -69,6 +69,53 @@ def test_cli_trains_saves_config_and_resumes(tmp_path):
     assert summary2["epochs"] == 2 and summary2["steps"] == 2 * steps
 
 
+@pytest.mark.slow
+def test_resume_refuses_changed_model_and_optimiser_keys_and_takes_run_settings(tmp_path):
+    run_train(tmp_path, "trainer.max_epochs=1")
+    exp = tmp_path / "exp"
+    before = (exp / "config.yaml").read_text()
+    # (Before this check: model.hidden ended in a size-mismatch traceback from load_state_dict,
+    # and optim.lr was silently replaced by the learning rate restored with the optimiser.)
+    cmd = [sys.executable, "-m", "asr", "train", str(ROOT / "conf" / "yesno.yaml"), f"exp_dir={exp}",
+           f"data.train_manifest={tmp_path / 'train.jsonl'}", f"data.dev_manifest={tmp_path / 'dev.jsonl'}",
+           "model.hidden=24", "model.num_layers=1", "trainer.progress_bar=false", "data.max_batch_seconds=8",
+           "optim.lr=0.01", "trainer.max_epochs=2", "--resume"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "model.hidden (16 -> 24)" in errors[0] and "optim.lr (0.003 -> 0.01)" in errors[0]
+    assert "max_epochs (" not in errors[0]  # allowed to change: not named
+    assert (exp / "config.yaml").read_text() == before  # nothing rewritten
+    summary, _ = run_train(tmp_path, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "trainer.threads=1",
+                           resume=True)
+    assert summary["epochs"] == 2
+    assert "log_every_n_steps: 1" in (exp / "config.yaml").read_text()
+
+
+def test_resume_config_check_names_each_changed_key_and_allows_run_settings():
+    from dataclasses import replace
+
+    from asr.config import ConfigError, ExperimentConfig, to_dict
+    from asr.resume import check_resume_config
+
+    cfg = ExperimentConfig()
+    saved = to_dict(cfg)
+    runtime = replace(cfg, exp_dir="elsewhere", trainer=replace(cfg.trainer, max_epochs=99, threads=1,
+                                                                 log_every_n_steps=1, progress_bar=False))
+    check_resume_config(saved, runtime, Path("last.ckpt"))  # no error
+    check_resume_config(None, cfg, Path("last.ckpt"))  # a checkpoint without our config
+    older = to_dict(cfg)
+    del older["data"]["features_on_device"]  # a key added to the toolkit since: not compared
+    check_resume_config(older, cfg, Path("last.ckpt"))
+    changed = replace(cfg, model=replace(cfg.model, hidden=8), optim=replace(cfg.optim, betas=(0.8, 0.9)))
+    with pytest.raises(ConfigError) as e:
+        check_resume_config(saved, changed, Path("x/last.ckpt"))
+    message = str(e.value)
+    assert "\n" not in message and "x/last.ckpt" in message
+    assert f"model.hidden ({cfg.model.hidden} -> 8), optim.betas ([0.9, 0.98] -> [0.8, 0.9])" in message
+
+
 def test_cli_rejects_unknown_keys(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "asr", "train", str(ROOT / "conf" / "yesno.yaml"), "model.hiden=3"],
                           capture_output=True, text=True, timeout=120)
