@@ -319,5 +319,17 @@ def test_lightning_noise_is_dropped_and_real_messages_kept(caplog):
         warnings.simplefilter("default")
         quiet_lightning()  # filters go in front of "default"
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        rank_zero_warn("You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a "
+                       "`LightningDataModule`. It will use the implementation from `LightningModule` instance.")
         rank_zero_warn("The dataloader does not have many workers")
     assert [str(w.message) for w in seen] == ["The dataloader does not have many workers"]
+
+
+def test_top_level_help_is_for_users(capsys):
+    from asr.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Speech recognition" in out and "COMMAND --help" in out
+    assert "parse, validate" not in out  # the module's note for developers stays in the source
