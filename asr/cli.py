@@ -49,7 +49,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The ``asr`` parser; only the command named by ``argv[0]`` gets its options configured."""
-    parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="asr", description="Speech recognition: prepare corpora, train log-mel -> BiLSTM -> CTC models, "
+        "transcribe and evaluate.", epilog="`asr COMMAND --help` lists a command's options.")
     from asr import __version__
 
     parser.add_argument("--version", action="version", version=f"asr {__version__}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from asr.config import ConfigError
+from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, to_dict
 from asr.data.dataset import Skipped
 from asr.files import atomic_write_text, remove_stale_temp_files
 from asr.log import is_rank_zero as log_is_rank_zero
@@ -92,6 +92,42 @@ def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None
         more = f" (and {len(problems) - 1} other checkpoint(s) in {ckpt_dir} unreadable)" if len(problems) > 1 else ""
         raise CheckpointLoadError(f"{problems[0]}{more}")
     return None
+
+
+# Keys a resumed run may change: how long it runs, how often it validates and logs, how loud
+# it is, where and on how many threads/processes it runs, which checkpoints it keeps. Every
+# other key shapes the network, the optimiser or scheduler state, or the data the restored
+# state was trained on: a change there either fails to load (a model shape) or would be
+# silently overridden by the restored state (optim.lr lives in the optimiser's state).
+RESUMABLE_CHANGES = frozenset({
+    "exp_dir",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.check_val_every_n_epoch", "trainer.log_every_n_steps",
+    "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.progress_bar", "trainer.threads",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+    "data.num_workers",
+})
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def check_resume_config(saved: Any, cfg: ExperimentConfig, ckpt: Path) -> None:
+    """Refuse to resume with a config that differs from the checkpoint's in a key outside
+    :data:`RESUMABLE_CHANGES`, in one :class:`ConfigError` line naming each such key with its
+    old and new value. Keys the stored config lacks (added to the toolkit since) are not
+    compared; checkpoints without a stored config (not written by `asr train`) pass."""
+    if not isinstance(saved, dict):
+        return
+    old, new = _flatten(drop_retired_keys(saved)), _flatten(to_dict(cfg))
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changed)
+        raise ConfigError(f"--resume: the config differs from the run's checkpoint {ckpt} in {diffs}; these cannot "
+                          "change in a resumed run (undo them, or start a new run in another exp_dir=...); "
+                          f"these may: {', '.join(sorted(RESUMABLE_CHANGES))}")
 
 
 def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:

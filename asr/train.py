@@ -41,7 +41,14 @@ from asr.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text
 from asr.model import AcousticModel
-from asr.resume import find_resume_checkpoint, is_rank_zero, prepare_exp_dir, run_id, write_skipped
+from asr.resume import (
+    check_resume_config,
+    find_resume_checkpoint,
+    is_rank_zero,
+    prepare_exp_dir,
+    run_id,
+    write_skipped,
+)
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -85,8 +92,10 @@ def check_accelerator(accelerator: str) -> None:
 
 
 # Lightning lines every run printed that say nothing about it: an advert, the hardware
-# inventory (train_summary.json and the model line say what ran), and a deprecation inside
-# Lightning's own use of torch's pytree. Real warnings still come through.
+# inventory (train_summary.json and the model line say what ran), a deprecation inside
+# Lightning's own use of torch's pytree, and a note that our module's on_after_batch_transfer
+# is used. Real warnings still come through. (The model summary table, with its "Modules in
+# eval mode: 0" and "Total FLOPs: 0", is off: our "model: N M parameters" line replaces it.)
 _LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging", "GPU available: ", "TPU available: ", "HPU available: ")
 
 
@@ -103,6 +112,10 @@ def quiet_lightning() -> None:
             logger.addFilter(_DropLightningNoise())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # CTCModule overrides on_after_batch_transfer (data.features_on_device) and the DataModule
+    # does not: Lightning says on every run that the module's is used, which is the design.
+    warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule` "
+                                              r"but have passed in a `LightningDataModule`")
 
 
 class Losses(NamedTuple):
@@ -362,6 +375,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     if resume and found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
     resumed = found[1] if found is not None else None
+    if found is not None:
+        check_resume_config((found[1].get("hyper_parameters") or {}).get("config"), cfg, found[0])
 
     tok_path = exp / "tokenizer.json"
     hp = (resumed or {}).get("hyper_parameters") or {}
@@ -426,6 +441,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         callbacks=callbacks,
         logger=[TensorBoardLogger(str(exp), name="tb"), CSVLogger(str(exp), name="csv")],
         enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,  # the "model: ..." line above says what matters
         use_distributed_sampler=False,  # BucketBatchSampler shards by rank itself
         deterministic=False,
         plugins=[checkpoint_io],

@@ -333,6 +333,7 @@ def _decisive_model(cfg: ExperimentConfig) -> AcousticModel:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_int8_package_quantises_rnns_and_matches_fp32_text(tmp_path):
     cfg = tiny_config(spec_augment_enabled=False)
     model = _decisive_model(cfg)

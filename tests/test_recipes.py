@@ -87,6 +87,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------ LibriSpeech
 
 
+@pytest.mark.slow
 def test_librispeech_gpu_config_runs_end_to_end_on_cpu(tmp_path):
     src = make_librispeech(tmp_path / "corpus")
     data, exp = tmp_path / "data", tmp_path / "exp"
@@ -117,6 +118,7 @@ def test_librispeech_gpu_config_runs_end_to_end_on_cpu(tmp_path):
     assert ev["wer"] == pytest.approx(sum(r["errors"] for r in rows) / sum(r["ref_words"] for r in rows))
 
 
+@pytest.mark.slow
 def test_librispeech_recipe_stages_skip_done_work_and_force_redoes_it(tmp_path):
     src = make_librispeech(tmp_path / "corpus")
     data, exp = tmp_path / "data", tmp_path / "exp"

@@ -178,6 +178,7 @@ def test_missing_shard_items_are_reported(tmp_path, monkeypatch):
     assert skipped and trained | skipped == {u.id for u in utts} and not trained & skipped
 
 
+@pytest.mark.slow
 def test_shard_cli(tmp_path):
     utts = make_utts(tmp_path / "wav", 4)
     Path(utts[0].audio).unlink()
