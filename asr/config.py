@@ -102,7 +102,7 @@ class TrainerConfig:
     save_top_k: int = 3  # keep the k best checkpoints by dev WER
     early_stopping_patience: int = 0  # epochs without dev WER improvement before stopping (0 = off)
     progress_bar: bool = True  # rich progress bar
-    threads: int = 0  # torch CPU threads (0 = torch default)
+    threads: int = 0  # torch CPU threads (0 = asr.threads.default_threads: half the cores, at most 4)
 
     def validate(self) -> None:
         if self.max_epochs < 1 and self.max_epochs != -1:

@@ -28,6 +28,7 @@ from asr.decoding import (
     load_tuned_weights,
 )
 from asr.package import ModelPackage
+from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +41,6 @@ DEFAULT_OVERLAP_SECONDS = 3.0  # context read on each side of a window's owned r
 
 
 NON_FINITE = "features or model output are not finite (NaN/inf): corrupt or absurd audio"
-
-
-def default_threads() -> int:
-    """CPU threads for inference: ``OMP_NUM_THREADS`` when set, else every core we may use."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def set_threads(num_threads: int | None = None) -> int:
-    """Set torch's intra-op CPU threads (None: :func:`default_threads`); returns the count."""
-    n = default_threads() if num_threads is None else int(num_threads)
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1 (is {n})")
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 @torch.inference_mode()

@@ -50,6 +50,7 @@ from asr.resume import (
     write_skipped,
 )
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
+from asr.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +365,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     if cfg.data.train_manifest:  # with train_shards too: only the tokenizer's texts come from it
         manifests["train"] = read_manifest_or_fail(cfg.data.train_manifest)
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    set_threads(cfg.trainer.threads)  # 0: asr.threads.default_threads (never degrades under load)
     exp = Path(cfg.exp_dir)
     lead = is_rank_zero()
     if lead:
