@@ -104,6 +104,20 @@ def test_tiny_dev_set_still_gives_every_rank_a_batch():
     assert all(len(s) == 1 for s in shards)
 
 
+@pytest.mark.parametrize("world", [2, 3, 8])
+def test_dev_set_with_fewer_batches_than_ranks_is_split_not_repeated(world):
+    # 10 utterances fit one 60 s batch; on `world` ranks each gets a batch of its own and every
+    # utterance is scored exactly once (a repeated batch would count its errors twice).
+    durs = [1.0] * 10
+    shards = [list(BucketBatchSampler(durs, 60, max_batch_size=32, num_buckets=1, shuffle=False, num_replicas=world, rank=r,
+                                   pad_to_replicas=False))
+              for r in range(world)]
+    assert [len(s) for s in shards] == [1] * world
+    assert sorted(i for s in shards for b in s for i in b) == list(range(10))
+    assert all(len(BucketBatchSampler(durs, 60, max_batch_size=32, num_buckets=1, shuffle=False, num_replicas=world, rank=r,
+                                      pad_to_replicas=False)) == 1 for r in range(world))
+
+
 @pytest.mark.parametrize("bucketing", [True, False])
 def test_every_epoch_has_the_same_number_of_batches(bucketing):
     # Regression: Lightning reads len(batch_sampler) once and validates when the batch index

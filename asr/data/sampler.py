@@ -165,9 +165,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         if self.num_replicas == 1:
             return batches
+        if not self.pad_to_replicas and len(batches) < self.num_replicas:
+            # A rank without a batch is refused by Lightning, and a repeated dev batch would be
+            # scored twice: split the largest batches until every rank has one of its own.
+            # Only a set with fewer utterances than ranks still has to repeat some.
+            batches = [list(b) for b in batches]
+            while len(batches) < self.num_replicas and any(len(b) > 1 for b in batches):
+                k = max(range(len(batches)), key=lambda j: len(batches[j]))
+                b = batches.pop(k)
+                batches[k:k] = [b[: len(b) // 2], b[len(b) // 2 :]]
         if batches and (self.pad_to_replicas or len(batches) < self.num_replicas):
-            # Without padding a rank could get no batch at all, which Lightning refuses; a
-            # set that small then scores a few utterances twice.
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
             batches = (batches * self.num_replicas)[:total]
         return batches[self.rank :: self.num_replicas]
