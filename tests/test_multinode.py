@@ -62,7 +62,13 @@ def _check_shards(durations, world, epoch, pad, **kw):
     assert counts == [len(s) for s in samplers]  # len() agrees with iteration
     seen = [i for shard in shards for b in shard for i in b]
     assert set(seen) == set(range(len(durations)))  # nothing left out
-    if pad or n_all < world:
+    if not pad and n_all < world:
+        # Dev with fewer batches than ranks: the batches are split so that every rank scores
+        # one of its own; only a set with fewer utterances than ranks repeats any.
+        assert counts == [1] * world
+        if len(durations) >= world:
+            assert sorted(seen) == list(range(len(durations)))
+    elif pad:
         # Every rank runs the same number of steps; the padding repeats the epoch's first
         # batches (cyclically when there are fewer batches than ranks), fewer than `world`
         # of them, and nothing else is repeated.

@@ -63,6 +63,7 @@ if [[ -f "$PEER/hyps.jsonl" ]]; then
   "$ASR" evaluate --hyps "$PEER/hyps.jsonl" "$DEV" --out "$PEER/eval/greedy" -q >/dev/null
   "$PY" -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1], s.get('wer'), s.get('cer'))" "$PEER/eval/greedy"
   best=""
+  mkdir -p "$PEER/eval/grid"
   IFS=, read -ra ws <<< "$WEIGHTS"; IFS=, read -ra ss <<< "$SCORES"
   for w in "${ws[@]}"; do for s in "${ss[@]}"; do
     out="$PEER/eval/grid/w${w}_s${s}"
