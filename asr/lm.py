@@ -36,6 +36,7 @@ from asr.decoding import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
     BeamSearchDecoder,
+    BeamSearchOptions,
     greedy_decode,
     lm_vocabulary,
 )
@@ -301,7 +302,11 @@ def tune_lm(
     Returns:
         ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
         tie, so list the preferred values first), ``"grid"`` with every point's WER,
-        ``"greedy_wer"`` for reference, and the settings used.
+        ``"greedy_wer"`` for reference, ``"tuned"``, and the settings used. When a grid of
+        several points gives one WER everywhere (e.g. 0% on an easy dev set), the dev set
+        cannot tell the weights apart: a warning is logged, ``"tuned"`` is False, the
+        weights are :class:`BeamSearchOptions`' defaults and nothing is saved (a pick
+        among equals would pass an arbitrary choice off as a tuned one).
     """
     from asr.metrics import score_corpus
 
@@ -348,8 +353,21 @@ def tune_lm(
             run_point(w, s)
 
     best = min(grid, key=lambda g: g["wer"])  # min() keeps the first of equal WERs
+    tuned = len(grid) == 1 or any(g["wer"] != best["wer"] for g in grid)
+    if not tuned:
+        defaults = BeamSearchOptions()
+        log.warning(
+            "every one of the %d grid points gives WER %.2f%%: this dev set cannot tune the LM "
+            "weights; keeping the defaults (lm_weight=%g, word_score=%g), nothing saved",
+            len(grid),
+            100 * best["wer"],
+            defaults.lm_weight,
+            defaults.word_score,
+        )
+        best = {"lm_weight": defaults.lm_weight, "word_score": defaults.word_score, "wer": best["wer"]}
     result: dict[str, Any] = {
         **best,
+        "tuned": tuned,
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
         "mode": settings.get("mode"),
@@ -358,7 +376,7 @@ def tune_lm(
         "utterances": len(refs),
         "grid": grid,
     }
-    if save:
+    if save and tuned:
         side = Path(str(lm_path) + LM_TUNE_SUFFIX)
         atomic_write_text(side, json.dumps(result, indent=2) + "\n")
         result["saved_to"] = str(side)
