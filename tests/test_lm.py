@@ -13,14 +13,9 @@ from ctc_frames import frames as ctc_frames
 from asr import lm as lm_mod
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    LM_VOCAB_SUFFIX,
-    BeamSearchDecoder,
-    lm_vocabulary,
-    load_tuned_weights,
-)
+from asr.decoding import BeamSearchDecoder
 from asr.lm import LMError, build_lm, find_kenlm_bin, tune_lm
+from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
 from asr.text import CharTokenizer
 
 TOK = CharTokenizer("abcnostuy")
