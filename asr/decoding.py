@@ -7,8 +7,8 @@ where each token starts, score, word spans in output frames):
 - :class:`BeamSearchDecoder`: flashlight's CTC prefix beam search through
   ``torchaudio.models.decoder.ctc_decoder``, optionally with a KenLM n-gram model and a
   lexicon. With a word-level LM and no lexicon given, the lexicon is written on the fly from
-  the LM's vocabulary (see :func:`lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")``
-  just works for LMs built by ``asr lm build``.
+  the LM's vocabulary (see :func:`asr.lm_files.lm_vocabulary`), so
+  ``BeamSearchDecoder(tok, lm="lm.bin")`` just works for LMs built by ``asr lm build``.
 
 Lexicons and character tokenizers: lexicon words are spelled with a trailing word delimiter
 ("c a t |", as flashlight expects). Flashlight's lexicon search finishes a word when its
@@ -28,8 +28,13 @@ a held "at" run, and "▁c at" on its first. (Side effect: "at - at", a genuinel
 piece, can also read as "cat"; the LM and the other spelling compete for it.)
 
 Text convention (both decoders): words joined by single spaces, no leading/trailing space.
-Frames are OUTPUT frames of the acoustic model; multiply by ``FRAME_SHIFT * subsampling``
-(``ModelPackage.frame_shift``) for seconds, see :meth:`Hypothesis.word_times`.
+Frames are OUTPUT frames of the acoustic model: :meth:`Hypothesis.word_times` turns them into
+seconds given the time between output frames, ``ModelPackage.frame_shift`` (the features'
+frame shift times the model's subsampling).
+
+The lexicon and LM side-file helpers these decoders use (:func:`~asr.lm_files.write_lexicon`,
+:func:`~asr.lm_files.lm_vocabulary`, :func:`~asr.lm_files.load_tuned_weights`) live in
+:mod:`asr.lm_files`, below this module; the spelling rules above are why they write what they do.
 
 Nothing here imports the model: decoders only see log-probs, lengths and the tokenizer.
 """
@@ -37,12 +42,8 @@ Nothing here imports the model: decoders only see log-probs, lengths and the tok
 from __future__ import annotations
 
 import bisect
-import functools
-import gzip
-import json
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,21 +51,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asr.lm_files import (
+    DecoderError,
+    _copy_user_lexicon,
+    _is_token_level_lm,
+    _uses_word_pieces,
+    lm_vocabulary,
+    write_lexicon,
+)
 from asr.text import Tokenizer
 
-LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr lm build`
-LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score from `asr lm tune`
-_LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
-_KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
 # Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
 # mode). Finite on purpose: when no hypothesis can end a word by then, flashlight keeps
 # unfinished ones whose closing frame took one of these tokens; with -inf their score would
 # be -inf (NaN once the closing frame's share is taken back out), with -1e4 it stays exact.
 _CLOSING_FRAME_LOG_PROB = -1.0e4
-
-
-class DecoderError(ValueError):
-    """Bad decoder input: a missing/unreadable LM or lexicon, or log-probs of the wrong shape."""
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,6 @@ def _runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]
     starts = ends - counts
     keep = ids != blank_id
     return ids[keep].tolist(), starts[keep].tolist(), ends[keep].tolist()
-
-
-def _uses_word_pieces(tokenizer: Tokenizer) -> bool:
-    # BPE/sentencepiece: word-initial pieces carry the delimiter as a prefix ("▁the"); for
-    # characters the delimiter is a token of its own ("|") and no other token starts with it.
-    d = tokenizer.word_delimiter
-    return any(t != d and t.startswith(d) for t in tokenizer.tokens)
 
 
 def _split_words(
@@ -194,209 +188,6 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
         words = _split_words(tokens, starts, ends, tokenizer)
         out.append(_hypothesis(tokens, starts, words, best[i, :n].sum().item()))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# lexicons and LM side files
-
-
-def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.PathLike) -> list[str]:
-    """Write a flashlight lexicon: one ``word<TAB>tok tok ...`` line per spellable word.
-
-    Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
-    was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
-    |``: flashlight needs the delimiter to end a word, see the module docstring), word pieces
-    starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
-    "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
-    word can hold its last piece over several frames (module docstring).
-
-    Args:
-        words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
-            KenLM's ``<s>``, ``</s>``, ``<unk>`` are ignored.
-
-    Returns:
-        The words that were skipped because the tokenizer cannot spell them.
-
-    Raises:
-        DecoderError: not a single word could be spelled.
-    """
-    from asr.text import TokenizerError
-
-    seen: set[str] = set()
-    lines: list[str] = []
-    skipped: list[str] = []
-    pieces = _uses_word_pieces(tokenizer)
-    for word in words:
-        if not word or word in seen or word in _LM_SPECIAL_WORDS:
-            continue
-        seen.add(word)
-        if any(c.isspace() for c in word) or tokenizer.unknown_chars(word):
-            skipped.append(word)
-            continue
-        try:
-            ids = tokenizer.encode(word)
-        except TokenizerError:
-            skipped.append(word)
-            continue
-        if not ids:
-            skipped.append(word)
-            continue
-        for sp in _search_spellings([tokenizer.tokens[i] for i in ids], tokenizer.word_delimiter, pieces):
-            lines.append(word + "\t" + " ".join(sp) + "\n")
-    if not lines:
-        raise DecoderError(
-            f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
-            f"(e.g. {sorted(seen)[:5]}); is the word list in the same script/normalisation?"
-        )
-    Path(path).write_text("".join(lines), encoding="utf-8")
-    return skipped
-
-
-def _search_spellings(spelling: list[str], delimiter: str, pieces: bool) -> list[list[str]]:
-    """The lexicon spellings our beam search needs for one word (module docstring):
-    characters end with the word delimiter; word pieces come twice, once with the last
-    piece doubled, so the word can hold its last piece over several frames."""
-    if pieces:
-        return [spelling, spelling + spelling[-1:]]
-    return [spelling if spelling[-1] == delimiter else spelling + [delimiter]]
-
-
-def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
-    """Copy a user's lexicon to ``dst`` in the form our search needs (module docstring).
-
-    Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
-    "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would
-    hit the repeated-last-character problem. Word pieces: every spelling also gets a copy
-    with its last piece doubled, as :func:`write_lexicon` writes them. Unknown tokens are
-    reported here, with the line, rather than by flashlight's terse dictionary error.
-
-    Raises:
-        DecoderError: unreadable file, a line without a spelling, or an unknown token.
-    """
-    d = tokenizer.word_delimiter
-    pieces = _uses_word_pieces(tokenizer)
-    known = set(tokenizer.tokens)
-    out: list[str] = []
-    seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
-    try:
-        text = Path(src).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DecoderError(f"{src}: cannot read lexicon: {e}") from e
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split()  # flashlight splits on any whitespace, word first
-        if not fields:
-            continue
-        if len(fields) < 2:
-            raise DecoderError(f"{src}:{lineno}: word {fields[0]!r} has no spelling")
-        word, spelling = fields[0], fields[1:]
-        unknown = sorted(set(spelling) - known)
-        if unknown:
-            raise DecoderError(
-                f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
-            )
-        for sp in _search_spellings(spelling, d, pieces):
-            key = (word, *sp)
-            if key not in seen:
-                seen.add(key)
-                out.append(word + "\t" + " ".join(sp) + "\n")
-    if not out:
-        raise DecoderError(f"{src}: lexicon has no entries")
-    Path(dst).write_text("".join(out), encoding="utf-8")
-
-
-def _is_kenlm_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(_KENLM_BINARY_MAGIC)) == _KENLM_BINARY_MAGIC
-
-
-def _read_arpa_unigrams(path: Path) -> list[str]:
-    with open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    words: list[str] = []
-    in_unigrams = False
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not in_unigrams:
-                if line == "\\1-grams:":
-                    in_unigrams = True
-                continue
-            if not line or line.startswith("\\"):
-                break
-            fields = line.split("\t") if "\t" in line else line.split()
-            if len(fields) < 2:
-                raise DecoderError(f"{path}: malformed ARPA unigram line {line!r}")
-            words.append(fields[1])
-    if not in_unigrams:
-        raise DecoderError(f"{path}: not an ARPA file (no \\1-grams: section)")
-    return words
-
-
-@functools.lru_cache(maxsize=8)
-def _lm_vocabulary_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    p = Path(path)
-    if not _is_kenlm_binary(p):
-        return tuple(w for w in _read_arpa_unigrams(p) if w not in _LM_SPECIAL_WORDS)
-    side = Path(path + LM_VOCAB_SUFFIX)
-    if not side.is_file():
-        raise DecoderError(
-            f"{path}: binary KenLM model without its vocabulary list {side.name}; pass a lexicon "
-            f"(see write_lexicon), use the ARPA file, or rebuild it with `asr lm build`"
-        )
-    words = side.read_text(encoding="utf-8").split()
-    return tuple(w for w in words if w not in _LM_SPECIAL_WORDS)
-
-
-def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
-    """Words of a KenLM model (without ``<s>``, ``</s>``, ``<unk>``).
-
-    ARPA files (plain or gzip) are read directly. KenLM binary files store a hashed
-    vocabulary that cannot be listed, so they need the ``<lm>.vocab`` side file written by
-    :func:`asr.lm.build_lm`.
-
-    Raises:
-        DecoderError: the file is missing, not ARPA, or a binary without its side file.
-    """
-    p = Path(lm_path)
-    try:
-        st = p.stat()
-    except OSError as e:
-        raise DecoderError(f"{p}: cannot read language model: {e.strerror or e}") from e
-    return list(_lm_vocabulary_cached(str(p), st.st_mtime_ns, st.st_size))
-
-
-def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
-    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM, or None."""
-    side = Path(str(lm_path) + LM_TUNE_SUFFIX)
-    if not side.is_file():
-        return None
-    try:
-        d = json.loads(side.read_text(encoding="utf-8"))
-        return {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DecoderError(f"{side}: malformed tuning file: {e}") from e
-
-
-def _is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
-    """Whether the LM's words are the tokenizer's tokens (a char/piece LM for lexicon-free)."""
-    units = [t for t in tokenizer.tokens[1:] if t not in _LM_SPECIAL_WORDS]
-    try:
-        vocab: set[str] | None = set(lm_vocabulary(lm_path))
-    except DecoderError:
-        if not _is_kenlm_binary(lm_path):
-            raise
-        vocab = None
-    if vocab is not None:
-        hits = sum(u in vocab for u in units)
-    else:  # binary without side file: ask KenLM about each token directly
-        import kenlm
-
-        model = kenlm.Model(str(lm_path))
-        hits = sum(u in model for u in units)
-    # Most tokens present = the LM was trained on token sequences. A word LM contains at
-    # most a handful of one-letter words ("a", "i"), far from half of the alphabet.
-    return hits >= 0.5 * len(units)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,14 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    BeamSearchDecoder,
-    BeamSearchOptions,
-    Hypothesis,
-    greedy_decode,
-    load_tuned_weights,
-)
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_decode
+from asr.lm_files import LM_TUNE_SUFFIX, load_tuned_weights
 from asr.package import ModelPackage
 from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
 

@@ -4,11 +4,11 @@
     Normalises the text exactly like transcripts (:func:`asr.text.normalize_text`), runs
     KenLM's ``lmplz`` (modified Kneser-Ney) and, for a ``.bin`` output, ``build_binary``.
     A binary LM gets a ``lm.bin.vocab`` side file: KenLM binaries cannot list their words,
-    and the beam decoder builds its lexicon from them (:func:`asr.decoding.lm_vocabulary`).
+    and the beam decoder builds its lexicon from them (:func:`asr.lm_files.lm_vocabulary`).
 ``asr lm tune MODEL DEV_MANIFEST --lm lm.bin``
     Grid search over ``lm_weight`` x ``word_score`` by corpus WER; the best pair is saved as
     ``lm.bin.tune.json``, which decoders pick up as their defaults
-    (:func:`asr.decoding.load_tuned_weights`).
+    (:func:`asr.lm_files.load_tuned_weights`).
 
 The KenLM tools are not part of the ``kenlm`` pip package; ``scripts/build_kenlm.sh``
 compiles them into ``tools/kenlm/bin`` (see :func:`find_kenlm_bin`). The command line is
@@ -32,14 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    LM_VOCAB_SUFFIX,
-    BeamSearchDecoder,
-    greedy_decode,
-    lm_vocabulary,
-)
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, greedy_decode
 from asr.files import atomic_write_text
+from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -301,7 +296,11 @@ def tune_lm(
     Returns:
         ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
         tie, so list the preferred values first), ``"grid"`` with every point's WER,
-        ``"greedy_wer"`` for reference, and the settings used.
+        ``"greedy_wer"`` for reference, ``"tuned"``, and the settings used. When a grid of
+        several points gives one WER everywhere (e.g. 0% on an easy dev set), the dev set
+        cannot tell the weights apart: a warning is logged, ``"tuned"`` is False, the
+        weights are :class:`BeamSearchOptions`' defaults and nothing is saved (a pick
+        among equals would pass an arbitrary choice off as a tuned one).
     """
     from asr.metrics import score_corpus
 
@@ -348,8 +347,21 @@ def tune_lm(
             run_point(w, s)
 
     best = min(grid, key=lambda g: g["wer"])  # min() keeps the first of equal WERs
+    tuned = len(grid) == 1 or any(g["wer"] != best["wer"] for g in grid)
+    if not tuned:
+        defaults = BeamSearchOptions()
+        log.warning(
+            "every one of the %d grid points gives WER %.2f%%: this dev set cannot tune the LM "
+            "weights; keeping the defaults (lm_weight=%g, word_score=%g), nothing saved",
+            len(grid),
+            100 * best["wer"],
+            defaults.lm_weight,
+            defaults.word_score,
+        )
+        best = {"lm_weight": defaults.lm_weight, "word_score": defaults.word_score, "wer": best["wer"]}
     result: dict[str, Any] = {
         **best,
+        "tuned": tuned,
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
         "mode": settings.get("mode"),
@@ -358,7 +370,7 @@ def tune_lm(
         "utterances": len(refs),
         "grid": grid,
     }
-    if save:
+    if save and tuned:
         side = Path(str(lm_path) + LM_TUNE_SUFFIX)
         atomic_write_text(side, json.dumps(result, indent=2) + "\n")
         result["saved_to"] = str(side)

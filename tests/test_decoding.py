@@ -10,14 +10,10 @@ import pytest
 import torch
 from ctc_frames import frames as ctc_frames
 
-from asr.decoding import (
+from asr.decoding import BeamSearchDecoder, DecoderError, Hypothesis, WordSpan, greedy_decode
+from asr.lm_files import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
-    BeamSearchDecoder,
-    DecoderError,
-    Hypothesis,
-    WordSpan,
-    greedy_decode,
     lm_vocabulary,
     load_tuned_weights,
     write_lexicon,

@@ -13,14 +13,9 @@ from ctc_frames import frames as ctc_frames
 from asr import lm as lm_mod
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    LM_VOCAB_SUFFIX,
-    BeamSearchDecoder,
-    lm_vocabulary,
-    load_tuned_weights,
-)
+from asr.decoding import BeamSearchDecoder
 from asr.lm import LMError, build_lm, find_kenlm_bin, tune_lm
+from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
 from asr.text import CharTokenizer
 
 TOK = CharTokenizer("abcnostuy")
@@ -256,7 +251,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
     assert grid[(1.0, 0.0)] == pytest.approx(1 / 4)
     assert (res["lm_weight"], res["word_score"], res["wer"]) == (1.0, 0.0, pytest.approx(0.25))
     assert res["greedy_wer"] == pytest.approx(3 / 4)
-    assert res["utterances"] == 3 and res["mode"] == "lexicon"
+    assert res["utterances"] == 3 and res["mode"] == "lexicon" and res["tuned"] is True
     saved = json.loads((tmp_path / f"lm.arpa{LM_TUNE_SUFFIX}").read_text())
     assert saved["lm_weight"] == 1.0 and len(saved["grid"]) == 4
     assert load_tuned_weights(lm) == {"lm_weight": 1.0, "word_score": 0.0}
@@ -268,6 +263,23 @@ def test_tune_lm_does_not_save_unless_asked(tmp_path):
     res = tune_lm(ems, refs, TOK, lm, lm_weights=(0.5,), word_scores=(0.0,), beam_size=5)
     assert len(res["grid"]) == 1 and "saved_to" not in res
     assert not os.path.exists(lm + LM_TUNE_SUFFIX)
+
+
+def test_tune_lm_keeps_the_defaults_when_every_point_ties(tmp_path, caplog):
+    # Clear acoustics the LM agrees with: every grid point decodes the dev set perfectly.
+    lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
+    ems = [frames(["-", "c", "a", "t", "-"]), frames(["n", "o", "t", "|", "s", "o"])]
+    with caplog.at_level("WARNING", logger="asr.lm"):
+        res = tune_lm(
+            ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 0.0), word_scores=(1.0, 0.0),
+            beam_size=5, save=True,
+        )
+    assert [g["wer"] for g in res["grid"]] == [0.0] * 4
+    assert res["tuned"] is False and "saved_to" not in res
+    assert (res["lm_weight"], res["word_score"]) == (0.5, 0.0)  # BeamSearchOptions' defaults
+    assert not os.path.exists(lm + LM_TUNE_SUFFIX)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "cannot tune" in warning.getMessage() and "WER 0.00%" in warning.getMessage()
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,20 @@ def test_cli_usage_errors(tmp_path, manifest, argv):
     assert e.value.code == 2
 
 
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--lm", "lm.arpa"], "--lm needs --decoder beam"),
+        (["--lm", "lm.arpa", "--lm-weight", "1"], "--lm, --lm-weight need --decoder beam"),
+    ],
+)
+def test_cli_beam_options_without_beam_say_so(tmp_path, manifest, capsys, options, message):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(manifest), str(manifest), *options, "--out", str(tmp_path / "ev")])
+    assert e.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+
 def _fake_inference(monkeypatch, result: Callable[[dict[str, Any]], tuple]) -> dict[str, Any]:
     """Replace asr.inference by a module whose transcribe_manifest checks every call against
     the real function's signature (a renamed or removed parameter fails the test, as it would

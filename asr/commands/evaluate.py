@@ -91,7 +91,7 @@ def _validate(args: argparse.Namespace) -> None:
                 "use --hyps HYP_FILE MANIFEST to score a hypothesis file"
             )
         if args.decoder == "greedy" and given:
-            parser.error(f"{flags} need --decoder beam")
+            parser.error(f"{flags} {'needs' if len(given) == 1 else 'need'} --decoder beam")
     if args.beam_size is not None and args.beam_size < 1:
         parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
     if args.lm is not None and not args.lm.exists():

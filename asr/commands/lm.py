@@ -148,15 +148,13 @@ def _run_tune(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{'lm_weight':>9} {'word_score':>10} {'WER':>7}")
+    chosen = (result["lm_weight"], result["word_score"]) if result["tuned"] else None
     for g in result["grid"]:
-        mark = (
-            " *"
-            if (g["lm_weight"], g["word_score"]) == (result["lm_weight"], result["word_score"])
-            else ""
-        )
+        mark = " *" if (g["lm_weight"], g["word_score"]) == chosen else ""
         print(f"{g['lm_weight']:>9g} {g['word_score']:>10g} {100 * g['wer']:>6.2f}%{mark}")
     print(
-        f"best: lm_weight={result['lm_weight']:g} word_score={result['word_score']:g} "
+        f"{'best' if result['tuned'] else 'untuned, defaults'}: lm_weight={result['lm_weight']:g} "
+        f"word_score={result['word_score']:g} "
         f"WER {100 * result['wer']:.2f}% (greedy {100 * result['greedy_wer']:.2f}%, "
         f"{result['utterances']} utterances, {result['mode']})"
     )

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, load_tuned_weights
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions
 from asr.engine import decode_emissions
+from asr.lm_files import load_tuned_weights
 from asr.text import BLANK, CharTokenizer, Tokenizer
 
 
