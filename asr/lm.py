@@ -62,8 +62,11 @@ class LMBuild:
     path: Path  # the ARPA or binary model written
     order: int  # n-gram order
     sentences: int  # non-empty lines after normalisation
-    words: int  # running words in the corpus
+    words: int  # running words (tokens) in the corpus
     vocabulary: int  # distinct words in the LM (without <s>, </s>, <unk>)
+    lines: int = 0  # lines (manifest: utterances) read, before dropping empty ones
+    text_vocabulary: int = 0  # distinct words in the text, before any --vocab-size cap
+    oov_rate: float = 0.0  # share of the text's tokens outside the capped vocabulary
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,20 +183,33 @@ def build_lm(
             named = [("<texts>", texts)]
     name = ", ".join(n for n, _ in named)
     sentences: list[str] = []
+    lines = 0
     for src_name, src in named:
-        kept = [s for s in (normalize_text(line) for line in src) if s]
+        raw = list(src)
+        kept = [s for s in (normalize_text(line) for line in raw) if s]
         log.info(
-            "lm text %s: %d sentences, %d words",
+            "lm text %s: %d lines, %d sentences after normalisation, %d tokens",
             src_name,
+            len(raw),
             len(kept),
             sum(len(s.split()) for s in kept),
         )
+        lines += len(raw)
         sentences += kept
     if not sentences:
         raise LMError(f"{name}: no text left after normalisation")
     counts = Counter(w for s in sentences for w in s.split())
     words = sum(counts.values())
+    log.info(
+        "lm text: %d source(s), %d lines, %d sentences, %d tokens, %d distinct words",
+        len(named),
+        lines,
+        len(sentences),
+        words,
+        len(counts),
+    )
     limit = _vocabulary_limit(counts, vocab_size)
+    oov = 0 if limit is None else words - sum(counts[w] for w in limit)
 
     tools = ("lmplz", "build_binary") if out.suffix == ".bin" else ("lmplz",)
     bin_dir = Path(kenlm_bin) if kenlm_bin is not None else find_kenlm_bin(tools)
@@ -238,20 +254,37 @@ def build_lm(
         else:
             os.replace(arpa, out)
     Path(str(out) + LM_TUNE_SUFFIX).unlink(missing_ok=True)
-    return LMBuild(out, order, len(sentences), words, len(vocab))
+    return LMBuild(
+        out,
+        order,
+        len(sentences),
+        words,
+        len(vocab),
+        lines=lines,
+        text_vocabulary=len(counts),
+        oov_rate=oov / words,
+    )
 
 
 def _vocabulary_limit(counts: Counter[str], vocab_size: int | None) -> list[str] | None:
     """The ``vocab_size`` most frequent words (ties alphabetical, so builds are repeatable),
-    or None when there is no cap or the text has no more words than that. Logs what the cap
-    leaves out: the share of running words that become out-of-vocabulary."""
-    if vocab_size is None or len(counts) <= vocab_size:
+    or None when there is no cap or the text has no more words than that. Logs the
+    vocabulary before and after the cap and the OOV rate: the share of the text's tokens
+    that fall outside it."""
+    if vocab_size is None:
+        return None
+    if len(counts) <= vocab_size:
+        log.info(
+            "lm vocabulary: all %d words of the text fit the cap of %d (OOV rate 0.00%%)",
+            len(counts),
+            vocab_size,
+        )
         return None
     kept = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size]
     total = sum(counts.values())
     covered = sum(counts[w] for w in kept)
     log.info(
-        "lm vocabulary capped at %d of %d words: %.2f%% of the text's running words are outside it",
+        "lm vocabulary capped at %d of %d words: OOV rate %.2f%% of the text's tokens",
         vocab_size,
         len(counts),
         100 * (total - covered) / total,

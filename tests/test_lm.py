@@ -144,11 +144,15 @@ def test_vocabulary_limit_keeps_the_most_frequent_words_ties_alphabetical(caplog
     counts = Counter("b a c a b d".split())  # a 2, b 2, c 1, d 1
     with caplog.at_level("INFO", logger="asr.lm"):
         assert lm_mod._vocabulary_limit(counts, 3) == ["a", "b", "c"]
-    assert "capped at 3 of 4 words: 16.67%" in caplog.text
-    assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
+    assert "capped at 3 of 4 words: OOV rate 16.67%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="asr.lm"):
+        assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
+    assert "all 4 words of the text fit the cap of 4 (OOV rate 0.00%)" in caplog.text
     assert lm_mod._vocabulary_limit(counts, None) is None
 
 
+@pytest.mark.slow
 @needs_kenlm
 def test_cli_build_from_texts_and_a_manifest_with_a_vocabulary_cap(tmp_path, capsys):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -161,7 +165,18 @@ def test_cli_build_from_texts_and_a_manifest_with_a_vocabulary_cap(tmp_path, cap
     assert main([*argv, "--vocab-size", "3"]) == 0
     # the 4, cat 3, sat 2 (ran, dog, a, bird, flew: 1 each) are kept; the rest pruned.
     assert sorted(lm_vocabulary(out)) == ["cat", "sat", "the"]
-    assert "trained on 5 sentences / 14 words" in capsys.readouterr().out
+    unigrams = out.read_text(encoding="utf-8").split("\\1-grams:")[1].split("\\2-grams:")[0]
+    assert sorted(line.split("\t")[1] for line in unigrams.strip().splitlines()) == [
+        "</s>", "<s>", "<unk>", "cat", "sat", "the"
+    ]
+    captured = capsys.readouterr()
+    assert "trained on 5 sentences / 14 words" in captured.out
+    err = captured.err
+    assert "a.txt: 2 lines, 2 sentences after normalisation, 6 tokens" in err
+    assert "train.jsonl: 1 lines, 1 sentences after normalisation, 2 tokens" in err
+    assert "3 source(s), 5 lines, 5 sentences, 14 tokens, 8 distinct words" in err
+    # 14 tokens, 9 of them the/cat/sat: 5 / 14 outside the cap.
+    assert "capped at 3 of 8 words: OOV rate 35.71%" in err
     assert main(argv) == 0
     assert len(lm_vocabulary(out)) == 8
 
