@@ -38,6 +38,7 @@ from asr.decoding import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
     BeamSearchDecoder,
+    BeamSearchOptions,
     greedy_decode,
     lm_vocabulary,
 )
@@ -335,7 +336,9 @@ def tune_lm(
 
     Returns:
         ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
-        tie, so list the preferred values first), ``"grid"`` with every point's WER,
+        tie, so list the preferred values first; when EVERY point ties, the dev set cannot
+        tune anything: a warning is logged, the defaults of :class:`BeamSearchOptions` are
+        kept and ``"tunable"`` is False), ``"grid"`` with every point's WER,
         ``"greedy_wer"`` for reference, and the settings used.
     """
     from asr.metrics import score_corpus
@@ -383,8 +386,23 @@ def tune_lm(
             run_point(w, s)
 
     best = min(grid, key=lambda g: g["wer"])  # min() keeps the first of equal WERs
+    tunable = any(g["wer"] != best["wer"] for g in grid)
+    if not tunable and len(grid) > 1:
+        # Every point scores the same (e.g. 0% on an easy dev set): the first point would be
+        # an arbitrary pick that then silently becomes every decoder's default.
+        defaults = BeamSearchOptions()
+        best = {"lm_weight": defaults.lm_weight, "word_score": defaults.word_score, "wer": best["wer"]}
+        log.warning(
+            "every grid point scores WER %.2f%% on %d utterance(s): this dev set cannot tune "
+            "the LM weights; keeping the defaults lm_weight=%g word_score=%g",
+            100 * best["wer"],
+            len(refs),
+            defaults.lm_weight,
+            defaults.word_score,
+        )
     result: dict[str, Any] = {
         **best,
+        "tunable": tunable or len(grid) == 1,
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
         "mode": settings.get("mode"),

@@ -271,7 +271,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
     assert grid[(1.0, 0.0)] == pytest.approx(1 / 4)
     assert (res["lm_weight"], res["word_score"], res["wer"]) == (1.0, 0.0, pytest.approx(0.25))
     assert res["greedy_wer"] == pytest.approx(3 / 4)
-    assert res["utterances"] == 3 and res["mode"] == "lexicon"
+    assert res["utterances"] == 3 and res["mode"] == "lexicon" and res["tunable"] is True
     saved = json.loads((tmp_path / f"lm.arpa{LM_TUNE_SUFFIX}").read_text())
     assert saved["lm_weight"] == 1.0 and len(saved["grid"]) == 4
     assert load_tuned_weights(lm) == {"lm_weight": 1.0, "word_score": 0.0}
@@ -298,3 +298,24 @@ def test_tune_lm_rejects_bad_input(tmp_path, change, match):
     ems, refs = change(*_dev_set())
     with pytest.raises(ValueError, match=match):
         tune_lm(ems, refs, TOK, lm, lm_weights=(0.5,), word_scores=(0.0,))
+
+
+def test_tune_lm_keeps_the_defaults_when_every_grid_point_ties(tmp_path, caplog):
+    from asr.decoding import BeamSearchOptions
+
+    lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
+    # Acoustics already right: every weight decodes "cat" / "not so", WER 0 everywhere.
+    ems = [frames(["-", "c", "a", "t", "-"]), frames(["n", "o", "t", "|", "s", "o", "-"])]
+    with caplog.at_level("WARNING", logger="asr.lm"):
+        res = tune_lm(
+            ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 1.0), word_scores=(1.0,), save=True
+        )
+    assert {g["wer"] for g in res["grid"]} == {0.0}
+    defaults = BeamSearchOptions()
+    assert (res["lm_weight"], res["word_score"]) == (defaults.lm_weight, defaults.word_score)
+    assert res["tunable"] is False and res["wer"] == 0.0
+    assert "cannot tune the LM weights; keeping the defaults lm_weight=0.5" in caplog.text
+    assert load_tuned_weights(lm) == {"lm_weight": defaults.lm_weight, "word_score": 0.0}
+    assert tune_lm(ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0,), word_scores=(1.0,))[
+        "lm_weight"
+    ] == 2.0  # one point: nothing to compare, it is what was asked for
