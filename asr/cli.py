@@ -40,10 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("asr.commands.shard", "pack a manifest into WebDataset tar shards + index.json for streaming"),
     "train": ("asr.commands.train", "train a model from a YAML config with key=value overrides"),
     "export": ("asr.commands.export", "turn Lightning checkpoints into a loadable model package"),
-    "transcribe": ("asr.transcription", "transcribe audio files with a model package"),
+    "transcribe": ("asr.commands.transcribe", "transcribe audio files with a model package"),
     "evaluate": ("asr.commands.evaluate", "score a model (or a hypothesis file) on a manifest; write reports"),
     "compare": ("asr.commands.compare", "compare two evaluation reports with a paired bootstrap test"),
-    "lm": ("asr.lm", "build a KenLM n-gram language model; tune LM weights"),
+    "lm": ("asr.commands.lm", "build a KenLM n-gram language model; tune LM weights"),
 }
 
 

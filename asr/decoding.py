@@ -43,9 +43,9 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -403,19 +403,52 @@ def _is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
 # beam search
 
 
+DECODERS = ("greedy", "beam")
+
+
 @dataclass(frozen=True)
-class BeamSearchOptions:
+class DecodingOptions:
+    """How emissions become text: every decoding choice, with its default written here only.
+
+    Like whisper's ``DecodingOptions``: a command builds one from its flags (or a caller
+    from keywords) and it travels unchanged through :func:`asr.engine.make_decoder`,
+    :func:`asr.inference.transcribe_manifest`, :func:`asr.transcription.transcribe`,
+    :func:`asr.lm.tune_lm` and into worker processes (it pickles). Beam-only fields left
+    at their defaults are ignored by the greedy decoder; set to anything else with
+    ``decoder="greedy"`` they are refused, so a forgotten ``decoder="beam"`` is not
+    silently decoded greedily.
+    """
+
+    decoder: str = "greedy"  # "greedy" (best path) or "beam" (flashlight prefix beam search)
     beam_size: int = 50  # hypotheses kept after each frame
     beam_threshold: float = 25.0  # prune hypotheses this far (log score) below the best
     lm: str | None = None  # KenLM model (ARPA or binary); None: no LM
     lexicon: str | None = None  # "word tok tok ..." file; None: lexicon-free, or from LM vocab
-    lm_weight: float = 0.5  # LM log-prob multiplier
-    word_score: float = 0.0  # bonus per word (lexicon-free chars: per "|"; see BeamSearchDecoder)
+    # LM log-prob multiplier and bonus per word (lexicon-free chars: per "|", see
+    # BeamSearchDecoder). None: the value `asr lm tune` saved beside the LM (make_decoder),
+    # else DEFAULT_LM_WEIGHT / DEFAULT_WORD_SCORE.
+    lm_weight: float | None = None
+    word_score: float | None = None
     sil_score: float = 0.0  # bonus per emitted word delimiter / silence token
     nbest: int = 1  # hypotheses returned per utterance (distinct texts)
     unk_word: str = "<unk>"  # LM/lexicon entry for unknown words
 
-    def validate(self) -> None:
+    DEFAULT_LM_WEIGHT: ClassVar[float] = 0.5
+    DEFAULT_WORD_SCORE: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("lm", "lexicon"):  # Paths welcome; stored as str (reports, pickling)
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, os.fspath(value))
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be 'greedy' or 'beam' (is {self.decoder!r})")
+        if self.decoder == "greedy":
+            given = self.beam_options_given()
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} need(s) decoder='beam' (greedy decoding has no LM or beam)"
+                )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1 (is {self.beam_size})")
         if not self.beam_threshold > 0:
@@ -424,6 +457,31 @@ class BeamSearchOptions:
             raise ValueError(f"nbest must be >= 1 (is {self.nbest})")
         if self.nbest > self.beam_size:
             raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
+
+    def beam_options_given(self) -> list[str]:
+        """Names of the beam-only fields set to something other than their defaults."""
+        return [
+            f.name
+            for f in fields(self)
+            if f.name != "decoder" and getattr(self, f.name) != f.default
+        ]
+
+    def with_weights(self, tuned: dict[str, float] | None = None) -> DecodingOptions:
+        """These options with ``lm_weight``/``word_score`` filled in: the value given, else
+        ``tuned`` (from :func:`load_tuned_weights`), else the defaults."""
+        tuned = tuned or {}
+        return replace(
+            self,
+            lm_weight=self.lm_weight
+            if self.lm_weight is not None
+            else tuned.get("lm_weight", self.DEFAULT_LM_WEIGHT),
+            word_score=self.word_score
+            if self.word_score is not None
+            else tuned.get("word_score", self.DEFAULT_WORD_SCORE),
+        )
+
+    def check_files(self) -> None:
+        """Raises DecoderError when the LM or lexicon named here is not a file."""
         for name in ("lm", "lexicon"):
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
@@ -453,30 +511,15 @@ class BeamSearchDecoder:
     """
 
     def __init__(
-        self,
-        tokenizer: Tokenizer,
-        beam_size: int = 50,
-        beam_threshold: float = 25.0,
-        lm: str | os.PathLike | None = None,
-        lexicon: str | os.PathLike | None = None,
-        lm_weight: float = 0.5,
-        word_score: float = 0.0,
-        sil_score: float = 0.0,
-        nbest: int = 1,
-        unk_word: str = "<unk>",
+        self, tokenizer: Tokenizer, options: DecodingOptions | None = None, **overrides: Any
     ) -> None:
-        opts = BeamSearchOptions(
-            beam_size=int(beam_size),
-            beam_threshold=float(beam_threshold),
-            lm=None if lm is None else str(lm),
-            lexicon=None if lexicon is None else str(lexicon),
-            lm_weight=float(lm_weight),
-            word_score=float(word_score),
-            sil_score=float(sil_score),
-            nbest=int(nbest),
-            unk_word=unk_word,
-        )
-        opts.validate()
+        """``options`` (default: :class:`DecodingOptions`' defaults) with ``overrides``
+        (its field names: ``beam_size=10, lm="lm.bin", ...``) replaced; unset weights take
+        the defaults (tuned weights are :func:`asr.engine.make_decoder`'s business)."""
+        opts = replace(options or DecodingOptions(), decoder="beam", **overrides).with_weights()
+        opts.check_files()
+        assert opts.lm_weight is not None and opts.word_score is not None  # with_weights()
+        lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts
         self.tokenizer = tokenizer
         self._pieces = _uses_word_pieces(tokenizer)
@@ -503,13 +546,13 @@ class BeamSearchDecoder:
             self.lexicon_source = None
 
         sil_score = opts.sil_score
-        if self.lexicon_source is None and opts.word_score != 0.0:
+        if self.lexicon_source is None and word_score != 0.0:
             if self._pieces:
                 raise DecoderError(
                     "word_score has no effect in lexicon-free decoding of word pieces "
                     "(flashlight has no word insertion score there); use a lexicon or set it to 0"
                 )
-            sil_score += opts.word_score
+            sil_score += word_score
         self._sil_score = sil_score  # flashlight's silScore, as passed below
 
         # Imported here: torchaudio + flashlight take a moment to load and greedy decoding
@@ -543,8 +586,8 @@ class BeamSearchDecoder:
                     nbest=opts.nbest,
                     beam_size=opts.beam_size,
                     beam_threshold=opts.beam_threshold,
-                    lm_weight=opts.lm_weight,
-                    word_score=opts.word_score,
+                    lm_weight=lm_weight,
+                    word_score=word_score,
                     sil_score=sil_score,
                     blank_token=blank,
                     sil_token=sil,

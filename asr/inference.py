@@ -26,6 +26,7 @@ from torch import Tensor
 from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.data.sampler import plan_batches
+from asr.decoding import DecodingOptions
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
@@ -132,12 +133,7 @@ def emissions_for_manifest(
 def transcribe_manifest(
     package_path: str | os.PathLike | ModelPackage,
     manifest_path: str | os.PathLike,
-    decoder: str = "greedy",
-    lm: str | os.PathLike | None = None,
-    beam_size: int | None = None,
-    lm_weight: float | None = None,
-    word_score: float | None = None,
-    lexicon: str | os.PathLike | None = None,
+    options: DecodingOptions | None = None,
     device: str = "cpu",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
@@ -178,7 +174,8 @@ def transcribe_manifest(
         # Several workers load their own copies; this one only checks the package (and decoder).
         package = load_package(package_path, device if devices == 1 else "cpu")
     # Build the decoder first: a bad LM path should fail before minutes of inference.
-    decode, settings = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
+    options = options or DecodingOptions()
+    decode, settings = make_decoder(package, options)
     if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
     utts = read_manifest(manifest_path)
@@ -193,8 +190,6 @@ def transcribe_manifest(
         path = package.info.get("path") if isinstance(package_path, ModelPackage) else package_path
         if not path:
             raise ValueError("several devices need the package's path (workers load it themselves)")
-        options = {"decoder": decoder, "lm": lm, "beam_size": beam_size, "lm_weight": lm_weight,
-                   "word_score": word_score, "lexicon": lexicon}
         results = transcribe_segments_parallel(
             path, segments, targets, options, [u.duration for u in utts], chunk_seconds, overlap_seconds,
             batch_size, max_batch_seconds, num_threads, progress=progress, description=description)

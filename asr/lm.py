@@ -16,14 +16,11 @@ compiles them into ``tools/kenlm/bin`` (see :func:`find_kenlm_bin`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,7 +35,7 @@ from asr.decoding import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
     BeamSearchDecoder,
-    BeamSearchOptions,
+    DecodingOptions,
     greedy_decode,
     lm_vocabulary,
 )
@@ -320,9 +317,7 @@ def tune_lm(
     lm_path: str | os.PathLike,
     lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS,
     word_scores: Sequence[float] = DEFAULT_WORD_SCORES,
-    beam_size: int = 50,
-    beam_threshold: float = 25.0,
-    lexicon: str | os.PathLike | None = None,
+    options: DecodingOptions | None = None,
     save: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -331,13 +326,16 @@ def tune_lm(
     Args:
         emissions: [(T_i, V)] log-probs of the dev utterances (a (0, V) tensor decodes to "").
         refs: their reference transcripts (normalised here).
-        lm_path, lexicon, beam_size, beam_threshold: as for :class:`BeamSearchDecoder`.
+        lm_path: the LM whose weights are tuned.
+        options: the rest of the beam search (beam size and threshold, lexicon, ...);
+            its ``lm``, ``lm_weight`` and ``word_score`` are replaced by ``lm_path`` and
+            each grid point.
         save: also write the result to ``<lm_path>.tune.json``.
 
     Returns:
         ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
         tie, so list the preferred values first; when EVERY point ties, the dev set cannot
-        tune anything: a warning is logged, the defaults of :class:`BeamSearchOptions` are
+        tune anything: a warning is logged, the defaults of :class:`DecodingOptions` are
         kept and ``"tunable"`` is False), ``"grid"`` with every point's WER,
         ``"greedy_wer"`` for reference, and the settings used.
     """
@@ -362,16 +360,10 @@ def tune_lm(
     grid: list[dict[str, float]] = []
     settings: dict[str, Any] = {}
 
+    base = options or DecodingOptions()
+
     def run_point(w: float, s: float) -> None:
-        dec = BeamSearchDecoder(
-            tokenizer,
-            beam_size=beam_size,
-            beam_threshold=beam_threshold,
-            lm=str(lm_path),
-            lexicon=None if lexicon is None else str(lexicon),
-            lm_weight=w,
-            word_score=s,
-        )
+        dec = BeamSearchDecoder(tokenizer, base, lm=str(lm_path), lm_weight=w, word_score=s)
         settings.update(dec.settings())
         wer = score_corpus(refs, _decode_all(dec, emissions)).wer
         grid.append({"lm_weight": w, "word_score": s, "wer": wer})
@@ -390,15 +382,15 @@ def tune_lm(
     if not tunable and len(grid) > 1:
         # Every point scores the same (e.g. 0% on an easy dev set): the first point would be
         # an arbitrary pick that then silently becomes every decoder's default.
-        defaults = BeamSearchOptions()
-        best = {"lm_weight": defaults.lm_weight, "word_score": defaults.word_score, "wer": best["wer"]}
+        weight, score = DecodingOptions.DEFAULT_LM_WEIGHT, DecodingOptions.DEFAULT_WORD_SCORE
+        best = {"lm_weight": weight, "word_score": score, "wer": best["wer"]}
         log.warning(
             "every grid point scores WER %.2f%% on %d utterance(s): this dev set cannot tune "
             "the LM weights; keeping the defaults lm_weight=%g word_score=%g",
             100 * best["wer"],
             len(refs),
-            defaults.lm_weight,
-            defaults.word_score,
+            weight,
+            score,
         )
     result: dict[str, Any] = {
         **best,
@@ -406,8 +398,8 @@ def tune_lm(
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
         "mode": settings.get("mode"),
-        "beam_size": beam_size,
-        "beam_threshold": beam_threshold,
+        "beam_size": base.beam_size,
+        "beam_threshold": base.beam_threshold,
         "utterances": len(refs),
         "grid": grid,
     }
@@ -416,169 +408,6 @@ def tune_lm(
         atomic_write_text(side, json.dumps(result, indent=2) + "\n")
         result["saved_to"] = str(side)
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _float_list(s: str) -> list[float]:
-    try:
-        vals = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
-    if not vals or not all(math.isfinite(x) for x in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {s!r}")
-    return vals
-
-
-def _order(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"order must be an integer, got {s!r}") from e
-    if n < 2:
-        raise argparse.ArgumentTypeError(
-            f"order must be >= 2 (KenLM cannot load unigram models), got {n}"
-        )
-    return n
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="lm_command", metavar="SUBCOMMAND", required=True)
-
-    b = sub.add_parser(
-        "build",
-        help="estimate an n-gram LM from text with KenLM",
-        description="Estimate a word n-gram LM (modified Kneser-Ney) with KenLM.",
-    )
-    b.add_argument(
-        "text",
-        nargs="+",
-        type=Path,
-        help="text file(s), one sentence per line, or JSONL manifest(s)",
-    )
-    b.add_argument("--order", type=_order, default=3, help="n-gram order (default 3)")
-    b.add_argument("--out", type=Path, required=True, help="output model: *.arpa or *.bin")
-    b.add_argument("--memory", default="1G", help="lmplz sorting memory (default 1G)")
-    b.add_argument(
-        "--vocab-size",
-        type=int,
-        help="keep only the N most frequent words of all the text (default: every word)",
-    )
-    b.add_argument("--kenlm-bin", type=Path, help="directory of lmplz/build_binary")
-
-    t = sub.add_parser(
-        "tune",
-        help="grid-search LM weight and word score on a dev set",
-        description="Grid-search lm_weight x word_score by corpus WER; saves "
-        "the best to <LM>.tune.json, used as the decoding defaults.",
-    )
-    t.add_argument("model", type=Path, help="model package")
-    t.add_argument("manifest", type=Path, help="dev manifest (JSONL)")
-    t.add_argument("--lm", type=Path, required=True, help="KenLM model (ARPA or binary)")
-    t.add_argument("--lexicon", type=Path, help="lexicon file (default: from the LM vocabulary)")
-    t.add_argument(
-        "--lm-weights",
-        type=_float_list,
-        default=list(DEFAULT_LM_WEIGHTS),
-        help="comma-separated grid (default %(default)s)",
-    )
-    t.add_argument(
-        "--word-scores",
-        type=_float_list,
-        default=list(DEFAULT_WORD_SCORES),
-        help="comma-separated grid (default %(default)s); negatives: --word-scores=-1,0,1",
-    )
-    t.add_argument("--beam-size", type=int, default=50, help="beam width (default 50)")
-    t.add_argument(
-        "--beam-threshold", type=float, default=25.0, help="pruning threshold (default 25)"
-    )
-    t.add_argument("--device", default="cpu", help="device for the acoustic model (default cpu)")
-    t.add_argument("--no-save", action="store_true", help="do not write <LM>.tune.json")
-    parser.set_defaults(_lm_parser=parser)
-
-
-def _run_build(args: argparse.Namespace) -> int:
-    text: Any = args.text[0] if len(args.text) == 1 else list(args.text)
-    try:
-        info = build_lm(
-            text,
-            args.order,
-            args.out,
-            kenlm_bin=args.kenlm_bin,
-            memory=args.memory,
-            vocab_size=args.vocab_size,
-        )
-    except (LMError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {info.path}: order {info.order}, {info.vocabulary} words in the vocabulary, "
-        f"trained on {info.sentences} sentences / {info.words} words"
-    )
-    return 0
-
-
-def _run_tune(args: argparse.Namespace) -> int:
-    if args.beam_size < 1:
-        args._lm_parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
-    if not args.lm.is_file():
-        print(f"error: {args.lm}: language model not found", file=sys.stderr)
-        return 1
-    # Imported here: loading a model needs the whole model stack, building an LM does not.
-    from asr.inference import emissions_for_manifest
-    from asr.package import load_package
-
-    failed: dict[str, str] = {}
-    try:
-        package = load_package(args.model, device=args.device)
-        ems, utts = emissions_for_manifest(package, args.manifest, failed=failed)
-        result = tune_lm(
-            ems,
-            [u.text for u in utts],
-            package.tokenizer,
-            args.lm,
-            lm_weights=args.lm_weights,
-            word_scores=args.word_scores,
-            beam_size=args.beam_size,
-            beam_threshold=args.beam_threshold,
-            lexicon=args.lexicon,
-            save=not args.no_save,
-            progress=True,
-        )
-    except (ValueError, OSError, LMError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{'lm_weight':>9} {'word_score':>10} {'WER':>7}")
-    for g in result["grid"]:
-        mark = (
-            " *"
-            if (g["lm_weight"], g["word_score"]) == (result["lm_weight"], result["word_score"])
-            else ""
-        )
-        print(f"{g['lm_weight']:>9g} {g['word_score']:>10g} {100 * g['wer']:>6.2f}%{mark}")
-    print(
-        f"best: lm_weight={result['lm_weight']:g} word_score={result['word_score']:g} "
-        f"WER {100 * result['wer']:.2f}% (greedy {100 * result['greedy_wer']:.2f}%, "
-        f"{result['utterances']} utterances, {result['mode']})"
-    )
-    if "saved_to" in result:
-        print(f"saved to {result['saved_to']}")
-    if failed:
-        print(
-            f"error: {len(failed)} utterance(s) had unreadable audio and were scored as empty "
-            "hypotheses",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.lm_command == "build":
-        return _run_build(args)
-    return _run_tune(args)
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from asr.decoding import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
     BeamSearchDecoder,
+    DecodingOptions,
     lm_vocabulary,
     load_tuned_weights,
 )
@@ -262,7 +263,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
     )
     ems, refs = _dev_set()
     res = tune_lm(
-        ems, refs, TOK, lm, lm_weights=(0.0, 1.0), word_scores=(0.0, 0.5), beam_size=20, save=True
+        ems, refs, TOK, lm, (0.0, 1.0), (0.0, 0.5), DecodingOptions("beam", beam_size=20), save=True
     )
     grid = {(g["lm_weight"], g["word_score"]): g["wer"] for g in res["grid"]}
     assert set(grid) == {(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)}
@@ -280,7 +281,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
 def test_tune_lm_does_not_save_unless_asked(tmp_path):
     lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
     ems, refs = _dev_set()
-    res = tune_lm(ems, refs, TOK, lm, lm_weights=(0.5,), word_scores=(0.0,), beam_size=5)
+    res = tune_lm(ems, refs, TOK, lm, (0.5,), (0.0,), DecodingOptions("beam", beam_size=5))
     assert len(res["grid"]) == 1 and "saved_to" not in res
     assert not os.path.exists(lm + LM_TUNE_SUFFIX)
 
@@ -301,8 +302,6 @@ def test_tune_lm_rejects_bad_input(tmp_path, change, match):
 
 
 def test_tune_lm_keeps_the_defaults_when_every_grid_point_ties(tmp_path, caplog):
-    from asr.decoding import BeamSearchOptions
-
     lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
     # Acoustics already right: every weight decodes "cat" / "not so", WER 0 everywhere.
     ems = [frames(["-", "c", "a", "t", "-"]), frames(["n", "o", "t", "|", "s", "o", "-"])]
@@ -311,11 +310,11 @@ def test_tune_lm_keeps_the_defaults_when_every_grid_point_ties(tmp_path, caplog)
             ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 1.0), word_scores=(1.0,), save=True
         )
     assert {g["wer"] for g in res["grid"]} == {0.0}
-    defaults = BeamSearchOptions()
-    assert (res["lm_weight"], res["word_score"]) == (defaults.lm_weight, defaults.word_score)
+    defaults = (DecodingOptions.DEFAULT_LM_WEIGHT, DecodingOptions.DEFAULT_WORD_SCORE)
+    assert (res["lm_weight"], res["word_score"]) == defaults
     assert res["tunable"] is False and res["wer"] == 0.0
     assert "cannot tune the LM weights; keeping the defaults lm_weight=0.5" in caplog.text
-    assert load_tuned_weights(lm) == {"lm_weight": defaults.lm_weight, "word_score": 0.0}
+    assert load_tuned_weights(lm) == {"lm_weight": defaults[0], "word_score": defaults[1]}
     assert tune_lm(ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0,), word_scores=(1.0,))[
         "lm_weight"
     ] == 2.0  # one point: nothing to compare, it is what was asked for

@@ -17,7 +17,7 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.data.sampler import plan_batches
-from asr.decoding import greedy_decode
+from asr.decoding import DecodingOptions, greedy_decode
 from asr.export import export
 from asr.features import LogMel
 from asr.inference import emissions, emissions_for_manifest, transcribe_manifest
@@ -115,7 +115,7 @@ def test_beam_options_need_the_beam_decoder(package_path, tmp_path):
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, [])
     with pytest.raises(ValueError, match="need.*decoder='beam'"):
-        transcribe_manifest(package_path, manifest, decoder="greedy", beam_size=4, progress=False)
+        transcribe_manifest(package_path, manifest, DecodingOptions(decoder="greedy", beam_size=4), progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,8 +299,8 @@ def test_tone_model_reads_a_short_file(tmp_path):
 def test_long_file_windows_neither_lose_nor_duplicate_words_at_seams(long_file, decoder, segment):
     path, words = long_file
     pkg = tone_package()
-    (whole,) = transcribe(pkg, [path], decoder=decoder, chunk_seconds=1000.0)
-    (chunked,) = transcribe(pkg, [path], decoder=decoder, chunk_seconds=10.0, overlap_seconds=2.0,
+    (whole,) = transcribe(pkg, [path], DecodingOptions(decoder), chunk_seconds=1000.0)
+    (chunked,) = transcribe(pkg, [path], DecodingOptions(decoder), chunk_seconds=10.0, overlap_seconds=2.0,
                             batch_size=4, segment=segment)
     assert chunked.segmentation == segment
     expected = [w for w, _ in words]
@@ -343,15 +343,15 @@ def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
     lm.write_text(BIGRAM_ARPA)
     (tmp_path / "lm.arpa.tune.json").write_text(json.dumps({"lm_weight": 0.3, "word_score": 1.0}))
     pkg = tone_package()
-    _, settings = make_decoder(pkg, "beam", lm=lm, beam_size=8)
+    _, settings = make_decoder(pkg, DecodingOptions("beam", lm=lm, beam_size=8))
     assert settings["mode"] == "lexicon" and settings["lm_weight"] == 0.3 and settings["word_score"] == 1.0
     assert settings["beam_size"] == 8
-    _, settings = make_decoder(pkg, "beam", lm=lm, lm_weight=0.1)
+    _, settings = make_decoder(pkg, DecodingOptions("beam", lm=lm, lm_weight=0.1))
     assert settings["lm_weight"] == 0.1 and settings["word_score"] == 1.0  # explicit value wins
 
     path = tmp_path / "short.wav"
     sf.write(path, tone_audio([("abc", 0.2), ("hgf", 1.0)], 2.0), SR)
-    (r,) = transcribe(pkg, [path], decoder="beam", lm=lm)
+    (r,) = transcribe(pkg, [path], DecodingOptions("beam", lm=lm))
     assert r.text == "abc hgf"
     assert [w for w, _, _ in r.words] == ["abc", "hgf"]
     assert r.words[1][1] == pytest.approx(1.0, abs=0.03)
