@@ -26,7 +26,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.package", "PackageError"),
     ("asr.checkpoint", "CheckpointError"),
     ("asr.resume", "CheckpointLoadError"),
-    ("asr.decoding", "DecoderError"),
+    ("asr.lexicon", "DecoderError"),  # also asr.decoding.DecoderError
     ("asr.lm", "LMError"),
     ("asr.reports.data", "ReportError"),
     ("asr.evaluate", "HypothesisFileError"),

@@ -4,10 +4,10 @@ Two decoders share one output type, :class:`Hypothesis` (text, tokens, the outpu
 where each token starts, score, word spans in output frames):
 
 - :func:`greedy_decode`: best path (argmax -> collapse repeats -> drop blanks).
-- :class:`BeamSearchDecoder`: flashlight's CTC prefix beam search through
-  ``torchaudio.models.decoder.ctc_decoder``, optionally with a KenLM n-gram model and a
-  lexicon. With a word-level LM and no lexicon given, the lexicon is written on the fly from
-  the LM's vocabulary (see :func:`lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")``
+- :class:`BeamSearchDecoder`: flashlight-text's CTC prefix beam search (used directly,
+  built as torchaudio's ``ctc_decoder`` builds it), optionally with a KenLM n-gram model and
+  a lexicon. With a word-level LM and no lexicon given, the lexicon is written on the fly
+  from the LM's vocabulary (:func:`asr.lexicon.lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")``
   just works for LMs built by ``asr lm build``.
 
 Lexicons and character tokenizers: lexicon words are spelled with a trailing word delimiter
@@ -28,8 +28,9 @@ a held "at" run, and "▁c at" on its first. (Side effect: "at - at", a genuinel
 piece, can also read as "cat"; the LM and the other spelling compete for it.)
 
 Text convention (both decoders): words joined by single spaces, no leading/trailing space.
-Frames are OUTPUT frames of the acoustic model; multiply by ``FRAME_SHIFT * subsampling``
-(``ModelPackage.frame_shift``) for seconds, see :meth:`Hypothesis.word_times`.
+Frames are OUTPUT frames of the acoustic model; multiply by ``ModelPackage.frame_shift``
+(the features' frame shift times the model's subsampling) for seconds, see
+:meth:`Hypothesis.word_times`.
 
 Nothing here imports the model: decoders only see log-probs, lengths and the tokenizer.
 """
@@ -37,12 +38,8 @@ Nothing here imports the model: decoders only see log-probs, lengths and the tok
 from __future__ import annotations
 
 import bisect
-import functools
-import gzip
-import json
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,21 +47,41 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from asr.lexicon import (
+    LM_TUNE_SUFFIX,
+    LM_VOCAB_SUFFIX,
+    DecoderError,
+    FlashlightSearch,
+    copy_user_lexicon,
+    is_token_level_lm,
+    lm_vocabulary,
+    load_tuned_weights,
+    uses_word_pieces,
+    write_lexicon,
+)
 from asr.text import Tokenizer
 
-LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr lm build`
-LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score from `asr lm tune`
-_LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
-_KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
+# Re-exported: callers (and the tests) know these as asr.decoding's.
+__all__ = [
+    "DECODERS",
+    "LM_TUNE_SUFFIX",
+    "LM_VOCAB_SUFFIX",
+    "BeamSearchDecoder",
+    "DecoderError",
+    "DecodingOptions",
+    "Hypothesis",
+    "WordSpan",
+    "greedy_decode",
+    "lm_vocabulary",
+    "load_tuned_weights",
+    "write_lexicon",
+]
+
 # Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
 # mode). Finite on purpose: when no hypothesis can end a word by then, flashlight keeps
 # unfinished ones whose closing frame took one of these tokens; with -inf their score would
 # be -inf (NaN once the closing frame's share is taken back out), with -1e4 it stays exact.
 _CLOSING_FRAME_LOG_PROB = -1.0e4
-
-
-class DecoderError(ValueError):
-    """Bad decoder input: a missing/unreadable LM or lexicon, or log-probs of the wrong shape."""
 
 
 @dataclass(frozen=True)
@@ -120,19 +137,12 @@ def _runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]
     return ids[keep].tolist(), starts[keep].tolist(), ends[keep].tolist()
 
 
-def _uses_word_pieces(tokenizer: Tokenizer) -> bool:
-    # BPE/sentencepiece: word-initial pieces carry the delimiter as a prefix ("▁the"); for
-    # characters the delimiter is a token of its own ("|") and no other token starts with it.
-    d = tokenizer.word_delimiter
-    return any(t != d and t.startswith(d) for t in tokenizer.tokens)
-
-
 def _split_words(
     tokens: list[int], starts: list[int], ends: list[int], tokenizer: Tokenizer
 ) -> list[WordSpan]:
     """Group emitted tokens into words: at "|" tokens (chars) or before "▁" pieces (BPE)."""
     d = tokenizer.word_delimiter
-    pieces = _uses_word_pieces(tokenizer)
+    pieces = uses_word_pieces(tokenizer)
     spans: list[WordSpan] = []
     cur: list[int] = []  # indices into tokens of the word being built
 
@@ -194,209 +204,6 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
         words = _split_words(tokens, starts, ends, tokenizer)
         out.append(_hypothesis(tokens, starts, words, best[i, :n].sum().item()))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# lexicons and LM side files
-
-
-def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.PathLike) -> list[str]:
-    """Write a flashlight lexicon: one ``word<TAB>tok tok ...`` line per spellable word.
-
-    Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
-    was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
-    |``: flashlight needs the delimiter to end a word, see the module docstring), word pieces
-    starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
-    "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
-    word can hold its last piece over several frames (module docstring).
-
-    Args:
-        words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
-            KenLM's ``<s>``, ``</s>``, ``<unk>`` are ignored.
-
-    Returns:
-        The words that were skipped because the tokenizer cannot spell them.
-
-    Raises:
-        DecoderError: not a single word could be spelled.
-    """
-    from asr.text import TokenizerError
-
-    seen: set[str] = set()
-    lines: list[str] = []
-    skipped: list[str] = []
-    pieces = _uses_word_pieces(tokenizer)
-    for word in words:
-        if not word or word in seen or word in _LM_SPECIAL_WORDS:
-            continue
-        seen.add(word)
-        if any(c.isspace() for c in word) or tokenizer.unknown_chars(word):
-            skipped.append(word)
-            continue
-        try:
-            ids = tokenizer.encode(word)
-        except TokenizerError:
-            skipped.append(word)
-            continue
-        if not ids:
-            skipped.append(word)
-            continue
-        for sp in _search_spellings([tokenizer.tokens[i] for i in ids], tokenizer.word_delimiter, pieces):
-            lines.append(word + "\t" + " ".join(sp) + "\n")
-    if not lines:
-        raise DecoderError(
-            f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
-            f"(e.g. {sorted(seen)[:5]}); is the word list in the same script/normalisation?"
-        )
-    Path(path).write_text("".join(lines), encoding="utf-8")
-    return skipped
-
-
-def _search_spellings(spelling: list[str], delimiter: str, pieces: bool) -> list[list[str]]:
-    """The lexicon spellings our beam search needs for one word (module docstring):
-    characters end with the word delimiter; word pieces come twice, once with the last
-    piece doubled, so the word can hold its last piece over several frames."""
-    if pieces:
-        return [spelling, spelling + spelling[-1:]]
-    return [spelling if spelling[-1] == delimiter else spelling + [delimiter]]
-
-
-def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
-    """Copy a user's lexicon to ``dst`` in the form our search needs (module docstring).
-
-    Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
-    "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would
-    hit the repeated-last-character problem. Word pieces: every spelling also gets a copy
-    with its last piece doubled, as :func:`write_lexicon` writes them. Unknown tokens are
-    reported here, with the line, rather than by flashlight's terse dictionary error.
-
-    Raises:
-        DecoderError: unreadable file, a line without a spelling, or an unknown token.
-    """
-    d = tokenizer.word_delimiter
-    pieces = _uses_word_pieces(tokenizer)
-    known = set(tokenizer.tokens)
-    out: list[str] = []
-    seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
-    try:
-        text = Path(src).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DecoderError(f"{src}: cannot read lexicon: {e}") from e
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split()  # flashlight splits on any whitespace, word first
-        if not fields:
-            continue
-        if len(fields) < 2:
-            raise DecoderError(f"{src}:{lineno}: word {fields[0]!r} has no spelling")
-        word, spelling = fields[0], fields[1:]
-        unknown = sorted(set(spelling) - known)
-        if unknown:
-            raise DecoderError(
-                f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
-            )
-        for sp in _search_spellings(spelling, d, pieces):
-            key = (word, *sp)
-            if key not in seen:
-                seen.add(key)
-                out.append(word + "\t" + " ".join(sp) + "\n")
-    if not out:
-        raise DecoderError(f"{src}: lexicon has no entries")
-    Path(dst).write_text("".join(out), encoding="utf-8")
-
-
-def _is_kenlm_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(_KENLM_BINARY_MAGIC)) == _KENLM_BINARY_MAGIC
-
-
-def _read_arpa_unigrams(path: Path) -> list[str]:
-    with open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    words: list[str] = []
-    in_unigrams = False
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not in_unigrams:
-                if line == "\\1-grams:":
-                    in_unigrams = True
-                continue
-            if not line or line.startswith("\\"):
-                break
-            fields = line.split("\t") if "\t" in line else line.split()
-            if len(fields) < 2:
-                raise DecoderError(f"{path}: malformed ARPA unigram line {line!r}")
-            words.append(fields[1])
-    if not in_unigrams:
-        raise DecoderError(f"{path}: not an ARPA file (no \\1-grams: section)")
-    return words
-
-
-@functools.lru_cache(maxsize=8)
-def _lm_vocabulary_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    p = Path(path)
-    if not _is_kenlm_binary(p):
-        return tuple(w for w in _read_arpa_unigrams(p) if w not in _LM_SPECIAL_WORDS)
-    side = Path(path + LM_VOCAB_SUFFIX)
-    if not side.is_file():
-        raise DecoderError(
-            f"{path}: binary KenLM model without its vocabulary list {side.name}; pass a lexicon "
-            f"(see write_lexicon), use the ARPA file, or rebuild it with `asr lm build`"
-        )
-    words = side.read_text(encoding="utf-8").split()
-    return tuple(w for w in words if w not in _LM_SPECIAL_WORDS)
-
-
-def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
-    """Words of a KenLM model (without ``<s>``, ``</s>``, ``<unk>``).
-
-    ARPA files (plain or gzip) are read directly. KenLM binary files store a hashed
-    vocabulary that cannot be listed, so they need the ``<lm>.vocab`` side file written by
-    :func:`asr.lm.build_lm`.
-
-    Raises:
-        DecoderError: the file is missing, not ARPA, or a binary without its side file.
-    """
-    p = Path(lm_path)
-    try:
-        st = p.stat()
-    except OSError as e:
-        raise DecoderError(f"{p}: cannot read language model: {e.strerror or e}") from e
-    return list(_lm_vocabulary_cached(str(p), st.st_mtime_ns, st.st_size))
-
-
-def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
-    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM, or None."""
-    side = Path(str(lm_path) + LM_TUNE_SUFFIX)
-    if not side.is_file():
-        return None
-    try:
-        d = json.loads(side.read_text(encoding="utf-8"))
-        return {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DecoderError(f"{side}: malformed tuning file: {e}") from e
-
-
-def _is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
-    """Whether the LM's words are the tokenizer's tokens (a char/piece LM for lexicon-free)."""
-    units = [t for t in tokenizer.tokens[1:] if t not in _LM_SPECIAL_WORDS]
-    try:
-        vocab: set[str] | None = set(lm_vocabulary(lm_path))
-    except DecoderError:
-        if not _is_kenlm_binary(lm_path):
-            raise
-        vocab = None
-    if vocab is not None:
-        hits = sum(u in vocab for u in units)
-    else:  # binary without side file: ask KenLM about each token directly
-        import kenlm
-
-        model = kenlm.Model(str(lm_path))
-        hits = sum(u in model for u in units)
-    # Most tokens present = the LM was trained on token sequences. A word LM contains at
-    # most a handful of one-letter words ("a", "i"), far from half of the alphabet.
-    return hits >= 0.5 * len(units)
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +296,7 @@ class DecodingOptions:
 
 
 class BeamSearchDecoder:
-    """CTC prefix beam search (flashlight, via torchaudio's ``ctc_decoder``), optional KenLM.
+    """CTC prefix beam search (flashlight-text), optionally with a KenLM model and a lexicon.
 
     Modes, chosen from ``lm`` and ``lexicon``:
 
@@ -522,7 +329,7 @@ class BeamSearchDecoder:
         lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts
         self.tokenizer = tokenizer
-        self._pieces = _uses_word_pieces(tokenizer)
+        self._pieces = uses_word_pieces(tokenizer)
         blank = tokenizer.tokens[tokenizer.blank_id]
         if self._pieces:
             sil = "<unk>" if "<unk>" in tokenizer.tokens else blank
@@ -539,7 +346,7 @@ class BeamSearchDecoder:
         auto_words: list[str] | None = None
         if opts.lexicon is not None:
             self.lexicon_source: str | None = opts.lexicon
-        elif opts.lm is not None and not _is_token_level_lm(Path(opts.lm), tokenizer):
+        elif opts.lm is not None and not is_token_level_lm(Path(opts.lm), tokenizer):
             auto_words = lm_vocabulary(opts.lm)
             self.lexicon_source = f"vocabulary of {opts.lm}"
         else:
@@ -555,10 +362,6 @@ class BeamSearchDecoder:
             sil_score += word_score
         self._sil_score = sil_score  # flashlight's silScore, as passed below
 
-        # Imported here: torchaudio + flashlight take a moment to load and greedy decoding
-        # (used during training) needs neither.
-        from torchaudio.models.decoder import ctc_decoder
-
         with tempfile.TemporaryDirectory(prefix="asr-lexicon-") as tmp:
             lexicon_path = opts.lexicon
             if auto_words is not None:
@@ -566,32 +369,12 @@ class BeamSearchDecoder:
                 self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
             elif opts.lexicon is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
-                _copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
-            lm_dict = None
-            if lexicon_path is None and opts.lm is not None:
-                # Lexicon-free, flashlight asks the LM about token id n as "word" n of the LM
-                # dictionary. Left alone, torchaudio builds that dictionary from a hash map
-                # (scrambled order: token "a" would be scored as some other token), so we
-                # pass the dictionary explicitly, in token-id order.
-                lm_dict = os.path.join(tmp, "lm_dict.txt")
-                Path(lm_dict).write_text("\n".join(tokenizer.tokens) + "\n", encoding="utf-8")
+                copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
             try:
-                # ctc_decoder reads the lexicon while building its trie, so the temporary
-                # file may go away once it returns.
-                self._decoder = ctc_decoder(
-                    lexicon=lexicon_path,
-                    tokens=list(tokenizer.tokens),
-                    lm=opts.lm,
-                    lm_dict=lm_dict,
-                    nbest=opts.nbest,
-                    beam_size=opts.beam_size,
-                    beam_threshold=opts.beam_threshold,
-                    lm_weight=lm_weight,
-                    word_score=word_score,
-                    sil_score=sil_score,
-                    blank_token=blank,
-                    sil_token=sil,
-                    unk_word=opts.unk_word,
+                # The lexicon is read here, into the trie: the temporary file may go away.
+                self._flashlight = FlashlightSearch(
+                    tokenizer, lexicon_path, opts.lm, blank, sil, opts.beam_size,
+                    opts.beam_threshold, lm_weight, word_score, sil_score, opts.unk_word,
                 )
             except (RuntimeError, ValueError, IndexError) as e:
                 what = opts.lm if opts.lm is not None else opts.lexicon
@@ -652,11 +435,10 @@ class BeamSearchDecoder:
             # flashlight reads (n + extra) * V floats from this address: utterance b, frames
             # [0, n) plus its closing frame.
             ptr = em.data_ptr() + em.element_size() * b * em.stride(0)
-            # We call the flashlight decoder that torchaudio's CTCDecoder wraps (its public
-            # `decoder` attribute) rather than CTCDecoder.__call__: the raw result keeps the
-            # full frame-level path, needed for token END frames (word end times) and for
-            # the frame at which each lexicon word was completed.
-            results = self._decoder.decoder.decode(ptr, n + extra, v)
+            # The raw flashlight result keeps the full frame-level path, needed for token
+            # END frames (word end times) and for the frame at which each lexicon word was
+            # completed.
+            results = self._flashlight.decoder.decode(ptr, n + extra, v)
             hyps: list[Hypothesis] = []
             seen: set[str] = set()
             for r in results:
@@ -672,8 +454,7 @@ class BeamSearchDecoder:
 
     def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
         # result.tokens has one entry per decoded frame plus two: a start-of-sentence
-        # silence first and a final silence last. (torchaudio's CTCHypothesis.timesteps
-        # index this padded sequence, i.e. they are frame + 1; ours are frame indices.)
+        # silence first and a final silence last (so index i is frame i - 1).
         # Only the n real frames describe the path: the closing frame, if any, is raw[n + 1].
         raw = list(result.tokens)
         path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
@@ -704,7 +485,7 @@ class BeamSearchDecoder:
         # silence tokens (the previous word's "|") and trailing ones (its own "|").
         spans: list[WordSpan] = []
         prev = -1  # index into tokens of the previous word's last non-silence token
-        word_dict = self._decoder.word_dict
+        word_dict = self._flashlight.word_dict
         for i, w in enumerate(word_ids):
             if w < 0:
                 continue

@@ -19,14 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    BeamSearchDecoder,
-    DecodingOptions,
-    Hypothesis,
-    greedy_decode,
-    load_tuned_weights,
-)
+from asr.decoding import BeamSearchDecoder, DecodingOptions, Hypothesis, greedy_decode
+from asr.lexicon import LM_TUNE_SUFFIX, load_tuned_weights
 from asr.package import ModelPackage
 
 log = logging.getLogger(__name__)

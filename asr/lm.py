@@ -4,11 +4,11 @@
     Normalises the text exactly like transcripts (:func:`asr.text.normalize_text`), runs
     KenLM's ``lmplz`` (modified Kneser-Ney) and, for a ``.bin`` output, ``build_binary``.
     A binary LM gets a ``lm.bin.vocab`` side file: KenLM binaries cannot list their words,
-    and the beam decoder builds its lexicon from them (:func:`asr.decoding.lm_vocabulary`).
+    and the beam decoder builds its lexicon from them (:func:`asr.lexicon.lm_vocabulary`).
 ``asr lm tune MODEL DEV_MANIFEST --lm lm.bin``
     Grid search over ``lm_weight`` x ``word_score`` by corpus WER; the best pair is saved as
     ``lm.bin.tune.json``, which decoders pick up as their defaults
-    (:func:`asr.decoding.load_tuned_weights`).
+    (:func:`asr.lexicon.load_tuned_weights`).
 
 The KenLM tools are not part of the ``kenlm`` pip package; ``scripts/build_kenlm.sh``
 compiles them into ``tools/kenlm/bin`` (see :func:`find_kenlm_bin`).
@@ -31,15 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding import (
-    LM_TUNE_SUFFIX,
-    LM_VOCAB_SUFFIX,
-    BeamSearchDecoder,
-    DecodingOptions,
-    greedy_decode,
-    lm_vocabulary,
-)
+from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.files import atomic_write_text
+from asr.lexicon import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)

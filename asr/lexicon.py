@@ -1,0 +1,321 @@
+"""Lexicons and KenLM side files for the beam search decoder (:mod:`asr.decoding`).
+
+- :func:`write_lexicon` / :func:`copy_user_lexicon`: flashlight lexicons spelled the way our
+  search needs them (characters end with "|", word pieces come twice, the last piece doubled;
+  why: the :mod:`asr.decoding` docstring).
+- :func:`lm_vocabulary`: the words of a KenLM model (ARPA read directly; a binary needs the
+  ``<lm>.vocab`` side file written by ``asr lm build``), :func:`is_kenlm_binary`,
+  :func:`is_token_level_lm` (a character/piece LM for lexicon-free search).
+- :func:`load_tuned_weights`: the ``<lm>.tune.json`` side file written by ``asr lm tune``.
+- :class:`FlashlightSearch`: flashlight-text's search built from a lexicon and an LM.
+
+Nothing here turns emissions into text (:mod:`asr.decoding` does): this is what a beam
+search decoder is built from.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from asr.text import Tokenizer
+
+LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr lm build`
+LM_TUNE_SUFFIX = ".tune.json"  # "lm.bin.tune.json": best lm_weight/word_score from `asr lm tune`
+LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM's own entries, never spoken
+KENLM_BINARY_MAGIC = b"mmap lm "  # first bytes of every KenLM binary file
+
+
+class DecoderError(ValueError):
+    """Bad decoder input: a missing/unreadable LM or lexicon, or log-probs of the wrong shape."""
+
+
+def uses_word_pieces(tokenizer: Tokenizer) -> bool:
+    # BPE/sentencepiece: word-initial pieces carry the delimiter as a prefix ("▁the"); for
+    # characters the delimiter is a token of its own ("|") and no other token starts with it.
+    d = tokenizer.word_delimiter
+    return any(t != d and t.startswith(d) for t in tokenizer.tokens)
+
+
+
+def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.PathLike) -> list[str]:
+    """Write a flashlight lexicon: one ``word<TAB>tok tok ...`` line per spellable word.
+
+    Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
+    was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
+    |``: flashlight needs the delimiter to end a word, see the module docstring), word pieces
+    starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
+    "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
+    word can hold its last piece over several frames (module docstring).
+
+    Args:
+        words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
+            KenLM's ``<s>``, ``</s>``, ``<unk>`` are ignored.
+
+    Returns:
+        The words that were skipped because the tokenizer cannot spell them.
+
+    Raises:
+        DecoderError: not a single word could be spelled.
+    """
+    from asr.text import TokenizerError
+
+    seen: set[str] = set()
+    lines: list[str] = []
+    skipped: list[str] = []
+    pieces = uses_word_pieces(tokenizer)
+    for word in words:
+        if not word or word in seen or word in LM_SPECIAL_WORDS:
+            continue
+        seen.add(word)
+        if any(c.isspace() for c in word) or tokenizer.unknown_chars(word):
+            skipped.append(word)
+            continue
+        try:
+            ids = tokenizer.encode(word)
+        except TokenizerError:
+            skipped.append(word)
+            continue
+        if not ids:
+            skipped.append(word)
+            continue
+        for sp in _search_spellings([tokenizer.tokens[i] for i in ids], tokenizer.word_delimiter, pieces):
+            lines.append(word + "\t" + " ".join(sp) + "\n")
+    if not lines:
+        raise DecoderError(
+            f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
+            f"(e.g. {sorted(seen)[:5]}); is the word list in the same script/normalisation?"
+        )
+    Path(path).write_text("".join(lines), encoding="utf-8")
+    return skipped
+
+
+def _search_spellings(spelling: list[str], delimiter: str, pieces: bool) -> list[list[str]]:
+    """The lexicon spellings our beam search needs for one word (module docstring):
+    characters end with the word delimiter; word pieces come twice, once with the last
+    piece doubled, so the word can hold its last piece over several frames."""
+    if pieces:
+        return [spelling, spelling + spelling[-1:]]
+    return [spelling if spelling[-1] == delimiter else spelling + [delimiter]]
+
+
+def copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
+    """Copy a user's lexicon to ``dst`` in the form our search needs (module docstring).
+
+    Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
+    "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would
+    hit the repeated-last-character problem. Word pieces: every spelling also gets a copy
+    with its last piece doubled, as :func:`write_lexicon` writes them. Unknown tokens are
+    reported here, with the line, rather than by flashlight's terse dictionary error.
+
+    Raises:
+        DecoderError: unreadable file, a line without a spelling, or an unknown token.
+    """
+    d = tokenizer.word_delimiter
+    pieces = uses_word_pieces(tokenizer)
+    known = set(tokenizer.tokens)
+    out: list[str] = []
+    seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
+    try:
+        text = Path(src).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecoderError(f"{src}: cannot read lexicon: {e}") from e
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split()  # flashlight splits on any whitespace, word first
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DecoderError(f"{src}:{lineno}: word {fields[0]!r} has no spelling")
+        word, spelling = fields[0], fields[1:]
+        unknown = sorted(set(spelling) - known)
+        if unknown:
+            raise DecoderError(
+                f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
+            )
+        for sp in _search_spellings(spelling, d, pieces):
+            key = (word, *sp)
+            if key not in seen:
+                seen.add(key)
+                out.append(word + "\t" + " ".join(sp) + "\n")
+    if not out:
+        raise DecoderError(f"{src}: lexicon has no entries")
+    Path(dst).write_text("".join(out), encoding="utf-8")
+
+
+def is_kenlm_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(KENLM_BINARY_MAGIC)) == KENLM_BINARY_MAGIC
+
+
+def _read_arpa_unigrams(path: Path) -> list[str]:
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    words: list[str] = []
+    in_unigrams = False
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not in_unigrams:
+                if line == "\\1-grams:":
+                    in_unigrams = True
+                continue
+            if not line or line.startswith("\\"):
+                break
+            fields = line.split("\t") if "\t" in line else line.split()
+            if len(fields) < 2:
+                raise DecoderError(f"{path}: malformed ARPA unigram line {line!r}")
+            words.append(fields[1])
+    if not in_unigrams:
+        raise DecoderError(f"{path}: not an ARPA file (no \\1-grams: section)")
+    return words
+
+
+@functools.lru_cache(maxsize=8)
+def _lm_vocabulary_cached(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    p = Path(path)
+    if not is_kenlm_binary(p):
+        return tuple(w for w in _read_arpa_unigrams(p) if w not in LM_SPECIAL_WORDS)
+    side = Path(path + LM_VOCAB_SUFFIX)
+    if not side.is_file():
+        raise DecoderError(
+            f"{path}: binary KenLM model without its vocabulary list {side.name}; pass a lexicon "
+            f"(see write_lexicon), use the ARPA file, or rebuild it with `asr lm build`"
+        )
+    words = side.read_text(encoding="utf-8").split()
+    return tuple(w for w in words if w not in LM_SPECIAL_WORDS)
+
+
+def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
+    """Words of a KenLM model (without ``<s>``, ``</s>``, ``<unk>``).
+
+    ARPA files (plain or gzip) are read directly. KenLM binary files store a hashed
+    vocabulary that cannot be listed, so they need the ``<lm>.vocab`` side file written by
+    :func:`asr.lm.build_lm`.
+
+    Raises:
+        DecoderError: the file is missing, not ARPA, or a binary without its side file.
+    """
+    p = Path(lm_path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise DecoderError(f"{p}: cannot read language model: {e.strerror or e}") from e
+    return list(_lm_vocabulary_cached(str(p), st.st_mtime_ns, st.st_size))
+
+
+def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
+    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM, or None."""
+    side = Path(str(lm_path) + LM_TUNE_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        d = json.loads(side.read_text(encoding="utf-8"))
+        return {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DecoderError(f"{side}: malformed tuning file: {e}") from e
+
+
+def is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
+    """Whether the LM's words are the tokenizer's tokens (a char/piece LM for lexicon-free)."""
+    units = [t for t in tokenizer.tokens[1:] if t not in LM_SPECIAL_WORDS]
+    try:
+        vocab: set[str] | None = set(lm_vocabulary(lm_path))
+    except DecoderError:
+        if not is_kenlm_binary(lm_path):
+            raise
+        vocab = None
+    if vocab is not None:
+        hits = sum(u in vocab for u in units)
+    else:  # binary without side file: ask KenLM about each token directly
+        import kenlm
+
+        model = kenlm.Model(str(lm_path))
+        hits = sum(u in model for u in units)
+    # Most tokens present = the LM was trained on token sequences. A word LM contains at
+    # most a handful of one-letter words ("a", "i"), far from half of the alphabet.
+    return hits >= 0.5 * len(units)
+
+
+class FlashlightSearch:
+    """flashlight-text's CTC beam search, built the way torchaudio's ``ctc_decoder`` builds it.
+
+    Used directly (not through torchaudio) because :class:`asr.decoding.BeamSearchDecoder`
+    needs the raw results (the frame-level path) and the word dictionary, which torchaudio
+    keeps inside; ``decoder.decode(ptr, frames, V)`` runs it, ``word_dict`` names the words.
+    Same construction, so the same search: token dictionary in token-id order; lexicon mode
+    reads the lexicon with ``load_words``, numbers its words with ``create_word_dict``,
+    inserts every spelling into a trie scored by the LM's unigram and max-smears it;
+    lexicon-free with an LM, the LM's dictionary is the tokens in token-id order (flashlight
+    asks the LM about token id n as word n); every token is a candidate at every frame,
+    unknown words score -inf and hypotheses merge by max, not log-add.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        lexicon_path: str | None,
+        lm: str | None,
+        blank: str,
+        sil: str,
+        beam_size: int,
+        beam_threshold: float,
+        lm_weight: float,
+        word_score: float,
+        sil_score: float,
+        unk_word: str,
+    ) -> None:
+        # Imported here: flashlight and KenLM take a moment to load and greedy decoding
+        # (used during training) needs neither.
+        from flashlight.lib.text import decoder as fl
+        from flashlight.lib.text.dictionary import Dictionary, create_word_dict, load_words
+
+        tokens = Dictionary(list(tokenizer.tokens))
+        blank_id, sil_id = tokens.get_index(blank), tokens.get_index(sil)
+        lexicon = load_words(lexicon_path) if lexicon_path is not None else None
+        self.word_dict: Any = None
+        if lexicon is not None:
+            self.word_dict = create_word_dict(lexicon)
+        elif lm is not None:
+            self.word_dict = Dictionary(list(tokenizer.tokens))
+        if lm is not None:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+
+            self.lm: Any = KenLM(lm, self.word_dict)
+        else:
+            self.lm = fl.ZeroLM()
+        # The decoder holds the LM (and trie) by reference only: keep them alive with it.
+        self.trie: Any = None
+        common = {
+            "beam_size": beam_size,
+            "beam_size_token": tokens.index_size(),
+            "beam_threshold": beam_threshold,
+            "lm_weight": lm_weight,
+            "sil_score": sil_score,
+            "log_add": False,
+            "criterion_type": fl.CriterionType.CTC,
+        }
+        if lexicon is None:
+            options = fl.LexiconFreeDecoderOptions(**common)
+            self.decoder: Any = fl.LexiconFreeDecoder(options, self.lm, sil_id, blank_id, [])
+            return
+        self.trie = fl.Trie(tokens.index_size(), sil_id)
+        start = self.lm.start(False)
+        for word, spellings in lexicon.items():
+            word_id = self.word_dict.get_index(word)
+            _, score = self.lm.score(start, word_id)
+            for spelling in spellings:
+                self.trie.insert([tokens.get_index(t) for t in spelling], word_id, score)
+        self.trie.smear(fl.SmearingMode.MAX)
+        options = fl.LexiconDecoderOptions(
+            **common, word_score=word_score, unk_score=float("-inf")
+        )
+        unk_id = self.word_dict.get_index(unk_word)
+        self.decoder = fl.LexiconDecoder(
+            options, self.trie, self.lm, sil_id, blank_id, unk_id, [], False
+        )
