@@ -386,7 +386,10 @@ def _phones(items: Sequence[Item]) -> tuple[Tensor | None, Tensor | None]:
     """Padded phone targets of items that carry them (4-tuples), else (None, None)."""
     if len(items[0]) < 4:
         return None, None
-    return pad([it[3] for it in items if len(it) == 4])
+    phones = [it[3] for it in items if len(it) == 4]
+    if len(phones) != len(items):  # one dataset never mixes them: targets would misalign
+        raise ValueError("a batch mixes items with and without phone targets")
+    return pad(phones)
 
 
 def collate(items: Sequence[Item | Unreadable]) -> Batch:
