@@ -362,6 +362,7 @@ def test_int8_package_quantises_rnns_and_matches_fp32_text(tmp_path):
     assert text_q == text_fp
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_and_onnx_exports(tmp_path):
     onnx = pytest.importorskip("onnx")

@@ -28,6 +28,7 @@ def test_overrides_apply_and_types_are_checked(tmp_path):
         load_config(None, REQUIRED + ["model.cell=transformer"])
 
 
+@pytest.mark.slow
 def test_bad_value_on_the_command_line_is_one_error_line_exit_2():
     # Fails in load_config, before any manifest is read or model built: a second or two.
     proc = subprocess.run([sys.executable, "-m", "asr", "train", "conf/yesno.yaml", "model.cell=x"],

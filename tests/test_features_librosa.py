@@ -41,6 +41,7 @@ def _librosa_logmel(y: np.ndarray, cfg: FeatureConfig, htk: bool = True, norm: s
     return np.log(np.maximum(power, 1e-10)).T  # (T, n_mels)
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_logmel_matches_librosa_on_real_speech(shared_data):
     files = _speech_files(shared_data)

@@ -412,6 +412,7 @@ def test_real_yesno(shared_data, tmp_path):
     assert abs(wave.shape[0] - round(u.duration * 16000)) <= 1  # 8 kHz file loads at 16 kHz
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_real_fsdd(shared_data, tmp_path):
     t0 = time.perf_counter()
@@ -426,6 +427,7 @@ def test_real_fsdd(shared_data, tmp_path):
     assert not {u.speaker for u in splits["dev"]} & {u.speaker for u in splits["train"]}
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_real_speechocean762(shared_data, tmp_path):
     t0 = time.perf_counter()

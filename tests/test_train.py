@@ -17,6 +17,7 @@ from asr.text import CharTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_overfit_single_batch():
     torch.manual_seed(0)
     tok = CharTokenizer.from_texts(["abc cab"])

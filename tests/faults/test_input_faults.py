@@ -216,6 +216,7 @@ def test_same_named_outputs_numbered_in_input_order(package, tmp_path, capsys):
 # evaluate (model and --hyps)
 
 
+@pytest.mark.slow
 def test_evaluate_model_scores_bad_items_as_failed(package, hostile, tmp_path, capsys):
     names = ["good.wav", *BAD]
     m = manifest_for(hostile, names, tmp_path / "m.jsonl")

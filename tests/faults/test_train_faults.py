@@ -385,6 +385,7 @@ def test_bad_model_value_or_missing_manifest_is_one_line_exit_2(tmp_path, proble
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow
 def test_bad_manifest_is_one_line_exit_2(tmp_path, capsys):
     from asr.cli import main
 
