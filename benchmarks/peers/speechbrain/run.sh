@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SpeechBrain peer on our speechocean762 split: makes its own venv, then trains and decodes.
 #   bash benchmarks/peers/speechbrain/run.sh [--train M] [--dev M] [--out DIR]
-#        [--budget-min 80] [--threads 1] [--smoke]
+#        [--budget-min 80] [--threads 1] [--smoke] [--limit-train N] [--set KEY=VALUE ...]
 # Paths are relative to the repository root (run from anywhere).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +15,7 @@ out=exp/peer-speechbrain
 budget=80
 threads=1
 smoke=()
+extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --train) train="$2"; shift 2 ;;
@@ -23,6 +24,7 @@ while [[ $# -gt 0 ]]; do
     --budget-min) budget="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --smoke) smoke=(--smoke); shift ;;
+    --set|--limit-train) extra+=("$1" "$2"); shift 2 ;;
     *) echo "error: run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -39,4 +41,4 @@ fi
 
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 exec "$venv/bin/python" "$here/train.py" --train "$train" --dev "$dev" --out "$out" \
-  --budget-min "$budget" --threads "$threads" "${smoke[@]}"
+  --budget-min "$budget" --threads "$threads" "${smoke[@]}" "${extra[@]}"

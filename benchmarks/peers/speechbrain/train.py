@@ -68,6 +68,10 @@ HP = {  # model and training settings (README.md explains the departures from th
     "batch_size": 8,
     "max_grad_norm": 5.0,
     "speeds": [95, 100, 105],
+    "augment": True,  # the recipe's SpeedPerturb + DropFreq + DropChunk on training batches
+    "augment_prob": 1.0,  # share of training batches augmented (the recipe: 1.0, plus a clean copy)
+    "sorting": "ascending",  # the recipe's; "random" reshuffles every epoch
+    "dnn_norm": "batch",  # CRDNN's BatchNorm1d; "layer" swaps in speechbrain's LayerNorm
     "seed": 1986,
 }
 
@@ -146,7 +150,7 @@ def build_modules(vocab_size: int) -> dict[str, torch.nn.Module]:
                  dropout=HP["dropout"], bidirectional=True, layer_name="rnn")
     for i in range(HP["dnn_blocks"]):
         model.append(Linear, n_neurons=HP["dnn_neurons"], layer_name=f"dnn_{i}")
-        model.append(BatchNorm1d, layer_name=f"dnn_norm_{i}")
+        model.append(BatchNorm1d if HP["dnn_norm"] == "batch" else LayerNorm, layer_name=f"dnn_norm_{i}")
         model.append(torch.nn.LeakyReLU(), layer_name=f"dnn_act_{i}")
         model.append(torch.nn.Dropout(HP["dropout"]), layer_name=f"dnn_drop_{i}")
     output = Linear(input_size=HP["dnn_neurons"], n_neurons=vocab_size, bias=True)
@@ -223,7 +227,8 @@ class PeerBrain(sb.Brain):
         wavs, wav_lens = batch.sig
         if stage == sb.Stage.TRAIN:
             self.audio_s += float((wav_lens * wavs.shape[1]).sum()) / SAMPLE_RATE
-            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+            if HP["augment"]:
+                wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens)
         x = self.modules.model(feats)
@@ -312,7 +317,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="40 train / 20 dev utterances, 2 min budget")
     p.add_argument("--params-only", action="store_true", help="print the parameter count and exit")
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="first N training utterances only (quick tuning runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of HP (e.g. --set lr=2e-3 --set augment=false)")
     return p.parse_args(argv)
+
+
+def apply_overrides(pairs: list[str]) -> None:
+    """``KEY=VALUE`` onto HP, typed like the default (bools: true/false)."""
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in HP:
+            sys.exit(f"error: --set {pair}: expected KEY=VALUE with KEY one of {sorted(HP)}")
+        old = HP[key]
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false"):
+                sys.exit(f"error: --set {pair}: expected true or false")
+            HP[key] = value.lower() == "true"
+        elif isinstance(old, (int, float, str)):
+            try:
+                HP[key] = type(old)(value)
+            except ValueError:
+                sys.exit(f"error: --set {pair}: expected a {type(old).__name__}")
+        else:
+            sys.exit(f"error: --set {pair}: {key} cannot be set from the command line")
+    choices = {"sorting": ("ascending", "random"), "dnn_norm": ("batch", "layer")}
+    for key, allowed in choices.items():
+        if HP[key] not in allowed:
+            sys.exit(f"error: --set {key}={HP[key]}: expected one of {', '.join(allowed)}")
+    if not 0.0 <= HP["augment_prob"] <= 1.0:
+        sys.exit(f"error: --set augment_prob={HP['augment_prob']}: expected a value in [0, 1]")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -322,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_interop_threads(args.threads)
     if args.smoke:
         args.budget_min = min(args.budget_min, 2.0)
-    limit_train, limit_dev = (40, 20) if args.smoke else (None, None)
+    apply_overrides(args.set)
+    limit_train, limit_dev = (40, 20) if args.smoke else (args.limit_train, None)
 
     t0 = time.monotonic()  # the budget counts everything from here: data, training, dev passes
     sb.utils.seed.seed_everything(HP["seed"])
@@ -355,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
             concat_original=False,  # the recipe concatenates the clean batch: 2x compute
             min_augmentations=3,
             max_augmentations=3,
-            augment_prob=1.0,
+            augment_prob=HP["augment_prob"],
             augmentations=[
                 SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=HP["speeds"]),
                 DropFreq(drop_freq_low=0, drop_freq_high=1, drop_freq_count_low=1,
@@ -380,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     brain_ref.append(brain)
     loader = {"batch_size": HP["batch_size"], "shuffle": False, "num_workers": 0,
               "collate_fn": PaddedBatch}
-    brain.fit(counter, train_ds, dev_ds, train_loader_kwargs=loader, valid_loader_kwargs=loader)
+    train_loader = {**loader, "shuffle": HP["sorting"] == "random"}
+    brain.fit(counter, train_ds, dev_ds, train_loader_kwargs=train_loader, valid_loader_kwargs=loader)
     train_wall = brain.elapsed()
 
     # Dev decode with the best checkpoint (Brain.evaluate recovers it by min_key).
