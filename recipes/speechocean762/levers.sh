@@ -59,27 +59,5 @@ for lm in "$EXP"/lm/train4.bin "$EXP"/lm/fort3*.bin; do
 done
 
 if [[ -f "$PEER/hyps.jsonl" ]]; then
-  say "SpeechBrain peer: greedy, and our beam search + the recipe's 3-gram over its log-probs"
-  "$ASR" evaluate --hyps "$PEER/hyps.jsonl" "$DEV" --out "$PEER/eval/greedy" -q >/dev/null
-  "$PY" -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1], s.get('wer'), s.get('cer'))" "$PEER/eval/greedy"
-  best=""
-  mkdir -p "$PEER/eval/grid"
-  IFS=, read -ra ws <<< "$WEIGHTS"; IFS=, read -ra ss <<< "$SCORES"
-  for w in "${ws[@]}"; do for s in "${ss[@]}"; do
-    out="$PEER/eval/grid/w${w}_s${s}"
-    PYTHONPATH=. "$PY" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
-      --lm-weight "$w" --word-score "$s" --out "$out.hyps.jsonl" >/dev/null 2>&1
-    "$ASR" evaluate --hyps "$out.hyps.jsonl" "$DEV" --out "$out" -q >/dev/null
-    wer=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/summary.json'))['wer'])" "$out")
-    echo "peer beam+LM w=$w s=$s: $wer"
-    if [[ -z "$best" ]] || "$PY" -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$wer" "${best%% *}"; then
-      best="$wer $out"
-    fi
-  done; done
-  rm -rf "$PEER/eval/beam-lm"; cp -r "${best#* }" "$PEER/eval/beam-lm"
-  echo "peer beam+LM best: $best"
-
-  say "ours vs the peer (paired bootstrap; A = peer, B = ours)"
-  "$ASR" compare "$PEER/eval/greedy" "$EXP/eval/greedy/dev" --out "$EXP/compare/peer-greedy"
-  "$ASR" compare "$PEER/eval/beam-lm" "$EXP/eval/beam-lm/dev" --out "$EXP/compare/peer-beam-lm"
+  WEIGHTS=$WEIGHTS SCORES=$SCORES bash recipes/speechocean762/score_peer.sh "$EXP" "$PEER"
 fi

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The SpeechBrain peer scored the way our model is: greedy through `asr evaluate --hyps`, then
+# our beam search + the recipe's 3-gram over its log-probs with the LM weight and word score
+# tuned on dev on the same grid as ours, then `asr compare` (A = peer, B = ours). Needs
+# run.sh's stages (EXP/eval/{greedy,beam-lm}/dev, EXP/lm/3gram.bin) and the peer's outputs
+# (benchmarks/peers/speechbrain/run.sh). Called by levers.sh; on its own:
+#
+#   recipes/speechocean762/score_peer.sh EXP PEER_OUT
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+EXP=${1:?usage: score_peer.sh EXP PEER_OUT}
+PEER=${2:?usage: score_peer.sh EXP PEER_OUT}
+ASR=${ASR:-.venv/bin/asr}
+PY=${PY:-.venv/bin/python}
+DEV=data/speechocean762/dev.jsonl
+WEIGHTS=${WEIGHTS:-0,0.5,1,1.5,2}
+SCORES=${SCORES:--1,0,1,2}
+say() { printf '\n== %s\n' "$*"; }
+for f in "$PEER/hyps.jsonl" "$PEER/logprobs.pt" "$EXP/lm/3gram.bin" "$EXP/eval/greedy/dev/summary.json"; do
+  [[ -f "$f" ]] || { echo "error: $f: missing (run the recipe and the peer first)" >&2; exit 2; }
+done
+
+say "SpeechBrain peer: greedy, and our beam search + the recipe's 3-gram over its log-probs"
+"$ASR" evaluate --hyps "$PEER/hyps.jsonl" "$DEV" --out "$PEER/eval/greedy" -q >/dev/null
+"$PY" -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1], s.get('wer'), s.get('cer'))" "$PEER/eval/greedy"
+best=""
+mkdir -p "$PEER/eval/grid"
+IFS=, read -ra ws <<< "$WEIGHTS"; IFS=, read -ra ss <<< "$SCORES"
+for w in "${ws[@]}"; do for s in "${ss[@]}"; do
+  out="$PEER/eval/grid/w${w}_s${s}"
+  PYTHONPATH=. "$PY" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
+    --lm-weight "$w" --word-score "$s" --out "$out.hyps.jsonl" >/dev/null 2>&1
+  "$ASR" evaluate --hyps "$out.hyps.jsonl" "$DEV" --out "$out" -q >/dev/null
+  wer=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/summary.json'))['wer'])" "$out")
+  echo "peer beam+LM w=$w s=$s: $wer"
+  if [[ -z "$best" ]] || "$PY" -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$wer" "${best%% *}"; then
+    best="$wer $out"
+  fi
+done; done
+rm -rf "$PEER/eval/beam-lm"; cp -r "${best#* }" "$PEER/eval/beam-lm"
+echo "peer beam+LM best: $best"
+
+say "ours vs the peer (paired bootstrap; A = peer, B = ours)"
+"$ASR" compare "$PEER/eval/greedy" "$EXP/eval/greedy/dev" --out "$EXP/compare/$(basename "$PEER")-greedy"
+"$ASR" compare "$PEER/eval/beam-lm" "$EXP/eval/beam-lm/dev" --out "$EXP/compare/$(basename "$PEER")-beam-lm"
