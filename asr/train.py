@@ -117,6 +117,9 @@ def quiet_lightning() -> None:
     # does not: Lightning says on every run that the module's is used, which is the design.
     warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule` "
                                               r"but have passed in a `LightningDataModule`")
+    # Only reached with --resume (a fresh run into a directory with checkpoints is refused
+    # before Lightning starts), where the checkpoints being there is the point.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class Losses(NamedTuple):

@@ -322,6 +322,7 @@ def test_lightning_noise_is_dropped_and_real_messages_kept(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         rank_zero_warn("You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a "
                        "`LightningDataModule`. It will use the implementation from `LightningModule` instance.")
+        rank_zero_warn("Checkpoint directory /x/exp/checkpoints exists and is not empty.")
         rank_zero_warn("The dataloader does not have many workers")
     assert [str(w.message) for w in seen] == ["The dataloader does not have many workers"]
 
