@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import asr
 from asr.cli import _parse, build_parser, main
 from asr.commands.decoding_flags import check_decoding_flags, decoding_options
 from asr.decoding import DecodingOptions

@@ -283,7 +283,7 @@ def test_tune_lm_keeps_the_defaults_when_every_point_ties(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="asr.lm"):
         res = tune_lm(
             ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 0.0), word_scores=(1.0, 0.0),
-            options=DecodingOptions(beam_size=5), save=True,
+            options=DecodingOptions("beam", beam_size=5), save=True,
         )
     assert [g["wer"] for g in res["grid"]] == [0.0] * 4
     assert res["tuned"] is False and "saved_to" not in res
