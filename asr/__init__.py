@@ -3,11 +3,21 @@
 __version__ = "0.1.0"
 
 
-def transcribe(model, paths, **kw):
+def transcribe(model, paths, options=None, **kw):
     """Transcribe audio files with a model package; see :func:`asr.transcription.transcribe`.
 
-    Imported lazily so that ``import asr`` (and ``asr --help``) stays free of torch.
+    For convenience, keywords naming :class:`asr.decoding.DecodingOptions` fields
+    (``decoder="beam", lm="lm.bin"``) are gathered into ``options``; the rest go to
+    :func:`asr.transcription.transcribe`. Imported lazily so that ``import asr`` (and
+    ``asr --help``) stays free of torch.
     """
+    from dataclasses import fields, replace
+
+    from asr.decoding import DecodingOptions
     from asr.transcription import transcribe as _transcribe
 
-    return _transcribe(model, paths, **kw)
+    names = {f.name for f in fields(DecodingOptions)}
+    decoding = {k: kw.pop(k) for k in list(kw) if k in names}
+    if decoding:
+        options = replace(options or DecodingOptions(), **decoding)
+    return _transcribe(model, paths, options, **kw)

@@ -4,11 +4,13 @@ Two decoders share one output type, :class:`Hypothesis` (text, tokens, the outpu
 where each token starts, score, word spans in output frames):
 
 - :func:`greedy_decode`: best path (argmax -> collapse repeats -> drop blanks).
-- :class:`BeamSearchDecoder`: flashlight's CTC prefix beam search through
-  ``torchaudio.models.decoder.ctc_decoder``, optionally with a KenLM n-gram model and a
-  lexicon. With a word-level LM and no lexicon given, the lexicon is written on the fly from
-  the LM's vocabulary (see :func:`asr.lm_files.lm_vocabulary`), so
-  ``BeamSearchDecoder(tok, lm="lm.bin")`` just works for LMs built by ``asr lm build``.
+- :class:`BeamSearchDecoder`: flashlight-text's CTC prefix beam search
+  (:class:`asr.flashlight.FlashlightSearch`, built as torchaudio's ``ctc_decoder`` builds
+  it), optionally with a KenLM n-gram model and a lexicon. With a word-level LM and no
+  lexicon given, the lexicon is written on the fly from the LM's vocabulary (see
+  :func:`asr.lm_files.lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")`` just
+  works for LMs built by ``asr lm build``. Every choice either makes is one
+  :class:`DecodingOptions`, whose defaults are written only there.
 
 Lexicons and character tokenizers: lexicon words are spelled with a trailing word delimiter
 ("c a t |", as flashlight expects). Flashlight's lexicon search finishes a word when its
@@ -44,13 +46,14 @@ from __future__ import annotations
 import bisect
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from asr.flashlight import FlashlightSearch
 from asr.lm_files import (
     DecoderError,
     _copy_user_lexicon,
@@ -194,19 +197,51 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
 # beam search
 
 
+DECODERS = ("greedy", "beam")
+
+
 @dataclass(frozen=True)
-class BeamSearchOptions:
+class DecodingOptions:
+    """How emissions become text: every decoding choice, its default written here only.
+
+    A command builds one from its flags (:mod:`asr.commands.decoding_flags`), a caller from
+    keywords; it travels unchanged through :func:`asr.engine.make_decoder`,
+    :func:`asr.inference.transcribe_manifest`, :func:`asr.transcription.transcribe`,
+    :func:`asr.lm.tune_lm` and into worker processes (it pickles). Beam-only fields left at
+    their defaults are ignored by the greedy decoder; set to anything else with
+    ``decoder="greedy"`` they are refused, so a forgotten ``decoder="beam"`` is not silently
+    decoded greedily.
+    """
+
+    decoder: str = "greedy"  # "greedy" (best path) or "beam" (flashlight prefix beam search)
     beam_size: int = 50  # hypotheses kept after each frame
     beam_threshold: float = 25.0  # prune hypotheses this far (log score) below the best
     lm: str | None = None  # KenLM model (ARPA or binary); None: no LM
     lexicon: str | None = None  # "word tok tok ..." file; None: lexicon-free, or from LM vocab
-    lm_weight: float = 0.5  # LM log-prob multiplier
-    word_score: float = 0.0  # bonus per word (lexicon-free chars: per "|"; see BeamSearchDecoder)
+    # LM log-prob multiplier and bonus per word (lexicon-free chars: per "|", see
+    # BeamSearchDecoder). None: the value `asr lm tune` saved beside the LM (make_decoder),
+    # else DEFAULT_LM_WEIGHT / DEFAULT_WORD_SCORE (see with_weights).
+    lm_weight: float | None = None
+    word_score: float | None = None
     sil_score: float = 0.0  # bonus per emitted word delimiter / silence token
     nbest: int = 1  # hypotheses returned per utterance (distinct texts)
     unk_word: str = "<unk>"  # LM/lexicon entry for unknown words
 
-    def validate(self) -> None:
+    DEFAULT_LM_WEIGHT: ClassVar[float] = 0.5
+    DEFAULT_WORD_SCORE: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("lm", "lexicon"):  # Paths welcome; stored as str (reports, pickling)
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, os.fspath(value))
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be 'greedy' or 'beam' (is {self.decoder!r})")
+        given = self.beam_options_given()
+        if self.decoder == "greedy" and given:
+            raise ValueError(
+                f"{', '.join(given)} need(s) decoder='beam' (greedy decoding has no LM or beam)"
+            )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1 (is {self.beam_size})")
         if not self.beam_threshold > 0:
@@ -215,6 +250,21 @@ class BeamSearchOptions:
             raise ValueError(f"nbest must be >= 1 (is {self.nbest})")
         if self.nbest > self.beam_size:
             raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
+
+    def beam_options_given(self) -> list[str]:
+        """Names of the beam-only fields set to something other than their defaults."""
+        return [f.name for f in fields(self) if f.name != "decoder" and getattr(self, f.name) != f.default]
+
+    def with_weights(self, tuned: dict[str, float] | None = None) -> DecodingOptions:
+        """These options with ``lm_weight``/``word_score`` filled in: the value given, else
+        ``tuned`` (from :func:`asr.lm_files.load_tuned_weights`), else the defaults."""
+        tuned = tuned or {}
+        weight = self.lm_weight if self.lm_weight is not None else tuned.get("lm_weight", self.DEFAULT_LM_WEIGHT)
+        score = self.word_score if self.word_score is not None else tuned.get("word_score", self.DEFAULT_WORD_SCORE)
+        return replace(self, lm_weight=float(weight), word_score=float(score))
+
+    def check_files(self) -> None:
+        """Raises DecoderError when the LM or lexicon named here is not a file."""
         for name in ("lm", "lexicon"):
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
@@ -222,7 +272,7 @@ class BeamSearchOptions:
 
 
 class BeamSearchDecoder:
-    """CTC prefix beam search (flashlight, via torchaudio's ``ctc_decoder``), optional KenLM.
+    """CTC prefix beam search (flashlight-text), optionally with a KenLM model and a lexicon.
 
     Modes, chosen from ``lm`` and ``lexicon``:
 
@@ -243,31 +293,14 @@ class BeamSearchDecoder:
     "|" per word boundary); for word pieces lexicon-free, a non-zero ``word_score`` is refused.
     """
 
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        beam_size: int = 50,
-        beam_threshold: float = 25.0,
-        lm: str | os.PathLike | None = None,
-        lexicon: str | os.PathLike | None = None,
-        lm_weight: float = 0.5,
-        word_score: float = 0.0,
-        sil_score: float = 0.0,
-        nbest: int = 1,
-        unk_word: str = "<unk>",
-    ) -> None:
-        opts = BeamSearchOptions(
-            beam_size=int(beam_size),
-            beam_threshold=float(beam_threshold),
-            lm=None if lm is None else str(lm),
-            lexicon=None if lexicon is None else str(lexicon),
-            lm_weight=float(lm_weight),
-            word_score=float(word_score),
-            sil_score=float(sil_score),
-            nbest=int(nbest),
-            unk_word=unk_word,
-        )
-        opts.validate()
+    def __init__(self, tokenizer: Tokenizer, options: DecodingOptions | None = None, **overrides: Any) -> None:
+        """``options`` (default: :class:`DecodingOptions`' defaults) with ``overrides`` (its
+        field names: ``beam_size=10, lm="lm.bin"``) replaced; weights left unset take the
+        defaults (the LM's tuned weights are :func:`asr.engine.make_decoder`'s business)."""
+        opts = replace(options or DecodingOptions(), decoder="beam", **overrides).with_weights()
+        opts.check_files()
+        assert opts.lm_weight is not None and opts.word_score is not None  # with_weights()
+        lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts
         self.tokenizer = tokenizer
         self._pieces = _uses_word_pieces(tokenizer)
@@ -294,18 +327,14 @@ class BeamSearchDecoder:
             self.lexicon_source = None
 
         sil_score = opts.sil_score
-        if self.lexicon_source is None and opts.word_score != 0.0:
+        if self.lexicon_source is None and word_score != 0.0:
             if self._pieces:
                 raise DecoderError(
                     "word_score has no effect in lexicon-free decoding of word pieces "
                     "(flashlight has no word insertion score there); use a lexicon or set it to 0"
                 )
-            sil_score += opts.word_score
+            sil_score += word_score
         self._sil_score = sil_score  # flashlight's silScore, as passed below
-
-        # Imported here: torchaudio + flashlight take a moment to load and greedy decoding
-        # (used during training) needs neither.
-        from torchaudio.models.decoder import ctc_decoder
 
         with tempfile.TemporaryDirectory(prefix="asr-lexicon-") as tmp:
             lexicon_path = opts.lexicon
@@ -315,31 +344,11 @@ class BeamSearchDecoder:
             elif opts.lexicon is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
                 _copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
-            lm_dict = None
-            if lexicon_path is None and opts.lm is not None:
-                # Lexicon-free, flashlight asks the LM about token id n as "word" n of the LM
-                # dictionary. Left alone, torchaudio builds that dictionary from a hash map
-                # (scrambled order: token "a" would be scored as some other token), so we
-                # pass the dictionary explicitly, in token-id order.
-                lm_dict = os.path.join(tmp, "lm_dict.txt")
-                Path(lm_dict).write_text("\n".join(tokenizer.tokens) + "\n", encoding="utf-8")
             try:
-                # ctc_decoder reads the lexicon while building its trie, so the temporary
-                # file may go away once it returns.
-                self._decoder = ctc_decoder(
-                    lexicon=lexicon_path,
-                    tokens=list(tokenizer.tokens),
-                    lm=opts.lm,
-                    lm_dict=lm_dict,
-                    nbest=opts.nbest,
-                    beam_size=opts.beam_size,
-                    beam_threshold=opts.beam_threshold,
-                    lm_weight=opts.lm_weight,
-                    word_score=opts.word_score,
-                    sil_score=sil_score,
-                    blank_token=blank,
-                    sil_token=sil,
-                    unk_word=opts.unk_word,
+                # The lexicon is read into the trie here: the temporary file may then go.
+                self._search = FlashlightSearch(
+                    tokenizer, lexicon_path, opts.lm, blank, sil, opts.beam_size,
+                    opts.beam_threshold, lm_weight, word_score, sil_score, opts.unk_word,
                 )
             except (RuntimeError, ValueError, IndexError) as e:
                 what = opts.lm if opts.lm is not None else opts.lexicon
@@ -400,11 +409,9 @@ class BeamSearchDecoder:
             # flashlight reads (n + extra) * V floats from this address: utterance b, frames
             # [0, n) plus its closing frame.
             ptr = em.data_ptr() + em.element_size() * b * em.stride(0)
-            # We call the flashlight decoder that torchaudio's CTCDecoder wraps (its public
-            # `decoder` attribute) rather than CTCDecoder.__call__: the raw result keeps the
-            # full frame-level path, needed for token END frames (word end times) and for
-            # the frame at which each lexicon word was completed.
-            results = self._decoder.decoder.decode(ptr, n + extra, v)
+            # The raw flashlight result keeps the full frame-level path, needed for token
+            # END frames (word end times) and for the frame where each lexicon word completes.
+            results = self._search.decoder.decode(ptr, n + extra, v)
             hyps: list[Hypothesis] = []
             seen: set[str] = set()
             for r in results:
@@ -420,8 +427,8 @@ class BeamSearchDecoder:
 
     def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
         # result.tokens has one entry per decoded frame plus two: a start-of-sentence
-        # silence first and a final silence last. (torchaudio's CTCHypothesis.timesteps
-        # index this padded sequence, i.e. they are frame + 1; ours are frame indices.)
+        # silence first and a final silence last (index i is frame i - 1; ours are frame
+        # indices).
         # Only the n real frames describe the path: the closing frame, if any, is raw[n + 1].
         raw = list(result.tokens)
         path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
@@ -452,7 +459,7 @@ class BeamSearchDecoder:
         # silence tokens (the previous word's "|") and trailing ones (its own "|").
         spans: list[WordSpan] = []
         prev = -1  # index into tokens of the previous word's last non-silence token
-        word_dict = self._decoder.word_dict
+        word_dict = self._search.word_dict
         for i, w in enumerate(word_ids):
             if w < 0:
                 continue

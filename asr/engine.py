@@ -9,7 +9,6 @@ limits, CPU thread settings, :func:`forward_batch`, building a decoder from its 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_decode
+from asr.decoding import BeamSearchDecoder, DecodingOptions, Hypothesis, greedy_decode
 from asr.lm_files import LM_TUNE_SUFFIX, load_tuned_weights
 from asr.package import ModelPackage
 from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
@@ -117,43 +116,26 @@ class LogProgress:
 
 
 def make_decoder(
-    package: ModelPackage,
-    decoder: str = "greedy",
-    lm: str | os.PathLike | None = None,
-    beam_size: int | None = None,
-    lm_weight: float | None = None,
-    word_score: float | None = None,
-    lexicon: str | os.PathLike | None = None,
+    package: ModelPackage, options: DecodingOptions | None = None
 ) -> tuple[Callable[[Tensor, Tensor], list[Hypothesis]], dict[str, Any]]:
     """A function (log_probs (N, T, V), lengths (N,)) -> [Hypothesis] (best only) and its settings.
 
-    Beam options left as None take, in order: the weights ``asr lm tune`` saved beside the
-    LM (``<lm>.tune.json``), then :class:`asr.decoding.BeamSearchOptions` defaults.
+    ``options`` default to greedy decoding. Beam weights left as None take, in order: the
+    weights ``asr lm tune`` saved beside the LM (``<lm>.tune.json``), then the
+    :class:`asr.decoding.DecodingOptions` defaults.
 
     Raises:
-        ValueError: unknown decoder, or beam options given with the greedy decoder.
         DecoderError: a missing/unusable LM or lexicon.
     """
+    options = options or DecodingOptions()
     tokenizer = package.tokenizer
-    if decoder == "greedy":
-        given = {k: v for k, v in (("lm", lm), ("beam_size", beam_size), ("lm_weight", lm_weight),
-                                   ("word_score", word_score), ("lexicon", lexicon)) if v is not None}
-        if given:
-            raise ValueError(f"{', '.join(given)} need(s) decoder='beam' (greedy decoding has no LM or beam)")
+    if options.decoder == "greedy":
         return (lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
-    if decoder != "beam":
-        raise ValueError(f"decoder must be 'greedy' or 'beam' (is {decoder!r})")
-    defaults = BeamSearchOptions()
-    tuned = load_tuned_weights(lm) if lm is not None else None
-    opts: dict[str, Any] = {
-        "beam_size": defaults.beam_size if beam_size is None else beam_size,
-        "lm_weight": lm_weight if lm_weight is not None else (tuned or {}).get("lm_weight", defaults.lm_weight),
-        "word_score": word_score if word_score is not None else (tuned or {}).get("word_score", defaults.word_score),
-    }
-    beam = BeamSearchDecoder(tokenizer, lm=lm, lexicon=lexicon, **opts)
+    tuned = load_tuned_weights(options.lm) if options.lm is not None else None
+    beam = BeamSearchDecoder(tokenizer, options.with_weights(tuned))
     settings = beam.settings()
     if tuned is not None:
-        settings["tuned_weights"] = f"{lm}{LM_TUNE_SUFFIX}"
+        settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
     return (lambda lp, lens: [h[0] for h in beam(lp, lens)]), settings
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor
 from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.data.sampler import plan_batches
+from asr.decoding import DecodingOptions
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
@@ -132,12 +132,7 @@ def emissions_for_manifest(
 def transcribe_manifest(
     package_path: str | os.PathLike | ModelPackage,
     manifest_path: str | os.PathLike,
-    decoder: str = "greedy",
-    lm: str | os.PathLike | None = None,
-    beam_size: int | None = None,
-    lm_weight: float | None = None,
-    word_score: float | None = None,
-    lexicon: str | os.PathLike | None = None,
+    options: DecodingOptions | None = None,
     device: str = "cpu",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
@@ -161,6 +156,9 @@ def transcribe_manifest(
     device. The package must then be a path (or a package loaded from one); the RTF counts
     the workers' start-up (process spawn, package load).
 
+    ``options`` say how to decode (default greedy; see :func:`asr.engine.make_decoder`).
+    Unreadable utterances and duration mismatches are logged as warnings and counted.
+
     Returns:
         hyps: utterance id -> text, for EVERY utterance (unreadable audio -> "").
         rtf: real-time factor = wall seconds (audio reading, features, model, decoding)
@@ -178,7 +176,7 @@ def transcribe_manifest(
         # Several workers load their own copies; this one only checks the package (and decoder).
         package = load_package(package_path, device if devices == 1 else "cpu")
     # Build the decoder first: a bad LM path should fail before minutes of inference.
-    decode, settings = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
+    decode, settings = make_decoder(package, options)
     if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
     utts = read_manifest(manifest_path)
@@ -193,8 +191,6 @@ def transcribe_manifest(
         path = package.info.get("path") if isinstance(package_path, ModelPackage) else package_path
         if not path:
             raise ValueError("several devices need the package's path (workers load it themselves)")
-        options = {"decoder": decoder, "lm": lm, "beam_size": beam_size, "lm_weight": lm_weight,
-                   "word_score": word_score, "lexicon": lexicon}
         results = transcribe_segments_parallel(
             path, segments, targets, options, [u.duration for u in utts], chunk_seconds, overlap_seconds,
             batch_size, max_batch_seconds, num_threads, progress=progress, description=description)
@@ -208,12 +204,11 @@ def transcribe_manifest(
         hyps[u.id] = r.text
         if r.error is not None:
             failed[u.id] = f"{u.audio}: {r.error}"
-            print(f"warning: utterance {u.id}: {u.audio}: {r.error}; scored as an empty hypothesis",
-                  file=sys.stderr)
+            log.warning("utterance %s: %s: %s; scored as an empty hypothesis", u.id, u.audio, r.error)
         elif not u.offset and duration_mismatch(u.duration, r.duration):
             mismatch[u.id] = {"manifest": u.duration, "file": round(r.duration, 6)}
-            print(f"warning: utterance {u.id}: {u.audio}: manifest duration {u.duration:.3f} s but the file "
-                  f"holds {r.duration:.3f} s; transcribed the whole file", file=sys.stderr)
+            log.warning("utterance %s: %s: manifest duration %.3f s but the file holds %.3f s; "
+                        "transcribed the whole file", u.id, u.audio, u.duration, r.duration)
     audio = sum(r.duration for r in results if r.error is None)
     settings = {
         **settings,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, greedy_decode
+from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.files import atomic_write_text
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.text import Tokenizer, normalize_text
@@ -55,8 +55,11 @@ class LMBuild:
     path: Path  # the ARPA or binary model written
     order: int  # n-gram order
     sentences: int  # non-empty lines after normalisation
-    words: int  # running words in the corpus
+    words: int  # running words (tokens) in the corpus
     vocabulary: int  # distinct words in the LM (without <s>, </s>, <unk>)
+    lines: int = 0  # lines (manifest: utterances) read, before dropping empty ones
+    text_vocabulary: int = 0  # distinct words in the text, before any --vocab-size cap
+    oov_rate: float = 0.0  # share of the text's tokens outside the capped vocabulary
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,20 +176,33 @@ def build_lm(
             named = [("<texts>", texts)]
     name = ", ".join(n for n, _ in named)
     sentences: list[str] = []
+    lines = 0
     for src_name, src in named:
-        kept = [s for s in (normalize_text(line) for line in src) if s]
+        raw = list(src)
+        kept = [s for s in (normalize_text(line) for line in raw) if s]
         log.info(
-            "lm text %s: %d sentences, %d words",
+            "lm text %s: %d lines, %d sentences after normalisation, %d tokens",
             src_name,
+            len(raw),
             len(kept),
             sum(len(s.split()) for s in kept),
         )
+        lines += len(raw)
         sentences += kept
     if not sentences:
         raise LMError(f"{name}: no text left after normalisation")
     counts = Counter(w for s in sentences for w in s.split())
     words = sum(counts.values())
+    log.info(
+        "lm text: %d source(s), %d lines, %d sentences, %d tokens, %d distinct words",
+        len(named),
+        lines,
+        len(sentences),
+        words,
+        len(counts),
+    )
     limit = _vocabulary_limit(counts, vocab_size)
+    oov = 0 if limit is None else words - sum(counts[w] for w in limit)
 
     tools = ("lmplz", "build_binary") if out.suffix == ".bin" else ("lmplz",)
     bin_dir = Path(kenlm_bin) if kenlm_bin is not None else find_kenlm_bin(tools)
@@ -231,20 +247,37 @@ def build_lm(
         else:
             os.replace(arpa, out)
     Path(str(out) + LM_TUNE_SUFFIX).unlink(missing_ok=True)
-    return LMBuild(out, order, len(sentences), words, len(vocab))
+    return LMBuild(
+        out,
+        order,
+        len(sentences),
+        words,
+        len(vocab),
+        lines=lines,
+        text_vocabulary=len(counts),
+        oov_rate=oov / words,
+    )
 
 
 def _vocabulary_limit(counts: Counter[str], vocab_size: int | None) -> list[str] | None:
     """The ``vocab_size`` most frequent words (ties alphabetical, so builds are repeatable),
-    or None when there is no cap or the text has no more words than that. Logs what the cap
-    leaves out: the share of running words that become out-of-vocabulary."""
-    if vocab_size is None or len(counts) <= vocab_size:
+    or None when there is no cap or the text has no more words than that. Logs the
+    vocabulary before and after the cap and the OOV rate: the share of the text's tokens
+    that fall outside it."""
+    if vocab_size is None:
+        return None
+    if len(counts) <= vocab_size:
+        log.info(
+            "lm vocabulary: all %d words of the text fit the cap of %d (OOV rate 0.00%%)",
+            len(counts),
+            vocab_size,
+        )
         return None
     kept = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size]
     total = sum(counts.values())
     covered = sum(counts[w] for w in kept)
     log.info(
-        "lm vocabulary capped at %d of %d words: %.2f%% of the text's running words are outside it",
+        "lm vocabulary capped at %d of %d words: OOV rate %.2f%% of the text's tokens",
         vocab_size,
         len(counts),
         100 * (total - covered) / total,
@@ -279,9 +312,7 @@ def tune_lm(
     lm_path: str | os.PathLike,
     lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS,
     word_scores: Sequence[float] = DEFAULT_WORD_SCORES,
-    beam_size: int = 50,
-    beam_threshold: float = 25.0,
-    lexicon: str | os.PathLike | None = None,
+    options: DecodingOptions | None = None,
     save: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -290,7 +321,10 @@ def tune_lm(
     Args:
         emissions: [(T_i, V)] log-probs of the dev utterances (a (0, V) tensor decodes to "").
         refs: their reference transcripts (normalised here).
-        lm_path, lexicon, beam_size, beam_threshold: as for :class:`BeamSearchDecoder`.
+        lm_path: the LM whose weights are tuned.
+        options: the rest of the beam search (beam size and threshold, lexicon, ...;
+            default :class:`DecodingOptions`' defaults); its ``lm``, ``lm_weight`` and
+            ``word_score`` are replaced by ``lm_path`` and each grid point.
         save: also write the result to ``<lm_path>.tune.json``.
 
     Returns:
@@ -299,7 +333,7 @@ def tune_lm(
         ``"greedy_wer"`` for reference, ``"tuned"``, and the settings used. When a grid of
         several points gives one WER everywhere (e.g. 0% on an easy dev set), the dev set
         cannot tell the weights apart: a warning is logged, ``"tuned"`` is False, the
-        weights are :class:`BeamSearchOptions`' defaults and nothing is saved (a pick
+        weights are :class:`DecodingOptions`' defaults and nothing is saved (a pick
         among equals would pass an arbitrary choice off as a tuned one).
     """
     from asr.metrics import score_corpus
@@ -323,16 +357,10 @@ def tune_lm(
     grid: list[dict[str, float]] = []
     settings: dict[str, Any] = {}
 
+    base = options or DecodingOptions()
+
     def run_point(w: float, s: float) -> None:
-        dec = BeamSearchDecoder(
-            tokenizer,
-            beam_size=beam_size,
-            beam_threshold=beam_threshold,
-            lm=str(lm_path),
-            lexicon=None if lexicon is None else str(lexicon),
-            lm_weight=w,
-            word_score=s,
-        )
+        dec = BeamSearchDecoder(tokenizer, base, lm=str(lm_path), lm_weight=w, word_score=s)
         settings.update(dec.settings())
         wer = score_corpus(refs, _decode_all(dec, emissions)).wer
         grid.append({"lm_weight": w, "word_score": s, "wer": wer})
@@ -349,24 +377,24 @@ def tune_lm(
     best = min(grid, key=lambda g: g["wer"])  # min() keeps the first of equal WERs
     tuned = len(grid) == 1 or any(g["wer"] != best["wer"] for g in grid)
     if not tuned:
-        defaults = BeamSearchOptions()
+        weight, score = DecodingOptions.DEFAULT_LM_WEIGHT, DecodingOptions.DEFAULT_WORD_SCORE
         log.warning(
             "every one of the %d grid points gives WER %.2f%%: this dev set cannot tune the LM "
             "weights; keeping the defaults (lm_weight=%g, word_score=%g), nothing saved",
             len(grid),
             100 * best["wer"],
-            defaults.lm_weight,
-            defaults.word_score,
+            weight,
+            score,
         )
-        best = {"lm_weight": defaults.lm_weight, "word_score": defaults.word_score, "wer": best["wer"]}
+        best = {"lm_weight": weight, "word_score": score, "wer": best["wer"]}
     result: dict[str, Any] = {
         **best,
         "tuned": tuned,
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
         "mode": settings.get("mode"),
-        "beam_size": beam_size,
-        "beam_threshold": beam_threshold,
+        "beam_size": base.beam_size,
+        "beam_threshold": base.beam_threshold,
         "utterances": len(refs),
         "grid": grid,
     }

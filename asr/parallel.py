@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from asr.audio import AudioError, audio_info
+from asr.decoding import DecodingOptions
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
@@ -72,7 +73,7 @@ def split_by_duration(durations: Sequence[float], parts: int) -> list[list[int]]
 
 
 def _segments_worker(
-    rank: int, package_path: str, device: str, threads: int | None, decoder_options: dict[str, Any],
+    rank: int, package_path: str, device: str, threads: int | None, decoder_options: DecodingOptions,
     segments: list[Segment], indices: list[int], options: dict[str, Any], queue: Any,
 ) -> None:
     """One worker process: load the package on ``device``, transcribe its share and put each
@@ -82,7 +83,7 @@ def _segments_worker(
         if threads is not None:
             torch.set_num_threads(threads)
         package = load_package(package_path, device)
-        decode, _ = make_decoder(package, **decoder_options)
+        decode, _ = make_decoder(package, decoder_options)
         transcribe_segments(package, decode, segments, progress=False,
                             on_result=lambda j, r: queue.put(("result", indices[j], r)), **options)
         queue.put(("done", rank, None))
@@ -96,7 +97,7 @@ def transcribe_segments_parallel(
     package_path: str | os.PathLike,
     segments: Sequence[Segment],
     devices: Sequence[str],
-    decoder_options: dict[str, Any] | None = None,
+    decoder_options: DecodingOptions | None = None,
     durations: Sequence[float] | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
@@ -115,7 +116,7 @@ def transcribe_segments_parallel(
     ``on_result`` is called in segment order as results arrive.
 
     On the CPU the workers split ``num_threads`` (default: every core) evenly, at least one
-    thread each. ``decoder_options`` are :func:`make_decoder`'s keyword arguments; each
+    thread each. ``decoder_options`` go to :func:`make_decoder` (default greedy); each
     worker builds its own decoder (check them in the caller first: a bad LM fails there in
     seconds instead of in every worker). A worker that fails or dies raises RuntimeError
     (with its traceback) after the others are stopped.
@@ -140,7 +141,7 @@ def transcribe_segments_parallel(
             continue
         p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
             rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
-            dict(decoder_options or {}), [segments[i] for i in share], share, options, queue))
+            decoder_options or DecodingOptions(), [segments[i] for i in share], share, options, queue))
         p.start()
         workers.append((rank, p))
     running = {rank for rank, _ in workers}

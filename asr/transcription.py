@@ -27,6 +27,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from asr.decoding import DecodingOptions
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
@@ -89,12 +90,7 @@ def find_audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def transcribe(
     model: str | os.PathLike | ModelPackage,
     paths: str | os.PathLike | Sequence[str | os.PathLike],
-    decoder: str = "greedy",
-    lm: str | os.PathLike | None = None,
-    beam_size: int | None = None,
-    lm_weight: float | None = None,
-    word_score: float | None = None,
-    lexicon: str | os.PathLike | None = None,
+    options: DecodingOptions | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
     device: str = "cpu",
@@ -110,8 +106,9 @@ def transcribe(
 
     Args:
         model: a package path or a loaded :class:`ModelPackage`.
-        decoder, lm, beam_size, lm_weight, word_score, lexicon: see
-            :func:`asr.engine.make_decoder`.
+        options: how to decode (default greedy); beam weights left unset come from the
+            LM's tuned weights, see :func:`asr.engine.make_decoder`. (:func:`asr.transcribe`
+            also takes its fields as keywords.)
         chunk_seconds, overlap_seconds: long-file windowing, see :mod:`asr.windows`.
         segment: where files longer than ``chunk_seconds`` are cut: ``"pauses"`` (in the
             silences, fixed windows only across stretches without one) or ``"fixed"``.
@@ -130,7 +127,7 @@ def transcribe(
         package = model
     else:  # with several workers, this copy only checks the package and decoder options
         package = load_package(model, device if devices == 1 else "cpu")
-    decode, _ = make_decoder(package, decoder, lm, beam_size, lm_weight, word_score, lexicon)
+    decode, _ = make_decoder(package, options)
     if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
     if isinstance(paths, str | os.PathLike):
@@ -154,9 +151,6 @@ def transcribe(
         path = package.info.get("path") if isinstance(model, ModelPackage) else model
         if not path:
             raise ValueError("several devices need the package's path (workers load it themselves)")
-        options = {"decoder": decoder, "lm": None if lm is None else str(lm), "beam_size": beam_size,
-                   "lm_weight": lm_weight, "word_score": word_score,
-                   "lexicon": None if lexicon is None else str(lexicon)}
         results = transcribe_segments_parallel(
             path, segments, targets, options, None, chunk_seconds, overlap_seconds, batch_size,
             max_batch_seconds, num_threads, progress=progress, description=description, on_result=report,

@@ -11,7 +11,7 @@ speechocean762 utterances (synthetic noise when the corpus is absent).
 Rows:
 - greedy fp32 / int8: RTF = (log-mel + model + greedy decoding) wall time / audio seconds,
   audio already in memory; best of ``--repeats`` runs.
-- beam: flashlight (torchaudio ctc_decoder) per-utterance time on the fp32 emissions,
+- beam: flashlight-text (asr.flashlight) per-utterance time on the fp32 emissions,
   lexicon-free without LM; with a word bigram LM over the corpus transcripts (built with
   ``asr.lm.build_lm`` when KenLM's lmplz is installed, else written here in ARPA format).
 - flashlight vs pyctcdecode: same log-probs, same beam width, no LM; time ratio and how often
@@ -37,7 +37,7 @@ import torch
 
 from asr.audio import load_audio
 from asr.config import ExperimentConfig, to_dict
-from asr.decoding import BeamSearchDecoder, greedy_decode
+from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.export import export
 from asr.inference import emissions
 from asr.model import AcousticModel, ModelConfig
@@ -190,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=60.0, help="audio to transcribe")
-    ap.add_argument("--beam", type=int, default=50, help="beam width for every beam search row")
+    ap.add_argument("--beam", type=int, default=DecodingOptions.beam_size, help="beam width for every beam search row")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true", help="skip the long-file memory rows")
     args = ap.parse_args()

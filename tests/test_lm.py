@@ -13,7 +13,7 @@ from ctc_frames import frames as ctc_frames
 from asr import lm as lm_mod
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
-from asr.decoding import BeamSearchDecoder
+from asr.decoding import BeamSearchDecoder, DecodingOptions
 from asr.lm import LMError, build_lm, find_kenlm_bin, tune_lm
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
 from asr.text import CharTokenizer
@@ -109,6 +109,7 @@ def test_build_arpa_from_text_file_normalises(tmp_path):
     assert info.path == out and info.order == 3
     # "the cat sat on the mat" + "the cat sat on it": the blank line is dropped.
     assert (info.sentences, info.words, info.vocabulary) == (2, 11, 6)
+    assert (info.lines, info.text_vocabulary, info.oov_rate) == (3, 6, 0.0)  # no cap: no OOV
     assert "ngram 3=" in out.read_text(encoding="utf-8")
     assert sorted(lm_vocabulary(out)) == ["cat", "it", "mat", "on", "sat", "the"]
 
@@ -139,8 +140,11 @@ def test_vocabulary_limit_keeps_the_most_frequent_words_ties_alphabetical(caplog
     counts = Counter("b a c a b d".split())  # a 2, b 2, c 1, d 1
     with caplog.at_level("INFO", logger="asr.lm"):
         assert lm_mod._vocabulary_limit(counts, 3) == ["a", "b", "c"]
-    assert "capped at 3 of 4 words: 16.67%" in caplog.text
-    assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
+    assert "capped at 3 of 4 words: OOV rate 16.67%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="asr.lm"):
+        assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
+    assert "all 4 words of the text fit the cap of 4 (OOV rate 0.00%)" in caplog.text
     assert lm_mod._vocabulary_limit(counts, None) is None
 
 
@@ -156,7 +160,14 @@ def test_cli_build_from_texts_and_a_manifest_with_a_vocabulary_cap(tmp_path, cap
     assert main([*argv, "--vocab-size", "3"]) == 0
     # the 4, cat 3, sat 2 (ran, dog, a, bird, flew: 1 each) are kept; the rest pruned.
     assert sorted(lm_vocabulary(out)) == ["cat", "sat", "the"]
-    assert "trained on 5 sentences / 14 words" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "trained on 5 sentences / 14 words" in captured.out
+    err = captured.err
+    assert "a.txt: 2 lines, 2 sentences after normalisation, 6 tokens" in err
+    assert "train.jsonl: 1 lines, 1 sentences after normalisation, 2 tokens" in err
+    assert "3 source(s), 5 lines, 5 sentences, 14 tokens, 8 distinct words" in err
+    # 14 tokens, 9 of them the/cat/sat: 5 / 14 outside the cap.
+    assert "capped at 3 of 8 words: OOV rate 35.71%" in err
     assert main(argv) == 0
     assert len(lm_vocabulary(out)) == 8
 
@@ -242,7 +253,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
     )
     ems, refs = _dev_set()
     res = tune_lm(
-        ems, refs, TOK, lm, lm_weights=(0.0, 1.0), word_scores=(0.0, 0.5), beam_size=20, save=True
+        ems, refs, TOK, lm, (0.0, 1.0), (0.0, 0.5), DecodingOptions("beam", beam_size=20), save=True
     )
     grid = {(g["lm_weight"], g["word_score"]): g["wer"] for g in res["grid"]}
     assert set(grid) == {(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)}
@@ -260,7 +271,7 @@ def test_tune_lm_finds_the_weight_that_fixes_errors(tmp_path):
 def test_tune_lm_does_not_save_unless_asked(tmp_path):
     lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
     ems, refs = _dev_set()
-    res = tune_lm(ems, refs, TOK, lm, lm_weights=(0.5,), word_scores=(0.0,), beam_size=5)
+    res = tune_lm(ems, refs, TOK, lm, (0.5,), (0.0,), DecodingOptions("beam", beam_size=5))
     assert len(res["grid"]) == 1 and "saved_to" not in res
     assert not os.path.exists(lm + LM_TUNE_SUFFIX)
 
@@ -272,11 +283,12 @@ def test_tune_lm_keeps_the_defaults_when_every_point_ties(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="asr.lm"):
         res = tune_lm(
             ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 0.0), word_scores=(1.0, 0.0),
-            beam_size=5, save=True,
+            options=DecodingOptions("beam", beam_size=5), save=True,
         )
     assert [g["wer"] for g in res["grid"]] == [0.0] * 4
     assert res["tuned"] is False and "saved_to" not in res
-    assert (res["lm_weight"], res["word_score"]) == (0.5, 0.0)  # BeamSearchOptions' defaults
+    defaults = (DecodingOptions.DEFAULT_LM_WEIGHT, DecodingOptions.DEFAULT_WORD_SCORE)
+    assert (res["lm_weight"], res["word_score"]) == defaults == (0.5, 0.0)
     assert not os.path.exists(lm + LM_TUNE_SUFFIX)
     (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert "cannot tune" in warning.getMessage() and "WER 0.00%" in warning.getMessage()

@@ -14,6 +14,7 @@ import torch
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
+from asr.decoding import DecodingOptions
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.parallel import split_by_duration, transcribe_segments_parallel, worker_devices
@@ -147,7 +148,7 @@ def test_transcribe_on_two_cpu_workers_matches_one(package_path, corpus, tmp_pat
 def test_a_failing_worker_stops_the_run_with_its_traceback(tmp_path):
     with pytest.raises(RuntimeError, match="inference worker [01] \\(cpu\\) failed:(.|\\n)*Traceback"):
         transcribe_segments_parallel(tmp_path / "missing.asr", [Segment(tmp_path / "a.wav")] * 2, ["cpu", "cpu"],
-                                     {"decoder": "greedy"}, durations=[1.0, 1.0])
+                                     DecodingOptions("greedy"), durations=[1.0, 1.0])
 
 
 # --- refused settings: one error line, exit 2 -------------------------------------------------

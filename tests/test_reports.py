@@ -19,6 +19,7 @@ import pytest
 from asr.cli import main
 from asr.compare import CompareError, compare_reports
 from asr.data.manifest import Utterance, write_manifest
+from asr.decoding import DecodingOptions
 from asr.evaluate import (
     HypothesisFileError,
     HypothesisWarning,
@@ -296,7 +297,7 @@ def test_fake_inference_rejects_a_call_the_real_function_would_reject(monkeypatc
 def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatch, capsys):
     calls = _fake_inference(
         monkeypatch,
-        lambda a: (dict(HYPS), 0.02, {"decoder": a["decoder"], "beam_size": 4}, {"name": "m"}),
+        lambda a: (dict(HYPS), 0.02, {"decoder": a["options"].decoder, "beam_size": 4}, {"name": "m"}),
     )
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
@@ -315,9 +316,9 @@ def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatc
     )
     assert rc == 0, capsys.readouterr().err
     assert calls == {
-        "decoder": "beam",
-        "beam_size": 4,
+        "options": DecodingOptions("beam", beam_size=4),
         "device": "cpu",
+        "devices": 1,
         "package_path": str(model),
         "manifest_path": str(manifest),
     }

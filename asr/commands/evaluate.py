@@ -1,7 +1,8 @@
 """`asr evaluate`: score a model package, or another system's hypothesis file, on a manifest.
 
-    asr evaluate MODEL MANIFEST --out DIR [--decoder greedy|beam] [--lm FILE] [--beam-size N]
-                                          [--lm-weight W] [--word-score S]
+    asr evaluate MODEL MANIFEST --out DIR [--decoder greedy|beam] [--lm FILE] [--lexicon FILE]
+                                          [--beam-size N] [--beam-threshold T] [--lm-weight W]
+                                          [--word-score S]
     asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]
 
 Parses and validates the command line, calls :func:`asr.evaluate.evaluate` (and, in MODEL
@@ -20,6 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from asr.commands.decoding_flags import (
+    add_decoding_arguments,
+    beam_flags_given,
+    check_decoding_flags,
+    decoding_options,
+)
 from asr.data.manifest import read_manifest
 from asr.evaluate import (
     HypothesisWarning,
@@ -33,9 +40,6 @@ from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ReportError
 from asr.reports.lock import output_lock
 
 log = logging.getLogger(__name__)
-
-_DECODING_OPTS = ("lm", "beam_size", "lm_weight", "word_score")
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = (
@@ -58,11 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="score manifest utterances without a hypothesis as empty (counted)",
     )
     g = parser.add_argument_group("decoding (MODEL mode)")
-    g.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    g.add_argument("--lm", type=Path, help="KenLM language model (binary or ARPA); beam only")
-    g.add_argument("--beam-size", type=int, help="beam width; beam only")
-    g.add_argument("--lm-weight", type=float, help="language model weight; beam only")
-    g.add_argument("--word-score", type=float, help="word insertion score; beam only")
+    add_decoding_arguments(g)
     g.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model runs (default cpu)")
     g.add_argument("--devices", type=int, default=1, metavar="N",
                    help="run N worker processes, each on a share of the utterances balanced by duration: "
@@ -76,12 +76,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _validate(args: argparse.Namespace) -> None:
     parser: argparse.ArgumentParser = args._parser
-    given = [o for o in _DECODING_OPTS if getattr(args, o) is not None]
-    flags = ", ".join("--" + o.replace("_", "-") for o in given)
+    flags = ", ".join(beam_flags_given(args))
     if args.hyps is not None:
         if len(args.inputs) != 1:
             parser.error(f"with --hyps give only MANIFEST (got {len(args.inputs)} positionals)")
-        if given or args.decoder != "greedy" or args.devices != 1:
+        if flags or args.decoder != "greedy" or args.devices != 1:
             what = flags or ("--decoder" if args.decoder != "greedy" else "--devices")
             parser.error(f"decoding options ({what}) do not apply with --hyps")
     else:
@@ -90,10 +89,9 @@ def _validate(args: argparse.Namespace) -> None:
                 f"expected MODEL MANIFEST (got {len(args.inputs)} positionals); "
                 "use --hyps HYP_FILE MANIFEST to score a hypothesis file"
             )
-        if args.decoder == "greedy" and given:
-            parser.error(f"{flags} {'needs' if len(given) == 1 else 'need'} --decoder beam")
-    if args.beam_size is not None and args.beam_size < 1:
-        parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
+    problem = check_decoding_flags(args)
+    if problem:
+        parser.error(problem)
     if args.lm is not None and not args.lm.exists():
         parser.error(f"--lm {args.lm}: no such file")
     if args.devices != 1 and args.hyps is None:
@@ -192,13 +190,8 @@ def _run(args: argparse.Namespace) -> int:
         # Imported here: decoding needs torch and the model stack, scoring files does not.
         from asr.inference import transcribe_manifest
 
-        opts = {o: getattr(args, o) for o in _DECODING_OPTS if getattr(args, o) is not None}
-        if args.devices != 1:
-            opts["devices"] = args.devices
-        if "lm" in opts:
-            opts["lm"] = str(opts["lm"])
         hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoder=args.decoder, device=args.device, **opts
+            args.inputs[0], str(manifest), decoding_options(args), device=args.device, devices=args.devices
         )
         # Manifest durations that disagree with the files: a property of the data, so
         # counted at the top level of summary.json rather than among decoder settings.

@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asr.commands.decoding_flags import (
+    add_decoding_arguments,
+    check_decoding_flags,
+    decoding_options,
+)
 from asr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, LMError, build_lm, tune_lm
 
 
@@ -74,7 +79,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t.add_argument("model", type=Path, help="model package")
     t.add_argument("manifest", type=Path, help="dev manifest (JSONL)")
     t.add_argument("--lm", type=Path, required=True, help="KenLM model (ARPA or binary)")
-    t.add_argument("--lexicon", type=Path, help="lexicon file (default: from the LM vocabulary)")
     t.add_argument(
         "--lm-weights",
         type=_float_list,
@@ -87,10 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_WORD_SCORES),
         help="comma-separated grid (default %(default)s); negatives: --word-scores=-1,0,1",
     )
-    t.add_argument("--beam-size", type=int, default=50, help="beam width (default 50)")
-    t.add_argument(
-        "--beam-threshold", type=float, default=25.0, help="pruning threshold (default 25)"
-    )
+    add_decoding_arguments(t, flags=("lexicon", "beam_size", "beam_threshold"), decoder=False)
     t.add_argument("--device", default="cpu", help="device for the acoustic model (default cpu)")
     t.add_argument("--no-save", action="store_true", help="do not write <LM>.tune.json")
     parser.set_defaults(_lm_parser=parser)
@@ -118,8 +119,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    if args.beam_size < 1:
-        args._lm_parser.error(f"--beam-size must be >= 1 (is {args.beam_size})")
+    problem = check_decoding_flags(args)
+    if problem:
+        args._lm_parser.error(problem)
     if not args.lm.is_file():
         print(f"error: {args.lm}: language model not found", file=sys.stderr)
         return 1
@@ -138,9 +140,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             args.lm,
             lm_weights=args.lm_weights,
             word_scores=args.word_scores,
-            beam_size=args.beam_size,
-            beam_threshold=args.beam_threshold,
-            lexicon=args.lexicon,
+            options=decoding_options(args),
             save=not args.no_save,
             progress=True,
         )

@@ -20,6 +20,11 @@ from pathlib import Path
 
 import torch
 
+from asr.commands.decoding_flags import (
+    add_decoding_arguments,
+    check_decoding_flags,
+    decoding_options,
+)
 from asr.decoding import DecoderError
 from asr.engine import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
 from asr.package import ModelPackage, load_package
@@ -30,20 +35,13 @@ from asr.windows import SEGMENT_METHODS
 log = logging.getLogger(__name__)
 
 
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.usage = ("asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] "
                     "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--devices N] "
                     "[--chunk-seconds 30]")
     parser.add_argument("model", type=Path, help="model package written by `asr export`")
     parser.add_argument("inputs", nargs="+", type=Path, help="audio files and/or directories (walked recursively)")
-    parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy", help="CTC decoder")
-    parser.add_argument("--lm", type=Path, help="KenLM model (ARPA or binary) for --decoder beam")
-    parser.add_argument("--lexicon", type=Path, help="lexicon for --decoder beam (default: from the LM vocabulary)")
-    parser.add_argument("--beam-size", type=int, help="beam width (default: asr.decoding default)")
-    parser.add_argument("--lm-weight", type=float, help="LM weight (default: tuned value beside the LM, else 0.5)")
-    parser.add_argument("--word-score", type=float, help="word insertion bonus (default: tuned value, else 0)")
+    add_decoding_arguments(parser)
     parser.add_argument("--format", choices=("txt", "json", "srt", "vtt", "all"),
                         help="write transcripts in this format (default txt when --out is given)")
     parser.add_argument("--out", type=Path, help="directory for transcript files (default . when --format is given)")
@@ -64,10 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> str | None:
-    if args.decoder != "beam":
-        beam_only = [o for o in ("lm", "lexicon", "beam_size", "lm_weight", "word_score") if getattr(args, o) is not None]
-        if beam_only:
-            return f"--{beam_only[0].replace('_', '-')} needs --decoder beam"
+    problem = check_decoding_flags(args)
+    if problem:
+        return problem
     if args.chunk_seconds <= 0 or args.overlap_seconds < 0:
         return "--chunk-seconds must be > 0 and --overlap-seconds >= 0"
     if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
@@ -166,9 +163,7 @@ def _transcribe(
     start = time.perf_counter()
     try:
         results = transcribe(
-            package, files, decoder=args.decoder, lm=args.lm, beam_size=args.beam_size,
-            lm_weight=args.lm_weight, word_score=args.word_score, lexicon=args.lexicon,
-            chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+            package, files, decoding_options(args), chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
             batch_size=args.batch_size, num_threads=args.threads, progress=args.verbosity >= 0,
             on_result=on_result, device=args.device, devices=args.devices, segment=args.segment,
         )

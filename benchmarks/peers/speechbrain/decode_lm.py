@@ -12,7 +12,7 @@ The peer's columns are reordered into our character tokenizer's ids (:func:`to_t
 its blank to our blank, its space to our word delimiter "|", every character to our id for
 it. The decoder is the one ``asr evaluate --decoder beam --lm LM`` builds: lexicon from the
 LM's vocabulary, beam 50, weights from the command line, else from ``LM.tune.json``, else
-:class:`asr.decoding.BeamSearchOptions` defaults.
+:class:`asr.decoding.DecodingOptions` defaults.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions
+from asr.decoding import BeamSearchDecoder, DecodingOptions
 from asr.engine import decode_emissions
 from asr.lm_files import load_tuned_weights
 from asr.text import BLANK, CharTokenizer, Tokenizer
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lm", type=Path, required=True, help="KenLM model from `asr lm build`")
     p.add_argument("--lm-weight", type=float)
     p.add_argument("--word-score", type=float)
-    p.add_argument("--beam-size", type=int, default=BeamSearchOptions().beam_size)
+    p.add_argument("--beam-size", type=int, default=DecodingOptions.beam_size)
     p.add_argument("--out", type=Path, help="hypotheses JSONL (default: PEER/hyps_lm.jsonl)")
     args = p.parse_args(argv)
     src = args.peer / "logprobs.pt"
@@ -86,13 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         vocab, blank, ids, lps = d["vocab"], int(d["blank_id"]), d["ids"], d["logprobs"]
         tok = tokenizer_for(vocab, blank)
         ems = [to_tokenizer_ids(lp.float(), vocab, blank, tok) for lp in lps]
-        tuned = load_tuned_weights(args.lm) or {}
-        defaults = BeamSearchOptions()
-        beam = BeamSearchDecoder(
-            tok, lm=str(args.lm), beam_size=args.beam_size,
-            lm_weight=args.lm_weight if args.lm_weight is not None else tuned.get("lm_weight", defaults.lm_weight),
-            word_score=args.word_score if args.word_score is not None else tuned.get("word_score", defaults.word_score),
+        options = DecodingOptions(
+            "beam", lm=str(args.lm), beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score
         )
+        beam = BeamSearchDecoder(tok, options.with_weights(load_tuned_weights(args.lm)))
     except (OSError, KeyError, ValueError, RuntimeError) as e:  # VocabError, DecoderError are ValueErrors
         print(f"error: {src}: {e}", file=sys.stderr)
         return 2
