@@ -190,10 +190,13 @@ _train() {  # _train ARGS...: asr train ARGS (+ --resume when train_stage found 
   "$ASR" train "$@" ${TRAIN_RESUME[@]+"${TRAIN_RESUME[@]}"}
 }
 
+RECIPE_OVERRIDES=()  # key=value a recipe adds to its config (e.g. paths inside --data); the user's win
+
 train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and overrides
   local config=$1 summary=$EXP/train_summary.json started=$EXP/train_started.provenance
   local data_overrides=("exp_dir=$EXP" "data.train_manifest=$MANIFESTS/train.jsonl"
-                        "data.dev_manifest=$MANIFESTS/dev.jsonl")
+                        "data.dev_manifest=$MANIFESTS/dev.jsonl"
+                        ${RECIPE_OVERRIDES[@]+"${RECIPE_OVERRIDES[@]}"})
   # Overrides given on the command line come last, so they win over the recipe's.
   local args=(--after "$MANIFESTS/train.jsonl" --after "$MANIFESTS/dev.jsonl" "$summary"
               _train "$config" "${data_overrides[@]}" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
