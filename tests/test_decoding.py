@@ -340,6 +340,21 @@ def test_token_level_lm_runs_lexicon_free(tmp_path):
     assert dec(lp, lens)[0][0].text == "cat"
 
 
+def test_word_lm_listing_every_letter_is_still_a_word_lm(tmp_path):
+    # Broad text puts every single letter into a word LM's vocabulary ("a", "b", ... as
+    # initials and list items); it must still get a lexicon of its words, not be taken for a
+    # character LM and searched lexicon-free.
+    probs = {t: -3.0 for t in TOK.tokens[1:] if t != "|"}
+    words = ("cat cut on so soon not at to no nut bat bus busy cost boat coat tub tuna toy boy buy "
+             "cab can ban bay say any sunny bunny stub cubs tab bony toast bout snout scout").split()
+    probs.update({w: -1.0 for w in words})
+    lm = arpa_unigrams(tmp_path / "words.arpa", probs)
+    lp, lens = batch(frames(CUT_OR_CAT))
+    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+    assert dec.settings()["mode"] == "lexicon"
+    assert dec(lp, lens)[0][0].text in ("cat", "cut")
+
+
 def test_word_score_in_lexicon_free_char_mode_acts_per_delimiter():
     # Frame 3 is a near tie between "|" (0.45) and "o" (0.5): "so|on" vs "soon"... the bonus
     # on every "|" (= word_score in lexicon-free char decoding) flips it to two words.
