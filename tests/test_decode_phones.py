@@ -1,0 +1,60 @@
+"""scripts/decode_phones.py: phone-head log-probs decode to lexicon words; the decoding
+lexicon holds the training transcripts' words only."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from asr.data.lexicon import read_lexicon
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts/decode_phones.py"
+_spec = importlib.util.spec_from_file_location("decode_phones", _PATH)
+decode_phones = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = decode_phones  # dataclasses look their module up there
+_spec.loader.exec_module(decode_phones)
+
+PHONES = ("AE", "AH", "B", "K", "T")  # the head's outputs 1..5; 0 is the blank
+LEXICON = "CAT\tK AE1 T\nTAB\tT AE1 B\nBAT\tB AE1 T\nZEBRA\tZ IY1 B R AH0\n"
+
+
+def path_log_probs(path: list[str]) -> torch.Tensor:
+    """(1, T, 6) log-probs whose best path is ``path`` ("-" = blank), the rest far below."""
+    ids = [0 if p == "-" else 1 + PHONES.index(p) for p in path]
+    lp = torch.full((1, len(ids), 1 + len(PHONES)), -8.0)
+    lp[0, torch.arange(len(ids)), torch.tensor(ids)] = -0.01
+    return lp
+
+
+def test_best_phone_path_decodes_to_the_word_it_spells(tmp_path):
+    prons = {"cat": ("K", "AE", "T"), "tab": ("T", "AE", "B"), "bat": ("B", "AE", "T")}
+    dec = decode_phones.PhoneDecoder(PHONES, prons, beam_size=10)
+    # The last phone held over three frames (no boundary token follows it): still one word.
+    for path, words in [
+        (["K", "K", "-", "AE", "T", "T", "T"], "cat"),
+        (["-", "T", "AE", "-", "B", "-"], "tab"),
+        (["B", "AE", "T", "-", "K", "AE", "AE", "-", "T"], "bat cat"),
+    ]:
+        lp = path_log_probs(path)
+        assert dec(lp, torch.tensor([lp.shape[1]]))[0][0][0] == words
+
+
+def test_words_outside_the_training_transcripts_never_enter_the_decoding_lexicon(tmp_path):
+    lex_file = tmp_path / "lexicon.txt"
+    lex_file.write_text(LEXICON)
+    lex = decode_phones.decoding_lexicon(read_lexicon(lex_file), ["cat tab", "a cat"], PHONES)
+    assert lex.prons == {"cat": ("K", "AE", "T"), "tab": ("T", "AE", "B")}  # not bat, not zebra
+    assert lex.missing == ["a"]  # a training word without a pronunciation is counted
+    out = tmp_path / "search.txt"
+    decode_phones.write_search_lexicon(lex.prons, out)
+    assert {line.split("\t")[0] for line in out.read_text().splitlines()} == {"cat", "tab"}
+    assert "cat\tK AE T T" in out.read_text().splitlines()  # last phone doubled (module doc)
+
+
+def test_training_word_with_phones_the_head_lacks_is_left_out_and_counted(tmp_path):
+    lex_file = tmp_path / "lexicon.txt"
+    lex_file.write_text(LEXICON)
+    lex = decode_phones.decoding_lexicon(read_lexicon(lex_file), ["cat zebra"], PHONES)
+    assert lex.prons == {"cat": ("K", "AE", "T")}
+    assert lex.foreign_phones == ["zebra"]
