@@ -217,6 +217,62 @@ def manifest_emissions(net: PhoneNetwork, utts: Sequence[Utterance], failed: dic
 
 
 # --------------------------------------------------------------------------------------------
+# combination: both heads' n-best lists, rescored by both heads' CTC log-likelihoods + the LM
+
+
+def ctc_log_likelihood(log_probs: Tensor, targets: Sequence[int]) -> float:
+    """log P(targets | log_probs (T, V)) under CTC (blank 0); -inf when no alignment fits."""
+    if log_probs.shape[0] == 0:
+        return 0.0 if not targets else -math.inf
+    tgt = torch.tensor([list(targets)], dtype=torch.long)
+    loss = torch.nn.functional.ctc_loss(log_probs[:, None].float(), tgt, torch.tensor([log_probs.shape[0]]),
+                                        torch.tensor([len(targets)]), blank=0, reduction="sum")
+    return -float(loss)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    char_ll: float  # CTC log-likelihood under the character head
+    phone_ll: float  # ... under the phone head (-inf: a word without a pronunciation)
+    lm: float  # KenLM log10 probability of the sentence (with <s>, </s>)
+    words: int
+
+
+def phone_ids(text: str, prons: dict[str, tuple[str, ...]], phones: Sequence[str]) -> list[int] | None:
+    """The phone head's target ids of ``text`` (phone i is id i + 1), None if a word has no pronunciation."""
+    index = {p: i + 1 for i, p in enumerate(phones)}
+    ids: list[int] = []
+    for w in text.split():
+        if w not in prons:
+            return None
+        ids.extend(index[p] for p in prons[w])
+    return ids
+
+
+def candidates(texts: Sequence[str], char_lp: Tensor, phone_lp: Tensor, tokenizer: Tokenizer,
+               prons: dict[str, tuple[str, ...]], phones: Sequence[str], lm) -> list[Candidate]:
+    """Features of each distinct text for one utterance (see :func:`combine`)."""
+    out = []
+    for t in dict.fromkeys(texts):
+        ids = phone_ids(t, prons, phones)
+        out.append(Candidate(
+            t, ctc_log_likelihood(char_lp, tokenizer.encode(t)),
+            -math.inf if ids is None else ctc_log_likelihood(phone_lp, ids),
+            lm.score(t, bos=True, eos=True), len(t.split())))
+    return out
+
+
+def combine(cands: Sequence[Candidate], phone_weight: float, lm_weight: float, word_score: float) -> str:
+    """The text maximising (1 - w) * char_ll + w * phone_ll + lm_weight * lm + word_score * words
+    (w = phone_weight); candidates without a phone score compete on the character head alone."""
+    def score(c: Candidate) -> float:
+        am = c.char_ll if math.isinf(c.phone_ll) else (1 - phone_weight) * c.char_ll + phone_weight * c.phone_ll
+        return am + lm_weight * c.lm + word_score * c.words
+    return max(cands, key=score).text if cands else ""
+
+
+# --------------------------------------------------------------------------------------------
 # command line
 
 
@@ -243,6 +299,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--beam-size", type=int, default=50)
     ap.add_argument("--emissions", type=Path, help="cache of the network's outputs (read if present, else written)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--combine", action="store_true",
+                    help="also rescore both heads' n-best lists with both heads + the LM (DIR/combined/)")
+    ap.add_argument("--char-lm-weight", type=float, default=2.0, help="character beam (--combine); default 2")
+    ap.add_argument("--char-word-score", type=float, default=1.0, help="character beam (--combine); default 1")
+    ap.add_argument("--nbest", type=int, default=10, help="hypotheses of each beam (--combine); default 10")
     return ap.parse_args(argv)
 
 
@@ -274,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         utts = read_manifest(args.manifest)
         train_texts = [u.text for u in read_manifest(args.train)]
         failed: dict[str, str] = {}
-        net, _, phone_em = _load_emissions(args, utts, failed)
+        net, char_em, phone_em = _load_emissions(args, utts, failed)
         lex = decoding_lexicon(read_lexicon(args.lexicon), train_texts, net.phones)
     except (UsageError, CheckpointError, ManifestError, LexiconError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -313,9 +374,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"best: lm_weight {best['lm_weight']:g} word_score {best['word_score']:g} WER {100 * best['wer']:.2f}% "
           f"-> {args.out / 'hyps.jsonl'}")
+    if args.combine:
+        run_combination(args, net, lex.prons, utts, refs, char_em, phone_em, best)
     for uid, why in failed.items():
         print(f"error: utterance {uid}: {why} (decoded as empty)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str, tuple[str, ...]],
+                    utts: Sequence[Utterance], refs: Sequence[str], char_em: Sequence[Tensor],
+                    phone_em: Sequence[Tensor], phone_best: dict[str, float]) -> None:
+    """Union of the character beam's and the phone beam's n-best; grid over the combination."""
+    import kenlm
+
+    from asr.decoding import BeamSearchDecoder
+    from asr.metrics import score_corpus
+
+    char_dec = BeamSearchDecoder(net.tokenizer, lm=str(args.lm), lm_weight=args.char_lm_weight,
+                                 word_score=args.char_word_score, nbest=args.nbest, beam_size=args.beam_size)
+    phone_dec = PhoneDecoder(net.phones, prons, lm=str(args.lm), lm_weight=phone_best["lm_weight"],
+                             word_score=phone_best["word_score"], beam_size=args.beam_size, nbest=args.nbest)
+    lm = kenlm.Model(str(args.lm))
+    cands, char_top = [], []
+    for c, p in zip(char_em, phone_em):
+        n = torch.tensor([c.shape[0]])
+        ch = [h.text for h in char_dec(c[None], n)[0]]
+        ph = [t for t, _ in phone_dec(p[None], n)[0]]
+        char_top.append(ch[0])
+        cands.append(candidates(ch + ph, c, p, net.tokenizer, prons, net.phones, lm))
+    print(f"character beam (lm_weight {args.char_lm_weight:g}, word_score {args.char_word_score:g}): "
+          f"WER {100 * score_corpus(refs, char_top).wer:.2f}%")
+    grid = []
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        for lw in (0.5, 1.0, 2.0, 3.0):
+            for ws in (-1.0, 0.0, 1.0, 2.0):
+                texts = [combine(cs, w, lw, ws) for cs in cands]
+                grid.append(({"phone_weight": w, "lm_weight": lw, "word_score": ws,
+                              "wer": score_corpus(refs, texts).wer}, texts))
+    best, texts = min(grid, key=lambda g: g[0]["wer"])
+    out = args.out / "combined"
+    out.mkdir(exist_ok=True)
+    with open(out / "hyps.jsonl", "w", encoding="utf-8") as f:
+        for u, t in zip(utts, texts):
+            f.write(json.dumps({"id": u.id, "text": t}) + "\n")
+    per_weight = {w: min(g["wer"] for g, _ in grid if g["phone_weight"] == w) for w in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    (out / "summary.json").write_text(json.dumps({
+        "char_beam": {"lm_weight": args.char_lm_weight, "word_score": args.char_word_score,
+                      "wer": score_corpus(refs, char_top).wer},
+        "phone_beam": phone_best, "nbest": args.nbest, "best": best,
+        "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n", encoding="utf-8")
+    print("combined, best WER by phone weight: "
+          + ", ".join(f"{w:g}: {100 * v:.2f}%" for w, v in per_weight.items()))
+    print(f"combined best: {best} -> {out / 'hyps.jsonl'}")
 
 
 if __name__ == "__main__":
