@@ -5,9 +5,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from asr.config import ExperimentConfig, to_dict
 from asr.data.lexicon import read_lexicon
+from asr.model import AcousticModel, ModelConfig
+from asr.text import CharTokenizer
 
 _PATH = Path(__file__).resolve().parents[1] / "scripts/decode_phones.py"
 _spec = importlib.util.spec_from_file_location("decode_phones", _PATH)
@@ -30,14 +34,18 @@ def path_log_probs(path: list[str]) -> torch.Tensor:
 def test_best_phone_path_decodes_to_the_word_it_spells(tmp_path):
     prons = {"cat": ("K", "AE", "T"), "tab": ("T", "AE", "B"), "bat": ("B", "AE", "T")}
     dec = decode_phones.PhoneDecoder(PHONES, prons, beam_size=10)
-    # The last phone held over three frames (no boundary token follows it): still one word.
+    # The last phone held over three frames (no boundary token follows it): still one word,
+    # read along the best path itself (its score is that path's log-prob; without the doubled
+    # spelling only a worse alignment, e.g. AE held instead of T, could end the word).
     for path, words in [
         (["K", "K", "-", "AE", "T", "T", "T"], "cat"),
         (["-", "T", "AE", "-", "B", "-"], "tab"),
         (["B", "AE", "T", "-", "K", "AE", "AE", "-", "T"], "bat cat"),
     ]:
         lp = path_log_probs(path)
-        assert dec(lp, torch.tensor([lp.shape[1]]))[0][0][0] == words
+        text, score = dec(lp, torch.tensor([lp.shape[1]]))[0][0]
+        assert text == words
+        assert score == pytest.approx(-0.01 * len(path), abs=1e-3)
 
 
 def test_words_outside_the_training_transcripts_never_enter_the_decoding_lexicon(tmp_path):
@@ -58,3 +66,37 @@ def test_training_word_with_phones_the_head_lacks_is_left_out_and_counted(tmp_pa
     lex = decode_phones.decoding_lexicon(read_lexicon(lex_file), ["cat zebra"], PHONES)
     assert lex.prons == {"cat": ("K", "AE", "T")}
     assert lex.foreign_phones == ["zebra"]
+
+
+def _tiny_ckpt(path: Path, phones: tuple[str, ...]) -> Path:
+    """A CTCModule-shaped checkpoint of a tiny model, with a phone head when ``phones``."""
+    cfg = ExperimentConfig(exp_dir="exp/tiny", model=ModelConfig(hidden=8, num_layers=2, conv_channels=4,
+                                                                 dropout=0.0, phone_ctc_weight=0.3 if phones else 0.0))
+    tok = CharTokenizer("abct")
+    model = AcousticModel(cfg.model, cfg.features.n_mels, tok.vocab_size)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    hp = {"config": to_dict(cfg), "tokenizer": tok.to_dict()}
+    if phones:
+        head = torch.nn.Linear(model.layer_dim, len(phones) + 1)
+        state.update({f"phone_head.{k}": v for k, v in head.state_dict().items()})
+        hp["phones"] = list(phones)
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": state, "hyper_parameters": hp}, path)
+    return path
+
+
+def test_checkpoint_phone_head_is_loaded_and_one_without_is_refused(tmp_path, capsys):
+    net = decode_phones.load_network(_tiny_ckpt(tmp_path / "p.ckpt", PHONES))
+    assert net.phones == PHONES
+    (chars, phones), = net.forward([torch.randn(8000)])
+    assert phones.shape == (chars.shape[0], 1 + len(PHONES))
+    assert torch.allclose(phones.exp().sum(-1), torch.ones(phones.shape[0]), atol=1e-5)
+    plain = _tiny_ckpt(tmp_path / "plain.ckpt", ())
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "u1", "audio": "u1.wav", "duration": 1.0, "text": "cat", "speaker": "s", '
+                        '"sample_rate": 16000}\n')
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text(LEXICON)
+    rc = decode_phones.main([str(plain), str(manifest), "--train", str(manifest), "--lexicon", str(lex),
+                             "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "has no phone CTC head" in err[0]
