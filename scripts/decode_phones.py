@@ -263,6 +263,31 @@ def candidates(texts: Sequence[str], char_lp: Tensor, phone_lp: Tensor, tokenize
     return out
 
 
+_PHONE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_COMBINE_LM_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)  # KenLM log10 sentence scores
+_COMBINE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0, 3.0)
+
+
+def cross_validated_wer(grid: Sequence[tuple[dict[str, float], list[str]]], refs: Sequence[str],
+                        speakers: Sequence[str], keep) -> float:
+    """Corpus WER when each half of the speakers (alternate ones, sorted) is decoded with the
+    grid point (among those ``keep`` accepts) that is best on the other half: a tuned-on-dev
+    number that does not score the utterances it was tuned on."""
+    from asr.metrics import score_corpus
+
+    order = sorted(set(speakers))
+    fold = [order.index(s) % 2 for s in speakers]
+    hyps, ref_out = [], []
+    for f in (0, 1):
+        tune = [i for i, x in enumerate(fold) if x != f]
+        test = [i for i, x in enumerate(fold) if x == f]
+        points = [(g, t) for g, t in grid if keep(g)]
+        _, texts = min(points, key=lambda gt: score_corpus([refs[i] for i in tune], [gt[1][i] for i in tune]).wer)
+        hyps += [texts[i] for i in test]
+        ref_out += [refs[i] for i in test]
+    return score_corpus(ref_out, hyps).wer
+
+
 def combine(cands: Sequence[Candidate], phone_weight: float, lm_weight: float, word_score: float) -> str:
     """The text maximising (1 - w) * char_ll + w * phone_ll + lm_weight * lm + word_score * words
     (w = phone_weight); candidates without a phone score compete on the character head alone."""
@@ -405,23 +430,28 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
     print(f"character beam (lm_weight {args.char_lm_weight:g}, word_score {args.char_word_score:g}): "
           f"WER {100 * score_corpus(refs, char_top).wer:.2f}%")
     grid = []
-    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
-        for lw in (0.5, 1.0, 2.0, 3.0):
-            for ws in (-1.0, 0.0, 1.0, 2.0):
+    for w in _PHONE_WEIGHTS:
+        for lw in _COMBINE_LM_WEIGHTS:
+            for ws in _COMBINE_WORD_SCORES:
                 texts = [combine(cs, w, lw, ws) for cs in cands]
                 grid.append(({"phone_weight": w, "lm_weight": lw, "word_score": ws,
                               "wer": score_corpus(refs, texts).wer}, texts))
     best, texts = min(grid, key=lambda g: g[0]["wer"])
+    held_out = {name: cross_validated_wer(grid, refs, [u.speaker for u in utts], keep)
+                for name, keep in (("with phone head", lambda g: True),
+                                   ("character head only (phone_weight 0)", lambda g: g["phone_weight"] == 0.0))}
+    print("2-fold cross-validation by speaker (weights tuned on one half of the speakers, scored on the other): "
+          + "; ".join(f"{k}: {100 * v:.2f}%" for k, v in held_out.items()))
     out = args.out / "combined"
     out.mkdir(exist_ok=True)
     with open(out / "hyps.jsonl", "w", encoding="utf-8") as f:
         for u, t in zip(utts, texts):
             f.write(json.dumps({"id": u.id, "text": t}) + "\n")
-    per_weight = {w: min(g["wer"] for g, _ in grid if g["phone_weight"] == w) for w in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    per_weight = {w: min(g["wer"] for g, _ in grid if g["phone_weight"] == w) for w in _PHONE_WEIGHTS}
     (out / "summary.json").write_text(json.dumps({
         "char_beam": {"lm_weight": args.char_lm_weight, "word_score": args.char_word_score,
                       "wer": score_corpus(refs, char_top).wer},
-        "phone_beam": phone_best, "nbest": args.nbest, "best": best,
+        "phone_beam": phone_best, "nbest": args.nbest, "best": best, "cross_validated_wer": held_out,
         "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n", encoding="utf-8")
     print("combined, best WER by phone weight: "
           + ", ".join(f"{w:g}: {100 * v:.2f}%" for w, v in per_weight.items()))
