@@ -2,7 +2,7 @@
 
     python scripts/decode_phones.py CKPT MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
         --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size 50]
-        [--emissions DIR/emissions.pt]
+        [--emissions DIR/emissions.pt] [--combine --char-lm-weight W --char-word-score S [--nbest 10]]
 
 CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 0`` (or an
 experiment directory: its best checkpoint by dev WER). The phone head lives only in
@@ -32,6 +32,14 @@ utterance, for ``asr evaluate --hyps``) holds the best point's hypotheses, ``DIR
 the grid, checkpoint and lexicon counts, ``DIR/lexicon.txt`` the decoding lexicon.
 ``--emissions FILE`` caches the network's outputs (phone and character log-probs), so a
 second run with another grid skips the forward pass.
+
+``--combine`` also joins the two heads: the character beam's n-best (LM weight / word score
+as ``asr lm tune`` found them for the character model) and the phone beam's n-best (its best
+grid point) are pooled per utterance, and each distinct text is scored
+``(1 - w) * char CTC log-lik + w * phone CTC log-lik + a * log10 P_LM(text) + b * words``;
+a grid over w, a, b picks the best on MANIFEST (``DIR/combined/``). Since that tunes three
+weights on the set it scores, a 2-fold cross-validation by speaker is printed too, for w free
+and for w = 0 (the same rescoring without the phone head: the fair control).
 
 Why a script and not an ``asr`` command: the phone head is an experiment (issue 12) whose
 value is what this measures; it is corpus-independent, hence scripts/ rather than a recipe.
@@ -427,6 +435,8 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
         ph = [t for t, _ in phone_dec(p[None], n)[0]]
         char_top.append(ch[0])
         cands.append(candidates(ch + ph, c, p, net.tokenizer, prons, net.phones, lm))
+    unscored = sum(math.isinf(c.phone_ll) for cs in cands for c in cs)
+    print(f"{sum(map(len, cands))} candidates, {unscored} without a phone score (a word without a pronunciation)")
     print(f"character beam (lm_weight {args.char_lm_weight:g}, word_score {args.char_word_score:g}): "
           f"WER {100 * score_corpus(refs, char_top).wer:.2f}%")
     grid = []
@@ -451,7 +461,8 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
     (out / "summary.json").write_text(json.dumps({
         "char_beam": {"lm_weight": args.char_lm_weight, "word_score": args.char_word_score,
                       "wer": score_corpus(refs, char_top).wer},
-        "phone_beam": phone_best, "nbest": args.nbest, "best": best, "cross_validated_wer": held_out,
+        "phone_beam": phone_best, "nbest": args.nbest, "candidates": sum(map(len, cands)),
+        "candidates_without_phone_score": unscored, "best": best, "cross_validated_wer": held_out,
         "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n", encoding="utf-8")
     print("combined, best WER by phone weight: "
           + ", ".join(f"{w:g}: {100 * v:.2f}%" for w, v in per_weight.items()))

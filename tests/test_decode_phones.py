@@ -100,3 +100,19 @@ def test_checkpoint_phone_head_is_loaded_and_one_without_is_refused(tmp_path, ca
                              "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "has no phone CTC head" in err[0]
+
+
+def test_combination_weighs_the_phone_head_against_the_character_head():
+    # One frame per unit: "cat" fits the character head better, "tab" the phone head.
+    lp = torch.log_softmax(torch.tensor([[0.0, 5.0], [5.0, 0.0]]), dim=-1)
+    assert decode_phones.ctc_log_likelihood(lp, [1]) == pytest.approx(float(torch.logsumexp(
+        torch.stack([lp[0, 1] + lp[1, 0], lp[0, 1] + lp[1, 1], lp[0, 0] + lp[1, 1]]), 0)))
+    assert decode_phones.ctc_log_likelihood(lp, [1, 1, 1]) == float("-inf")  # 3 labels cannot fit 2 frames
+    cat = decode_phones.Candidate("cat", char_ll=-1.0, phone_ll=-9.0, lm=-2.0, words=1)
+    tab = decode_phones.Candidate("tab", char_ll=-3.0, phone_ll=-2.0, lm=-2.0, words=1)
+    unscored = decode_phones.Candidate("zebra", char_ll=-2.0, phone_ll=float("-inf"), lm=-2.0, words=1)
+    assert decode_phones.combine([cat, tab], 0.0, 1.0, 0.0) == "cat"
+    assert decode_phones.combine([cat, tab], 0.5, 1.0, 0.0) == "tab"
+    # No pronunciation: kept, judged on the character head alone (counted by the script).
+    assert decode_phones.combine([cat, tab, unscored], 0.5, 1.0, 0.0) == "zebra"
+    assert decode_phones.combine([], 0.5, 1.0, 0.0) == ""
