@@ -280,10 +280,12 @@ def cross_validated_wer(grid: Sequence[tuple[dict[str, float], list[str]]], refs
                         speakers: Sequence[str], keep) -> float:
     """Corpus WER when each half of the speakers (alternate ones, sorted) is decoded with the
     grid point (among those ``keep`` accepts) that is best on the other half: a tuned-on-dev
-    number that does not score the utterances it was tuned on."""
+    number that does not score the utterances it was tuned on. NaN with a single speaker."""
     from asr.metrics import score_corpus
 
     order = sorted(set(speakers))
+    if len(order) < 2:
+        return math.nan  # one speaker: no held-out half
     fold = [order.index(s) % 2 for s in speakers]
     hyps, ref_out = [], []
     for f in (0, 1):
