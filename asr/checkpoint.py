@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,11 @@ class LightningCheckpoint:
     epoch: int | None
     global_step: int | None
     run_id: str | None = None  # hyper_parameters["run_id"]: one id per `asr train` run (None before it existed)
+    # The auxiliary phone CTC head (model.phone_ctc_weight > 0), which packages never hold:
+    # hyper_parameters["phones"] (its output i + 1 is phones[i]; 0 is the blank) and the
+    # "phone_head." weights (prefix removed). Empty when the run trained none.
+    phones: tuple[str, ...] = ()
+    phone_head: dict[str, Tensor] = field(default_factory=dict)
 
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
@@ -105,6 +110,11 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
     if bad:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:3]}")
     run_id = hp.get("run_id")
+    phones = hp.get("phones") or ()
+    if not isinstance(phones, (list, tuple)) or not all(isinstance(p, str) for p in phones):
+        raise CheckpointError(f"{path}: bad phones in hyper_parameters (not a list of strings)")
+    head = {k[len("phone_head."):]: v for k, v in ckpt["state_dict"].items()
+            if isinstance(k, str) and k.startswith("phone_head.") and isinstance(v, Tensor)}
     return LightningCheckpoint(
         path=path,
         config=config,
@@ -114,6 +124,8 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
         run_id=str(run_id) if run_id is not None else None,
+        phones=tuple(phones),
+        phone_head=head,
     )
 
 

@@ -1,0 +1,475 @@
+"""Word decoding from the auxiliary phone CTC head: lexicon beam search + word LM over phones.
+
+    python scripts/decode_phones.py CKPT MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
+        --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size 50]
+        [--emissions DIR/emissions.pt] [--combine --char-lm-weight W --char-word-score S [--nbest 10]]
+
+CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 0`` (or an
+experiment directory: its best checkpoint by dev WER). The phone head lives only in
+checkpoints (packages hold the character network alone), so this reads one with
+:func:`asr.checkpoint.read_lightning_checkpoint` (weights-only, nothing unpickled), runs the
+network over MANIFEST (the toolkit's features, model and inference batching), takes the phone
+head's log-probs on the layer it was trained on, and decodes them with flashlight's lexicon
+beam search (``torchaudio.models.decoder.ctc_decoder``) and a word KenLM.
+
+Decoding lexicon: every word of the TRAINING transcripts (``--train``) that LEXICON lists,
+spelled with its first pronunciation, stress stripped -- what the phone targets were built
+from (:class:`asr.data.lexicon.PhoneMap`). Words of LEXICON outside the training transcripts
+never enter it: a publisher's lexicon usually lists the test words too, and decoding with
+them would leak the test vocabulary. Training words without a pronunciation are counted and
+listed in ``DIR/summary.json`` (they cannot be output).
+
+Tokens: blank (id 0, as the head was trained), the checkpoint's phones, and a word-boundary
+token the model never emits (its log-prob is fixed very low), the way NeMo decodes BPE.
+Without a boundary token a word ends with its last phone, and flashlight's search, back at
+the trie root, could not hold that phone over several frames; so, as :mod:`asr.decoding`
+does for word pieces, each word is also spelled with its last phone doubled ("K AE T T"):
+a repeat without a blank cannot enter a trie node but can complete a word there.
+
+With several LM weights / word scores, each grid point decodes MANIFEST and is scored
+(corpus WER against the manifest's text); ``DIR/hyps.jsonl`` ({"id", "text"}, one line per
+utterance, for ``asr evaluate --hyps``) holds the best point's hypotheses, ``DIR/summary.json``
+the grid, checkpoint and lexicon counts, ``DIR/lexicon.txt`` the decoding lexicon.
+``--emissions FILE`` caches the network's outputs (phone and character log-probs), so a
+second run with another grid skips the forward pass.
+
+``--combine`` also joins the two heads: the character beam's n-best (LM weight / word score
+as ``asr lm tune`` found them for the character model) and the phone beam's n-best (its best
+grid point) are pooled per utterance, and each distinct text is scored
+``(1 - w) * char CTC log-lik + w * phone CTC log-lik + a * log10 P_LM(text) + b * words``;
+a grid over w, a, b picks the best on MANIFEST (``DIR/combined/``). Since that tunes three
+weights on the set it scores, a 2-fold cross-validation by speaker is printed too, for w free
+and for w = 0 (the same rescoring without the phone head: the fair control).
+
+Why a script and not an ``asr`` command: the phone head is an experiment (issue 12) whose
+value is what this measures; it is corpus-independent, hence scripts/ rather than a recipe.
+
+Exit status: 0 done; 2 unusable input (a checkpoint without a phone head, a missing file), as
+one ``error: ...`` line; 1 when some utterances' audio could not be read (decoded as "").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from asr.audio import AudioError, load_audio
+from asr.checkpoint import CheckpointError, best_checkpoints, read_lightning_checkpoint
+from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
+from asr.data.manifest import ManifestError, Utterance, read_manifest
+from asr.data.sampler import plan_batches
+from asr.features import LogMel
+from asr.model import AcousticModel
+from asr.text import Tokenizer, normalize_text
+
+BLANK = "<blank>"
+BOUNDARY = "<sil>"  # flashlight's silence token: a word boundary the model never emits
+UNK = "<unk>"
+_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decoding's closing frame)
+
+
+class UsageError(ValueError):
+    """Unusable input; the message is printed as one ``error:`` line (exit 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# decoding lexicon and decoder (no model needed: unit-tested on hand-built log-probs)
+
+
+@dataclass(frozen=True)
+class DecodingLexicon:
+    prons: dict[str, tuple[str, ...]]  # training word -> phones (stress stripped)
+    coverage: Coverage  # training utterances whose words all have a pronunciation
+    missing: list[str]  # training words LEXICON lacks (cannot be decoded)
+    foreign_phones: list[str]  # training words whose phones the head does not have (left out)
+
+
+def decoding_lexicon(lexicon: dict[str, tuple[str, ...]], train_texts: Sequence[str],
+                     phones: Sequence[str]) -> DecodingLexicon:
+    """The pronunciations of the training transcripts' words, nothing else (see module doc)."""
+    phone_map, cov = PhoneMap.build(lexicon, train_texts)
+    known = set(phones)
+    foreign = sorted(w for w, ps in phone_map.prons.items() if not set(ps) <= known)
+    prons = {w: ps for w, ps in phone_map.prons.items() if w not in set(foreign)}
+    return DecodingLexicon(prons, cov, sorted(cov.missing_words), foreign)
+
+
+def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) -> None:
+    """flashlight lexicon: ``word<TAB>phones`` and the same with the last phone doubled."""
+    lines = []
+    for word, ps in sorted(prons.items()):
+        lines.append(f"{word}\t{' '.join(ps)}\n")
+        lines.append(f"{word}\t{' '.join((*ps, ps[-1]))}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+class PhoneDecoder:
+    """Lexicon beam search over phone-head log-probs (N, T, 1 + len(phones)), optional word LM."""
+
+    def __init__(self, phones: Sequence[str], prons: dict[str, tuple[str, ...]], lm: str | None = None,
+                 lm_weight: float = 1.0, word_score: float = 0.0, beam_size: int = 50,
+                 beam_threshold: float = 25.0, nbest: int = 1) -> None:
+        from torchaudio.models.decoder import ctc_decoder
+
+        if not prons:
+            raise UsageError("the decoding lexicon is empty")
+        self.tokens = [BLANK, *phones, BOUNDARY]
+        with tempfile.TemporaryDirectory(prefix="phone-lexicon-") as tmp:
+            lex = Path(tmp) / "lexicon.txt"
+            write_search_lexicon(prons, lex)
+            self._decoder = ctc_decoder(
+                lexicon=str(lex), tokens=self.tokens, lm=lm, nbest=nbest, beam_size=beam_size,
+                beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
+                sil_score=0.0, blank_token=BLANK, sil_token=BOUNDARY, unk_word=UNK,
+            )
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[tuple[str, float]]]:
+        """Per utterance, up to nbest (text, score) best first; an empty utterance gives ""."""
+        n, t, v = log_probs.shape
+        if v != len(self.tokens) - 1:
+            raise ValueError(f"log_probs have {v} classes; the phone head has {len(self.tokens) - 1}")
+        em = torch.cat([log_probs.detach().float().cpu(), torch.full((n, t, 1), _NEVER)], dim=-1)
+        out = []
+        for b, hyps in enumerate(self._decoder(em.contiguous(), lengths.cpu().to(torch.int32))):
+            if int(lengths[b]) == 0 or not hyps:
+                out.append([("", 0.0)])
+                continue
+            out.append([(" ".join(h.words), float(h.score)) for h in hyps])
+        return out
+
+
+def decode_all(decoder: PhoneDecoder, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
+    texts: list[str] = []
+    for s in range(0, len(emissions), batch):
+        group = list(emissions[s : s + batch])
+        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
+        texts.extend(h[0][0] for h in decoder(pad_sequence(group, batch_first=True), lens))
+    return texts
+
+
+# --------------------------------------------------------------------------------------------
+# the network: character and phone log-probs of a manifest
+
+
+@dataclass
+class PhoneNetwork:
+    model: AcousticModel
+    head: torch.nn.Linear
+    featurizer: LogMel
+    tokenizer: Tokenizer
+    phones: tuple[str, ...]
+    path: Path
+
+    @torch.inference_mode()
+    def forward(self, waves: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """[(char log-probs (T', V), phone log-probs (T', 1 + P))] of a batch of waveforms."""
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+        feats, feat_lens = self.featurizer(pad_sequence([w.float() for w in waves], batch_first=True), lengths)
+        out = self.model.forward_outputs(feats, feat_lens, tap=self.model.phone_layer)
+        phone_lp = self.head(out.tapped).float().log_softmax(dim=-1)
+        return [(out.log_probs[i, :n].clone(), phone_lp[i, :n].clone()) for i, n in enumerate(out.lens.tolist())]
+
+
+def load_network(ckpt: Path) -> PhoneNetwork:
+    """The checkpoint's network and phone head (eval mode, CPU); refuses one without a head."""
+    if ckpt.is_dir():
+        ckpt = best_checkpoints(ckpt, 1)[0]
+    c = read_lightning_checkpoint(ckpt)
+    if not c.phones or not c.phone_head:
+        raise UsageError(f"{ckpt}: checkpoint has no phone CTC head (train with model.phone_ctc_weight > 0 "
+                         "and data.lexicon)")
+    tokenizer = Tokenizer.from_dict(c.tokenizer)
+    model = AcousticModel(c.config.model, c.config.features.n_mels, tokenizer.vocab_size)
+    model.load_state_dict(c.state_dict, strict=True)
+    head = torch.nn.Linear(model.layer_dim, len(c.phones) + 1)
+    try:
+        head.load_state_dict(c.phone_head, strict=True)
+    except RuntimeError as e:
+        raise UsageError(f"{ckpt}: phone head does not fit the model: {e}") from None
+    return PhoneNetwork(model.eval(), head.eval(), LogMel(c.config.features).eval(), tokenizer, c.phones, ckpt)
+
+
+def manifest_emissions(net: PhoneNetwork, utts: Sequence[Utterance], failed: dict[str, str],
+                       batch_size: int = 16, max_batch_seconds: float = 200.0) -> tuple[list[Tensor], list[Tensor]]:
+    """Character and phone log-probs of every utterance (in order); unreadable audio -> (0, V)."""
+    sr = net.featurizer.cfg.sample_rate
+    chars: list[Tensor | None] = [None] * len(utts)
+    phones: list[Tensor | None] = [None] * len(utts)
+    batches = plan_batches([u.duration for u in utts], batch_size, max_batch_seconds)
+    for k, batch in enumerate(batches):
+        good, waves = [], []
+        for i in batch:
+            u = utts[i]
+            try:
+                waves.append(load_audio(u.audio, sr, offset=u.offset, duration=u.duration))
+                good.append(i)
+            except AudioError as e:
+                failed[u.id] = str(e)
+                chars[i] = torch.zeros(0, net.tokenizer.vocab_size)
+                phones[i] = torch.zeros(0, len(net.phones) + 1)
+        if waves:
+            for i, (c, p) in zip(good, net.forward(waves)):
+                chars[i], phones[i] = c, p
+        print(f"forward: batch {k + 1}/{len(batches)}", file=sys.stderr, flush=True)
+    return chars, phones  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# combination: both heads' n-best lists, rescored by both heads' CTC log-likelihoods + the LM
+
+
+def ctc_log_likelihood(log_probs: Tensor, targets: Sequence[int]) -> float:
+    """log P(targets | log_probs (T, V)) under CTC (blank 0); -inf when no alignment fits."""
+    if log_probs.shape[0] == 0:
+        return 0.0 if not targets else -math.inf
+    tgt = torch.tensor([list(targets)], dtype=torch.long)
+    loss = torch.nn.functional.ctc_loss(log_probs[:, None].float(), tgt, torch.tensor([log_probs.shape[0]]),
+                                        torch.tensor([len(targets)]), blank=0, reduction="sum")
+    return -float(loss)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    char_ll: float  # CTC log-likelihood under the character head
+    phone_ll: float  # ... under the phone head (-inf: a word without a pronunciation)
+    lm: float  # KenLM log10 probability of the sentence (with <s>, </s>)
+    words: int
+
+
+def phone_ids(text: str, prons: dict[str, tuple[str, ...]], phones: Sequence[str]) -> list[int] | None:
+    """The phone head's target ids of ``text`` (phone i is id i + 1), None if a word has no pronunciation."""
+    index = {p: i + 1 for i, p in enumerate(phones)}
+    ids: list[int] = []
+    for w in text.split():
+        if w not in prons:
+            return None
+        ids.extend(index[p] for p in prons[w])
+    return ids
+
+
+def candidates(texts: Sequence[str], char_lp: Tensor, phone_lp: Tensor, tokenizer: Tokenizer,
+               prons: dict[str, tuple[str, ...]], phones: Sequence[str], lm) -> list[Candidate]:
+    """Features of each distinct text for one utterance (see :func:`combine`)."""
+    out = []
+    for t in dict.fromkeys(texts):
+        ids = phone_ids(t, prons, phones)
+        out.append(Candidate(
+            t, ctc_log_likelihood(char_lp, tokenizer.encode(t)),
+            -math.inf if ids is None else ctc_log_likelihood(phone_lp, ids),
+            lm.score(t, bos=True, eos=True), len(t.split())))
+    return out
+
+
+_PHONE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_COMBINE_LM_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)  # KenLM log10 sentence scores
+_COMBINE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0, 3.0)
+
+
+def cross_validated_wer(grid: Sequence[tuple[dict[str, float], list[str]]], refs: Sequence[str],
+                        speakers: Sequence[str], keep) -> float:
+    """Corpus WER when each half of the speakers (alternate ones, sorted) is decoded with the
+    grid point (among those ``keep`` accepts) that is best on the other half: a tuned-on-dev
+    number that does not score the utterances it was tuned on. NaN with a single speaker."""
+    from asr.metrics import score_corpus
+
+    order = sorted(set(speakers))
+    if len(order) < 2:
+        return math.nan  # one speaker: no held-out half
+    fold = [order.index(s) % 2 for s in speakers]
+    hyps, ref_out = [], []
+    for f in (0, 1):
+        tune = [i for i, x in enumerate(fold) if x != f]
+        test = [i for i, x in enumerate(fold) if x == f]
+        points = [(g, t) for g, t in grid if keep(g)]
+        _, texts = min(points, key=lambda gt: score_corpus([refs[i] for i in tune], [gt[1][i] for i in tune]).wer)
+        hyps += [texts[i] for i in test]
+        ref_out += [refs[i] for i in test]
+    return score_corpus(ref_out, hyps).wer
+
+
+def combine(cands: Sequence[Candidate], phone_weight: float, lm_weight: float, word_score: float) -> str:
+    """The text maximising (1 - w) * char_ll + w * phone_ll + lm_weight * lm + word_score * words
+    (w = phone_weight); candidates without a phone score compete on the character head alone."""
+    def score(c: Candidate) -> float:
+        am = c.char_ll if math.isinf(c.phone_ll) else (1 - phone_weight) * c.char_ll + phone_weight * c.phone_ll
+        return am + lm_weight * c.lm + word_score * c.words
+    return max(cands, key=score).text if cands else ""
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        vals = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {s!r}")
+    return vals
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="Lightning checkpoint with a phone head, or an exp dir")
+    ap.add_argument("manifest", type=Path, help="manifest to decode (its text scores the grid)")
+    ap.add_argument("--train", type=Path, required=True, help="training manifest: its words form the lexicon")
+    ap.add_argument("--lexicon", type=Path, required=True, help="pronunciation lexicon (WORD PH PH ...)")
+    ap.add_argument("--lm", type=Path, help="word KenLM (ARPA or binary); none: lexicon only")
+    ap.add_argument("--lm-weights", type=_floats, default=[1.0], help="comma-separated (default 1)")
+    ap.add_argument("--word-scores", type=_floats, default=[0.0], help="comma-separated (default 0)")
+    ap.add_argument("--beam-size", type=int, default=50)
+    ap.add_argument("--emissions", type=Path, help="cache of the network's outputs (read if present, else written)")
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--combine", action="store_true",
+                    help="also rescore both heads' n-best lists with both heads + the LM (DIR/combined/)")
+    ap.add_argument("--char-lm-weight", type=float, default=2.0, help="character beam (--combine); default 2")
+    ap.add_argument("--char-word-score", type=float, default=1.0, help="character beam (--combine); default 1")
+    ap.add_argument("--nbest", type=int, default=10, help="hypotheses of each beam (--combine); default 10")
+    return ap.parse_args(argv)
+
+
+def _load_emissions(args: argparse.Namespace, utts: list[Utterance], failed: dict[str, str]):
+    net = load_network(args.checkpoint)
+    if args.emissions and args.emissions.is_file():
+        cached = torch.load(args.emissions, weights_only=True)
+        if cached["checkpoint"] != str(net.path.resolve()) or cached["ids"] != [u.id for u in utts]:
+            raise UsageError(f"{args.emissions}: cached emissions of another checkpoint or manifest")
+        failed.update(cached["failed"])
+        return net, cached["chars"], cached["phones"]
+    torch.set_num_threads(1)
+    chars, phones = manifest_emissions(net, utts, failed)
+    if args.emissions:
+        torch.save({"checkpoint": str(net.path.resolve()), "ids": [u.id for u in utts], "failed": failed,
+                    "chars": chars, "phones": phones, "tokens": net.tokenizer.tokens,
+                    "phone_tokens": [BLANK, *net.phones]}, args.emissions)
+    return net, chars, phones
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from asr.metrics import score_corpus
+
+    args = parse_args(argv)
+    try:
+        for p in (args.manifest, args.train, args.lexicon, *([args.lm] if args.lm else [])):
+            if not p.is_file():
+                raise UsageError(f"{p}: no such file")
+        utts = read_manifest(args.manifest)
+        train_texts = [u.text for u in read_manifest(args.train)]
+        failed: dict[str, str] = {}
+        net, char_em, phone_em = _load_emissions(args, utts, failed)
+        lex = decoding_lexicon(read_lexicon(args.lexicon), train_texts, net.phones)
+    except (UsageError, CheckpointError, ManifestError, LexiconError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    words = {w for t in train_texts for w in t.casefold().split()}
+    print(f"checkpoint: {net.path} ({len(net.phones)} phones, head on layer {net.model.phone_layer + 1})")
+    print(f"decoding lexicon: {len(lex.prons)} of {len(words)} training words; {len(lex.missing)} without a "
+          f"pronunciation{': ' + ', '.join(lex.missing[:20]) if lex.missing else ''}; "
+          f"{len(lex.foreign_phones)} with phones the head lacks")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_search_lexicon(lex.prons, args.out / "lexicon.txt")
+    refs = [normalize_text(u.text) for u in utts]
+    grid: list[dict[str, float]] = []
+    best_texts: list[str] = []
+    for w in args.lm_weights:
+        for s in args.word_scores:
+            dec = PhoneDecoder(net.phones, lex.prons, lm=str(args.lm) if args.lm else None, lm_weight=w,
+                               word_score=s, beam_size=args.beam_size)
+            texts = decode_all(dec, phone_em)
+            wer = score_corpus(refs, texts).wer
+            grid.append({"lm_weight": w, "word_score": s, "wer": wer})
+            print(f"lm_weight {w:g}  word_score {s:g}  WER {100 * wer:.2f}%", flush=True)
+            if len(grid) == 1 or wer < min(g["wer"] for g in grid[:-1]):
+                best_texts = texts  # the first of equal WERs, as `asr lm tune` picks
+    best = min(grid, key=lambda g: g["wer"])
+    with open(args.out / "hyps.jsonl", "w", encoding="utf-8") as f:
+        for u, t in zip(utts, best_texts):
+            f.write(json.dumps({"id": u.id, "text": t}) + "\n")
+    summary = {"checkpoint": str(net.path.resolve()), "manifest": str(args.manifest), "lm": str(args.lm),
+               "beam_size": args.beam_size, "best": best, "grid": grid, "phones": list(net.phones),
+               "lexicon_words": len(lex.prons), "training_words": len(words),
+               "training_words_without_pronunciation": lex.missing,
+               "training_words_with_unknown_phones": lex.foreign_phones,
+               "training_utterances_covered": f"{lex.coverage.covered} of {lex.coverage.utterances}",
+               "failed_utterances": failed}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"best: lm_weight {best['lm_weight']:g} word_score {best['word_score']:g} WER {100 * best['wer']:.2f}% "
+          f"-> {args.out / 'hyps.jsonl'}")
+    if args.combine:
+        run_combination(args, net, lex.prons, utts, refs, char_em, phone_em, best)
+    for uid, why in failed.items():
+        print(f"error: utterance {uid}: {why} (decoded as empty)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str, tuple[str, ...]],
+                    utts: Sequence[Utterance], refs: Sequence[str], char_em: Sequence[Tensor],
+                    phone_em: Sequence[Tensor], phone_best: dict[str, float]) -> None:
+    """Union of the character beam's and the phone beam's n-best; grid over the combination."""
+    import kenlm
+
+    from asr.decoding import BeamSearchDecoder
+    from asr.metrics import score_corpus
+
+    char_dec = BeamSearchDecoder(net.tokenizer, lm=str(args.lm), lm_weight=args.char_lm_weight,
+                                 word_score=args.char_word_score, nbest=args.nbest, beam_size=args.beam_size)
+    phone_dec = PhoneDecoder(net.phones, prons, lm=str(args.lm), lm_weight=phone_best["lm_weight"],
+                             word_score=phone_best["word_score"], beam_size=args.beam_size, nbest=args.nbest)
+    lm = kenlm.Model(str(args.lm))
+    cands, char_top = [], []
+    for c, p in zip(char_em, phone_em):
+        n = torch.tensor([c.shape[0]])
+        ch = [h.text for h in char_dec(c[None], n)[0]]
+        ph = [t for t, _ in phone_dec(p[None], n)[0]]
+        char_top.append(ch[0])
+        cands.append(candidates(ch + ph, c, p, net.tokenizer, prons, net.phones, lm))
+    unscored = sum(math.isinf(c.phone_ll) for cs in cands for c in cs)
+    print(f"{sum(map(len, cands))} candidates, {unscored} without a phone score (a word without a pronunciation)")
+    print(f"character beam (lm_weight {args.char_lm_weight:g}, word_score {args.char_word_score:g}): "
+          f"WER {100 * score_corpus(refs, char_top).wer:.2f}%")
+    grid = []
+    for w in _PHONE_WEIGHTS:
+        for lw in _COMBINE_LM_WEIGHTS:
+            for ws in _COMBINE_WORD_SCORES:
+                texts = [combine(cs, w, lw, ws) for cs in cands]
+                grid.append(({"phone_weight": w, "lm_weight": lw, "word_score": ws,
+                              "wer": score_corpus(refs, texts).wer}, texts))
+    best, texts = min(grid, key=lambda g: g[0]["wer"])
+    held_out = {name: cross_validated_wer(grid, refs, [u.speaker for u in utts], keep)
+                for name, keep in (("with phone head", lambda g: True),
+                                   ("character head only (phone_weight 0)", lambda g: g["phone_weight"] == 0.0))}
+    print("2-fold cross-validation by speaker (weights tuned on one half of the speakers, scored on the other): "
+          + "; ".join(f"{k}: {100 * v:.2f}%" for k, v in held_out.items()))
+    out = args.out / "combined"
+    out.mkdir(exist_ok=True)
+    with open(out / "hyps.jsonl", "w", encoding="utf-8") as f:
+        for u, t in zip(utts, texts):
+            f.write(json.dumps({"id": u.id, "text": t}) + "\n")
+    per_weight = {w: min(g["wer"] for g, _ in grid if g["phone_weight"] == w) for w in _PHONE_WEIGHTS}
+    (out / "summary.json").write_text(json.dumps({
+        "char_beam": {"lm_weight": args.char_lm_weight, "word_score": args.char_word_score,
+                      "wer": score_corpus(refs, char_top).wer},
+        "phone_beam": phone_best, "nbest": args.nbest, "candidates": sum(map(len, cands)),
+        "candidates_without_phone_score": unscored, "best": best, "cross_validated_wer": held_out,
+        "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n", encoding="utf-8")
+    print("combined, best WER by phone weight: "
+          + ", ".join(f"{w:g}: {100 * v:.2f}%" for w, v in per_weight.items()))
+    print(f"combined best: {best} -> {out / 'hyps.jsonl'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
