@@ -277,15 +277,16 @@ _COMBINE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0, 3.0)
 
 
 def cross_validated_wer(grid: Sequence[tuple[dict[str, float], list[str]]], refs: Sequence[str],
-                        speakers: Sequence[str], keep) -> float:
+                        speakers: Sequence[str], keep) -> float | None:
     """Corpus WER when each half of the speakers (alternate ones, sorted) is decoded with the
     grid point (among those ``keep`` accepts) that is best on the other half: a tuned-on-dev
-    number that does not score the utterances it was tuned on. NaN with a single speaker."""
+    number that does not score the utterances it was tuned on. None with a single speaker
+    (no held-out half; None, not NaN, so that summary.json stays strict JSON)."""
     from asr.metrics import score_corpus
 
     order = sorted(set(speakers))
     if len(order) < 2:
-        return math.nan  # one speaker: no held-out half
+        return None  # one speaker: no held-out half
     fold = [order.index(s) % 2 for s in speakers]
     hyps, ref_out = [], []
     for f in (0, 1):
@@ -453,7 +454,7 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
                 for name, keep in (("with phone head", lambda g: True),
                                    ("character head only (phone_weight 0)", lambda g: g["phone_weight"] == 0.0))}
     print("2-fold cross-validation by speaker (weights tuned on one half of the speakers, scored on the other): "
-          + "; ".join(f"{k}: {100 * v:.2f}%" for k, v in held_out.items()))
+          + "; ".join(f"{k}: {'n/a (one speaker)' if v is None else f'{100 * v:.2f}%'}" for k, v in held_out.items()))
     out = args.out / "combined"
     out.mkdir(exist_ok=True)
     with open(out / "hyps.jsonl", "w", encoding="utf-8") as f:

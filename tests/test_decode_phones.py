@@ -116,3 +116,13 @@ def test_combination_weighs_the_phone_head_against_the_character_head():
     # No pronunciation: kept, judged on the character head alone (counted by the script).
     assert decode_phones.combine([cat, tab, unscored], 0.5, 1.0, 0.0) == "zebra"
     assert decode_phones.combine([], 0.5, 1.0, 0.0) == ""
+
+
+def test_cross_validation_holds_out_speakers_and_is_none_for_one_speaker():
+    refs = ["a b", "c d", "e f", "g h"]
+    good, bad = ["a b", "c d", "e f", "g h"], ["x", "y", "z", "w"]
+    grid = [({"w": 0.0}, bad), ({"w": 1.0}, good)]
+    spk = ["s1", "s1", "s2", "s2"]
+    assert decode_phones.cross_validated_wer(grid, refs, spk, lambda g: True) == 0.0
+    assert decode_phones.cross_validated_wer(grid, refs, spk, lambda g: g["w"] == 0.0) == 1.0
+    assert decode_phones.cross_validated_wer(grid, refs, ["s1"] * 4, lambda g: True) is None
