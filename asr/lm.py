@@ -294,7 +294,10 @@ def _write_words(path: Path, words: Sequence[str]) -> Path:
 # tuning
 
 
-def _decode_all(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
+def decode_texts(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
+    """Best text per utterance of ``decode(padded (n, T, V), lengths)``, run over ``emissions``
+    in padded batches of ``batch``; ``decode`` returns per utterance a hypothesis with
+    ``.text`` or a best-first list of them."""
     texts: list[str] = []
     for s in range(0, len(emissions), batch):
         group = list(emissions[s : s + batch])
@@ -351,7 +354,7 @@ def tune_lm(
     emissions = [e.detach().float().cpu() for e in emissions]
     refs = [normalize_text(r) for r in refs]
 
-    greedy = _decode_all(lambda lp, lens: greedy_decode(lp, lens, tokenizer), emissions)
+    greedy = decode_texts(lambda lp, lens: greedy_decode(lp, lens, tokenizer), emissions)
     greedy_wer = score_corpus(refs, greedy).wer
     points = [(float(w), float(s)) for w in lm_weights for s in word_scores]
     grid: list[dict[str, float]] = []
@@ -362,7 +365,7 @@ def tune_lm(
     def run_point(w: float, s: float) -> None:
         dec = BeamSearchDecoder(tokenizer, base, lm=str(lm_path), lm_weight=w, word_score=s)
         settings.update(dec.settings())
-        wer = score_corpus(refs, _decode_all(dec, emissions)).wer
+        wer = score_corpus(refs, decode_texts(dec, emissions)).wer
         grid.append({"lm_weight": w, "word_score": s, "wer": wer})
 
     if progress:

@@ -1,7 +1,7 @@
 """Word decoding from the auxiliary phone CTC head: lexicon beam search + word LM over phones.
 
     python scripts/decode_phones.py CKPT MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
-        --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size 50]
+        --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size N]
         [--emissions DIR/emissions.pt] [--combine --char-lm-weight W --char-word-score S [--nbest 10]]
 
 CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 0`` (or an
@@ -58,6 +58,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,13 +69,16 @@ from asr.checkpoint import CheckpointError, best_checkpoints, read_lightning_che
 from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
+from asr.decoding import DecodingOptions
 from asr.features import LogMel
+from asr.lm import decode_texts
 from asr.model import AcousticModel
 from asr.text import Tokenizer, normalize_text
 
 BLANK = "<blank>"
 BOUNDARY = "<sil>"  # flashlight's silence token: a word boundary the model never emits
 UNK = "<unk>"
+_BEAM = DecodingOptions(decoder="beam")  # the toolkit's beam size / threshold defaults
 _NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decoding's closing frame)
 
 
@@ -113,12 +117,18 @@ def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) ->
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
+class PhoneHyp(NamedTuple):
+    text: str
+    score: float
+
+
 class PhoneDecoder:
     """Lexicon beam search over phone-head log-probs (N, T, 1 + len(phones)), optional word LM."""
 
     def __init__(self, phones: Sequence[str], prons: dict[str, tuple[str, ...]], lm: str | None = None,
-                 lm_weight: float = 1.0, word_score: float = 0.0, beam_size: int = 50,
-                 beam_threshold: float = 25.0, nbest: int = 1) -> None:
+                 lm_weight: float = 1.0, word_score: float = 0.0,
+                 beam_size: int = _BEAM.beam_size, beam_threshold: float = _BEAM.beam_threshold,
+                 nbest: int = 1) -> None:
         from torchaudio.models.decoder import ctc_decoder
 
         if not prons:
@@ -133,7 +143,7 @@ class PhoneDecoder:
                 sil_score=0.0, blank_token=BLANK, sil_token=BOUNDARY, unk_word=UNK,
             )
 
-    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[tuple[str, float]]]:
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[PhoneHyp]]:
         """Per utterance, up to nbest (text, score) best first; an empty utterance gives ""."""
         n, t, v = log_probs.shape
         if v != len(self.tokens) - 1:
@@ -142,19 +152,10 @@ class PhoneDecoder:
         out = []
         for b, hyps in enumerate(self._decoder(em.contiguous(), lengths.cpu().to(torch.int32))):
             if int(lengths[b]) == 0 or not hyps:
-                out.append([("", 0.0)])
+                out.append([PhoneHyp("", 0.0)])
                 continue
-            out.append([(" ".join(h.words), float(h.score)) for h in hyps])
+            out.append([PhoneHyp(" ".join(h.words), float(h.score)) for h in hyps])
         return out
-
-
-def decode_all(decoder: PhoneDecoder, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
-    texts: list[str] = []
-    for s in range(0, len(emissions), batch):
-        group = list(emissions[s : s + batch])
-        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
-        texts.extend(h[0][0] for h in decoder(pad_sequence(group, batch_first=True), lens))
-    return texts
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lm", type=Path, help="word KenLM (ARPA or binary); none: lexicon only")
     ap.add_argument("--lm-weights", type=_floats, default=[1.0], help="comma-separated (default 1)")
     ap.add_argument("--word-scores", type=_floats, default=[0.0], help="comma-separated (default 0)")
-    ap.add_argument("--beam-size", type=int, default=50)
+    ap.add_argument("--beam-size", type=int, default=_BEAM.beam_size)
     ap.add_argument("--emissions", type=Path, help="cache of the network's outputs (read if present, else written)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--combine", action="store_true",
@@ -390,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in args.word_scores:
             dec = PhoneDecoder(net.phones, lex.prons, lm=str(args.lm) if args.lm else None, lm_weight=w,
                                word_score=s, beam_size=args.beam_size)
-            texts = decode_all(dec, phone_em)
+            texts = decode_texts(dec, phone_em)
             wer = score_corpus(refs, texts).wer
             grid.append({"lm_weight": w, "word_score": s, "wer": wer})
             print(f"lm_weight {w:g}  word_score {s:g}  WER {100 * wer:.2f}%", flush=True)
