@@ -28,8 +28,12 @@ mkdir -p "$PEER/eval/grid"
 IFS=, read -ra ws <<< "$WEIGHTS"; IFS=, read -ra ss <<< "$SCORES"
 for w in "${ws[@]}"; do for s in "${ss[@]}"; do
   out="$PEER/eval/grid/w${w}_s${s}"
-  PYTHONPATH=. "$PY" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
-    --lm-weight "$w" --word-score "$s" --out "$out.hyps.jsonl" >/dev/null 2>&1
+  if ! PYTHONPATH=. "$PY" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
+      --lm-weight "$w" --word-score "$s" --out "$out.hyps.jsonl" >"$out.log" 2>&1; then
+    echo "error: decode_lm.py failed at lm weight $w, word score $s (log: $out.log):" >&2
+    tail -n 3 "$out.log" >&2
+    exit 1
+  fi
   "$ASR" evaluate --hyps "$out.hyps.jsonl" "$DEV" --out "$out" -q >/dev/null
   wer=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/summary.json'))['wer'])" "$out")
   echo "peer beam+LM w=$w s=$s: $wer"
