@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     src = args.peer / "logprobs.pt"
     try:
         d = torch.load(src, weights_only=True)
+    except FileNotFoundError:
+        print(f"error: {src}: not found (run the peer's train.py first)", file=sys.stderr)
+        return 2
+    except Exception as e:  # torch.load on a corrupt file: UnpicklingError, KeyError, EOFError, ...
+        print(f"error: {src}: not a log-prob file written by train.py ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    try:
         vocab, blank, ids, lps = d["vocab"], int(d["blank_id"]), d["ids"], d["logprobs"]
         tok = tokenizer_for(vocab, blank)
         ems = [to_tokenizer_ids(lp.float(), vocab, blank, tok) for lp in lps]
