@@ -34,6 +34,8 @@ _UNSAFE_GLOBAL = (
     re.compile(r"(?:create new object|Can only build).* but got <class '([^']+)'>"),
 )
 _CKPT_NAME = re.compile(r"wer(\d+(?:\.\d+)?)")  # epoch012-wer0.1234.ckpt -> 0.1234
+_CKPT_EPOCH = re.compile(r"^epoch(\d+)")  # epoch012-wer0.1234.ckpt, tail/epoch012.ckpt -> 12
+TAIL_DIR = "tail"  # checkpoints/tail/: the last trainer.keep_last epochs, unranked
 
 
 class CheckpointError(ValueError):
@@ -151,6 +153,32 @@ def best_checkpoints(exp_dir: str | os.PathLike, n: int = 1) -> list[Path]:
         raise CheckpointError(f"{ckpt_dir}: no *.ckpt files")
     scored.sort()
     return [p for _, _, p in scored[: max(1, n)]]
+
+
+def latest_checkpoints(exp_dir: str | os.PathLike, n: int) -> list[Path]:
+    """The checkpoints of the ``n`` latest epochs of ``exp_dir``, oldest first.
+
+    Epoch checkpoints are the ranked ``checkpoints/epochNNN-wer*.ckpt`` files and the
+    ``checkpoints/tail/epochNNN.ckpt`` files that ``trainer.keep_last`` keeps (one file per
+    epoch; the ranked one when both exist). Averaging them is the averaging half of
+    stochastic weight averaging, done after training. Fewer than ``n`` epochs on disk is an
+    error that says how many there are and how to keep more, not a quiet shorter average.
+    """
+    exp_dir = Path(exp_dir)
+    ckpt_dir = exp_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{exp_dir}: no checkpoints/ directory (is it an experiment directory?)")
+    by_epoch: dict[int, Path] = {}
+    for p in sorted((ckpt_dir / TAIL_DIR).glob("*.ckpt")) + sorted(ckpt_dir.glob("*.ckpt")):
+        m = _CKPT_EPOCH.match(p.stem)
+        if m:
+            by_epoch[int(m.group(1))] = p  # ranked files come second and win
+    if len(by_epoch) < n:
+        raise CheckpointError(
+            f"{exp_dir}: --average-last {n} needs the checkpoints of {n} epochs, {ckpt_dir} has "
+            f"{len(by_epoch)} ({', '.join(f'epoch {e}' for e in sorted(by_epoch)) or 'none'}); train with "
+            f"trainer.keep_last={n} to keep the last {n}")
+    return [by_epoch[e] for e in sorted(by_epoch)[-n:]]
 
 
 def resolve_checkpoints(paths: Sequence[str | os.PathLike], n_best: int = 1) -> list[Path]:

@@ -100,6 +100,7 @@ class TrainerConfig:
     check_val_every_n_epoch: int = 1  # validation frequency
     log_every_n_steps: int = 10  # logging frequency
     save_top_k: int = 3  # keep the k best checkpoints by dev WER
+    keep_last: int = 0  # also keep the last N epochs' checkpoints (checkpoints/tail/) for `asr export --average-last N`
     early_stopping_patience: int = 0  # epochs without dev WER improvement before stopping (0 = off)
     progress_bar: bool = True  # rich progress bar
     threads: int = 0  # torch CPU threads (0 = asr.threads.default_threads: half the cores, at most 4)
@@ -116,6 +117,8 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.{key} must be >= 1 (is {getattr(self, key)})")
         if self.save_top_k < -1:
             raise ConfigError(f"trainer.save_top_k must be >= -1 (is {self.save_top_k})")
+        if self.keep_last < 0:
+            raise ConfigError(f"trainer.keep_last must be >= 0 (is {self.keep_last})")
         if self.gradient_clip_val < 0 or self.early_stopping_patience < 0 or self.threads < 0:
             raise ConfigError("trainer.gradient_clip_val, trainer.early_stopping_patience and trainer.threads must be >= 0")
 

@@ -21,6 +21,7 @@ from asr.checkpoint import (
     average_state_dicts,
     best_checkpoints,
     check_compatible,
+    latest_checkpoints,
     read_lightning_checkpoint,
 )
 from asr.model import AcousticModel
@@ -32,6 +33,7 @@ def export(
     ckpts: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     average: bool | int = False,
+    average_last: int = 0,
     int8: bool = False,
     torchscript: bool = False,
     onnx: bool = False,
@@ -46,6 +48,9 @@ def export(
         out: the package file to write (parent directories are created).
         average: False: exactly one checkpoint is expected. True: average all of them.
             N (int >= 1): average the N best of each directory (and all given files).
+        average_last: N >= 1: average the checkpoints of the N latest epochs of each
+            directory (``trainer.keep_last``), whatever their dev WER: the weight averaging of
+            SWA, after training. Not with ``average``.
         int8: mark the package for dynamic int8 quantisation (applied at load time, CPU).
         torchscript: also write ``out.with_suffix(".ts")`` (traced, dynamic batch/time).
         onnx: also write ``out.with_suffix(".onnx")`` (inputs feats (N, T, n_mels) float32,
@@ -56,7 +61,13 @@ def export(
     Returns:
         The package path.
     """
-    if average is False:
+    if average_last:
+        if average is not False:
+            raise CheckpointError("--average and --average-last choose the checkpoints in two ways: give one")
+        if average_last < 1:
+            raise CheckpointError(f"--average-last must be >= 1 (is {average_last})")
+        n_best = 1
+    elif average is False:
         n_best = 1
     elif average is True:
         n_best = sys.maxsize  # every ranked checkpoint of a directory (save_top_k of them)
@@ -66,14 +77,17 @@ def export(
             raise CheckpointError(f"--average must be >= 1 (is {average})")
     paths: list[Path] = []
     for p in map(Path, ckpts):
-        found = best_checkpoints(p, n_best) if p.is_dir() else [p]
+        if p.is_dir():
+            found = latest_checkpoints(p, average_last) if average_last else best_checkpoints(p, n_best)
+        else:
+            found = [p]
         if p.is_dir() and average is not True and average is not False and len(found) < n_best and note:
             note(f"--average {n_best}: {p} has only {len(found)} ranked checkpoint(s); averaging those "
                  f"{len(found)}")
         paths.extend(found)
     if not paths:
         raise CheckpointError("no checkpoints given")
-    if len(paths) > 1 and average is False:
+    if len(paths) > 1 and average is False and not average_last:
         raise CheckpointError(
             f"{len(paths)} checkpoints given ({', '.join(map(str, paths))}); pass --average to "
             "average them, or give one"

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from asr.checkpoint import TAIL_DIR
 from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, to_dict
 from asr.data.dataset import Skipped
 from asr.files import atomic_write_text, remove_stale_temp_files
@@ -102,7 +103,7 @@ def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None
 RESUMABLE_CHANGES = frozenset({
     "exp_dir",
     "trainer.max_epochs", "trainer.max_steps", "trainer.check_val_every_n_epoch", "trainer.log_every_n_steps",
-    "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.progress_bar", "trainer.threads",
+    "trainer.save_top_k", "trainer.keep_last", "trainer.early_stopping_patience", "trainer.progress_bar", "trainer.threads",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
     "data.num_workers",
 })
@@ -134,7 +135,7 @@ def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix a new run with an earlier run's checkpoints (export would pick the old
     ones), unless resuming it or told to delete it; remove temp files of killed writers."""
     ckpt_dir = exp / "checkpoints"
-    old = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    old = sorted(ckpt_dir.glob("**/*.ckpt")) if ckpt_dir.is_dir() else []  # with tail/ (trainer.keep_last)
     if overwrite:
         for name in RUN_FILES:
             p = exp / name
@@ -149,7 +150,7 @@ def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
                           f"continue it with --resume, train into another exp_dir=..., or pass --overwrite "
                           f"to delete them")
     exp.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temp_files(exp, ckpt_dir)
+    removed = remove_stale_temp_files(exp, ckpt_dir, ckpt_dir / TAIL_DIR)
     if removed:
         log.info("removed %d temp file(s) left by an interrupted write: %s",
                  len(removed), ", ".join(p.name for p in removed))

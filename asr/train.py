@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from asr.callbacks import AtomicCheckpointIO, EpochSummary, SamplerEpoch, SkippedItems
+from asr.checkpoint import TAIL_DIR
 from asr.config import ConfigError, ExperimentConfig, to_dict
 from asr.data.dataset import Batch, WaveBatch, wave_batch_features
 from asr.data.lexicon import LexiconError, PhoneMap, read_lexicon
@@ -421,6 +422,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         SamplerEpoch(),
         SkippedItems(dm.skipped),
     ]
+    if cfg.trainer.keep_last > 0:
+        # The last N epochs, whatever their dev WER, for `asr export --average-last N` (the
+        # weight averaging of SWA over the tail of the schedule). Lightning offers "epoch" as
+        # a monitor, so the N highest epochs are the ones kept. A folder of their own: these
+        # are not ranked by WER and must not compete with the top-k at `--average`.
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir / TAIL_DIR, filename="epoch{epoch:03d}", monitor="epoch",
+                                         mode="max", save_top_k=cfg.trainer.keep_last,
+                                         auto_insert_metric_name=False, enable_version_counter=False))
     if cfg.trainer.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val_wer", mode="min", patience=cfg.trainer.early_stopping_patience))
     if cfg.trainer.progress_bar:

@@ -1,11 +1,12 @@
 """Word decoding from the auxiliary phone CTC head: lexicon beam search + word LM over phones.
 
-    python scripts/decode_phones.py CKPT MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
+    python scripts/decode_phones.py CKPT [CKPT ...] MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
         --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size N]
         [--emissions DIR/emissions.pt] [--combine --char-lm-weight W --char-word-score S [--nbest 10]]
 
 CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 0`` (or an
-experiment directory: its best checkpoint by dev WER). The phone head lives only in
+experiment directory: its best checkpoint by dev WER); several CKPTs of one run are averaged
+(network and phone head), as ``asr export --average`` does. The phone head lives only in
 checkpoints (packages hold the character network alone), so this reads one with
 :func:`asr.checkpoint.read_lightning_checkpoint` (weights-only, nothing unpickled), runs the
 network over MANIFEST (the toolkit's features, model and inference batching), takes the phone
@@ -65,7 +66,13 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import AudioError, load_audio
-from asr.checkpoint import CheckpointError, best_checkpoints, read_lightning_checkpoint
+from asr.checkpoint import (
+    CheckpointError,
+    average_state_dicts,
+    best_checkpoints,
+    check_compatible,
+    read_lightning_checkpoint,
+)
 from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
@@ -169,7 +176,12 @@ class PhoneNetwork:
     featurizer: LogMel
     tokenizer: Tokenizer
     phones: tuple[str, ...]
-    path: Path
+    paths: tuple[Path, ...]  # the checkpoints averaged (one: not averaged)
+
+    @property
+    def ident(self) -> str:
+        """What the emissions cache and summary.json record: the checkpoints, resolved."""
+        return ",".join(str(p.resolve()) for p in self.paths)
 
     @torch.inference_mode()
     def forward(self, waves: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -181,23 +193,40 @@ class PhoneNetwork:
         return [(out.log_probs[i, :n].clone(), phone_lp[i, :n].clone()) for i, n in enumerate(out.lens.tolist())]
 
 
-def load_network(ckpt: Path) -> PhoneNetwork:
-    """The checkpoint's network and phone head (eval mode, CPU); refuses one without a head."""
-    if ckpt.is_dir():
-        ckpt = best_checkpoints(ckpt, 1)[0]
-    c = read_lightning_checkpoint(ckpt)
-    if not c.phones or not c.phone_head:
-        raise UsageError(f"{ckpt}: checkpoint has no phone CTC head (train with model.phone_ctc_weight > 0 "
-                         "and data.lexicon)")
+def load_network(ckpts: Sequence[Path]) -> PhoneNetwork:
+    """The checkpoints' network and phone head (eval mode, CPU); refuses one without a head.
+
+    An experiment directory stands for its best checkpoint by dev WER. Several checkpoints
+    (of one run: :func:`asr.checkpoint.check_compatible`) are averaged, network and phone
+    head alike, as ``asr export --average`` averages the network.
+    """
+    paths = [best_checkpoints(p, 1)[0] if p.is_dir() else p for p in ckpts]
+    if not paths:
+        raise UsageError("no checkpoint given")
+    loaded = [read_lightning_checkpoint(p) for p in paths]
+    for c in loaded:
+        if not c.phones or not c.phone_head:
+            raise UsageError(f"{c.path}: checkpoint has no phone CTC head (train with model.phone_ctc_weight > 0 "
+                             "and data.lexicon)")
+        if c.phones != loaded[0].phones:
+            raise UsageError(f"{c.path}: other phones than {loaded[0].path}")
+    c = loaded[0]
+    state, head_state = c.state_dict, c.phone_head
+    if len(loaded) > 1:
+        check_compatible(loaded)
+        names = [str(x.path) for x in loaded]
+        state = average_state_dicts([x.state_dict for x in loaded], names)
+        head_state = average_state_dicts([x.phone_head for x in loaded], names)
     tokenizer = Tokenizer.from_dict(c.tokenizer)
     model = AcousticModel(c.config.model, c.config.features.n_mels, tokenizer.vocab_size)
-    model.load_state_dict(c.state_dict, strict=True)
+    model.load_state_dict(state, strict=True)
     head = torch.nn.Linear(model.layer_dim, len(c.phones) + 1)
     try:
-        head.load_state_dict(c.phone_head, strict=True)
+        head.load_state_dict(head_state, strict=True)
     except RuntimeError as e:
-        raise UsageError(f"{ckpt}: phone head does not fit the model: {e}") from None
-    return PhoneNetwork(model.eval(), head.eval(), LogMel(c.config.features).eval(), tokenizer, c.phones, ckpt)
+        raise UsageError(f"{c.path}: phone head does not fit the model: {e}") from None
+    return PhoneNetwork(model.eval(), head.eval(), LogMel(c.config.features).eval(), tokenizer, c.phones,
+                        tuple(paths))
 
 
 def manifest_emissions(net: PhoneNetwork, utts: Sequence[Utterance], failed: dict[str, str],
@@ -326,7 +355,8 @@ def _floats(s: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path, help="Lightning checkpoint with a phone head, or an exp dir")
+    ap.add_argument("checkpoint", type=Path, nargs="+",
+                    help="Lightning checkpoint(s) with a phone head (several: averaged), or an exp dir")
     ap.add_argument("manifest", type=Path, help="manifest to decode (its text scores the grid)")
     ap.add_argument("--train", type=Path, required=True, help="training manifest: its words form the lexicon")
     ap.add_argument("--lexicon", type=Path, required=True, help="pronunciation lexicon (WORD PH PH ...)")
@@ -348,14 +378,14 @@ def _load_emissions(args: argparse.Namespace, utts: list[Utterance], failed: dic
     net = load_network(args.checkpoint)
     if args.emissions and args.emissions.is_file():
         cached = torch.load(args.emissions, weights_only=True)
-        if cached["checkpoint"] != str(net.path.resolve()) or cached["ids"] != [u.id for u in utts]:
+        if cached["checkpoint"] != net.ident or cached["ids"] != [u.id for u in utts]:
             raise UsageError(f"{args.emissions}: cached emissions of another checkpoint or manifest")
         failed.update(cached["failed"])
         return net, cached["chars"], cached["phones"]
     torch.set_num_threads(1)
     chars, phones = manifest_emissions(net, utts, failed)
     if args.emissions:
-        torch.save({"checkpoint": str(net.path.resolve()), "ids": [u.id for u in utts], "failed": failed,
+        torch.save({"checkpoint": net.ident, "ids": [u.id for u in utts], "failed": failed,
                     "chars": chars, "phones": phones, "tokens": net.tokenizer.tokens,
                     "phone_tokens": [BLANK, *net.phones]}, args.emissions)
     return net, chars, phones
@@ -378,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     words = {w for t in train_texts for w in t.casefold().split()}
-    print(f"checkpoint: {net.path} ({len(net.phones)} phones, head on layer {net.model.phone_layer + 1})")
+    what = str(net.paths[0]) if len(net.paths) == 1 else f"average of {', '.join(map(str, net.paths))}"
+    print(f"checkpoint: {what} ({len(net.phones)} phones, head on layer {net.model.phone_layer + 1})")
     print(f"decoding lexicon: {len(lex.prons)} of {len(words)} training words; {len(lex.missing)} without a "
           f"pronunciation{': ' + ', '.join(lex.missing[:20]) if lex.missing else ''}; "
           f"{len(lex.foreign_phones)} with phones the head lacks")
@@ -401,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.out / "hyps.jsonl", "w", encoding="utf-8") as f:
         for u, t in zip(utts, best_texts):
             f.write(json.dumps({"id": u.id, "text": t}) + "\n")
-    summary = {"checkpoint": str(net.path.resolve()), "manifest": str(args.manifest), "lm": str(args.lm),
+    summary = {"checkpoint": net.ident, "manifest": str(args.manifest), "lm": str(args.lm),
                "beam_size": args.beam_size, "best": best, "grid": grid, "phones": list(net.phones),
                "lexicon_words": len(lex.prons), "training_words": len(words),
                "training_words_without_pronunciation": lex.missing,

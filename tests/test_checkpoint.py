@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from asr.checkpoint import CheckpointError, best_checkpoints, read_lightning_checkpoint
+from asr.checkpoint import TAIL_DIR, CheckpointError, best_checkpoints, latest_checkpoints, read_lightning_checkpoint
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.decoding import greedy_decode
@@ -153,6 +153,38 @@ def test_experiment_dir_uses_its_best_checkpoints(tmp_path):
     assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "all.asr"), "--average"]) == 0
     names = [Path(s["path"]).name for s in load_package(tmp_path / "all.asr").info["source_checkpoints"]]
     assert names == ["epoch001-wer0.2000.ckpt", "epoch002-wer0.3000.ckpt", "epoch000-wer0.5000.ckpt"]
+
+
+def test_average_last_takes_the_latest_epochs_whatever_their_wer(tmp_path, capsys):
+    cfg = tiny_config()
+    ckpts = tmp_path / "exp" / "checkpoints"
+    # Ranked: epochs 1 and 4 (the best WERs); tail/ (trainer.keep_last=3): epochs 2, 3, 4.
+    for i, wer in ((1, "0.2000"), (4, "0.3000")):
+        write_lightning_ckpt(ckpts / f"epoch{i:03d}-wer{wer}.ckpt", tiny_model(cfg, i), cfg, epoch=i)
+    for i in (2, 3, 4):
+        write_lightning_ckpt(ckpts / TAIL_DIR / f"epoch{i:03d}.ckpt", tiny_model(cfg, i), cfg, epoch=i)
+    write_lightning_ckpt(ckpts / "last.ckpt", tiny_model(cfg, 9), cfg, epoch=4)
+
+    got = latest_checkpoints(tmp_path / "exp", 3)
+    assert [p.relative_to(ckpts).as_posix() for p in got] == [
+        f"{TAIL_DIR}/epoch002.ckpt", f"{TAIL_DIR}/epoch003.ckpt", "epoch004-wer0.3000.ckpt"]
+
+    assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "tail.asr"), "--average-last", "3"]) == 0
+    pkg = load_package(tmp_path / "tail.asr")
+    assert [s["epoch"] for s in pkg.info["source_checkpoints"]] == [2, 3, 4]
+    want = sum(tiny_model(cfg, i).output.weight for i in (2, 3, 4)) / 3
+    torch.testing.assert_close(pkg.model.output.weight, want, rtol=0, atol=1e-6)
+
+    # Asking for more epochs than were kept says how many there are and how to keep more.
+    assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "x.asr"), "--average-last", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "has 4 (epoch 1, epoch 2, epoch 3, epoch 4)" in err and "trainer.keep_last=5" in err
+    assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "x.asr"), "--average-last", "0"]) == 2
+    assert "--average-last N needs N >= 1" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "exp"), "--out", str(tmp_path / "x.asr"), "--average", "2",
+                 "--average-last", "2"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert not (tmp_path / "x.asr").exists()
 
 
 def test_cli_export_errors_exit_nonzero(tmp_path, capsys):

@@ -68,11 +68,12 @@ def test_training_word_with_phones_the_head_lacks_is_left_out_and_counted(tmp_pa
     assert lex.foreign_phones == ["zebra"]
 
 
-def _tiny_ckpt(path: Path, phones: tuple[str, ...]) -> Path:
+def _tiny_ckpt(path: Path, phones: tuple[str, ...], seed: int = 0) -> Path:
     """A CTCModule-shaped checkpoint of a tiny model, with a phone head when ``phones``."""
     cfg = ExperimentConfig(exp_dir="exp/tiny", model=ModelConfig(hidden=8, num_layers=2, conv_channels=4,
                                                                  dropout=0.0, phone_ctc_weight=0.3 if phones else 0.0))
     tok = CharTokenizer("abct")
+    torch.manual_seed(seed)
     model = AcousticModel(cfg.model, cfg.features.n_mels, tok.vocab_size)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     hp = {"config": to_dict(cfg), "tokenizer": tok.to_dict()}
@@ -85,7 +86,7 @@ def _tiny_ckpt(path: Path, phones: tuple[str, ...]) -> Path:
 
 
 def test_checkpoint_phone_head_is_loaded_and_one_without_is_refused(tmp_path, capsys):
-    net = decode_phones.load_network(_tiny_ckpt(tmp_path / "p.ckpt", PHONES))
+    net = decode_phones.load_network([_tiny_ckpt(tmp_path / "p.ckpt", PHONES)])
     assert net.phones == PHONES
     (chars, phones), = net.forward([torch.randn(8000)])
     assert phones.shape == (chars.shape[0], 1 + len(PHONES))
@@ -126,3 +127,15 @@ def test_cross_validation_holds_out_speakers_and_is_none_for_one_speaker():
     assert decode_phones.cross_validated_wer(grid, refs, spk, lambda g: True) == 0.0
     assert decode_phones.cross_validated_wer(grid, refs, spk, lambda g: g["w"] == 0.0) == 1.0
     assert decode_phones.cross_validated_wer(grid, refs, ["s1"] * 4, lambda g: True) is None
+
+
+def test_several_checkpoints_are_averaged_network_and_phone_head_alike(tmp_path):
+    paths = [_tiny_ckpt(tmp_path / f"e{i}.ckpt", PHONES, seed=i) for i in range(3)]
+    net = decode_phones.load_network(paths)
+    singles = [decode_phones.load_network([p]) for p in paths]
+    assert net.paths == tuple(paths) and len(net.ident.split(",")) == 3
+    for got, parts in ((net.head, [n.head for n in singles]), (net.model.output, [n.model.output for n in singles])):
+        torch.testing.assert_close(got.weight, sum(p.weight for p in parts) / 3, rtol=0, atol=1e-6)
+    other = _tiny_ckpt(tmp_path / "other.ckpt", ("AE", "B"))
+    with pytest.raises(decode_phones.UsageError, match="other phones than"):
+        decode_phones.load_network([paths[0], other])

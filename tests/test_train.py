@@ -203,13 +203,19 @@ def test_nonfinite_loss_step_is_skipped_and_counted(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_last_checkpoint_is_the_final_epoch_even_without_improvement(tmp_path):
+def test_last_checkpoint_is_the_final_epoch_even_without_improvement_and_keep_last_keeps_the_tail(tmp_path):
     # Regression: with ModelCheckpoint(save_last=True) Lightning rewrote last.ckpt only when a
     # top-k checkpoint was saved, so it could hold an early epoch and --resume went back there.
-    summary, _ = run_train(tmp_path, "trainer.max_epochs=3", "optim.lr=1e-9", "trainer.save_top_k=1")
-    ckpt = torch.load(tmp_path / "exp" / "checkpoints" / "last.ckpt", weights_only=False)
+    # trainer.keep_last keeps the last epochs (here 2 of 3) whatever their WER, for
+    # `asr export --average-last`, in checkpoints/tail/ beside the one ranked checkpoint.
+    summary, _ = run_train(tmp_path, "trainer.max_epochs=3", "optim.lr=1e-9", "trainer.save_top_k=1",
+                           "trainer.keep_last=2")
+    ckpt_dir = tmp_path / "exp" / "checkpoints"
+    ckpt = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
     assert summary["epochs"] == 3 and ckpt["epoch"] == 2
     assert ckpt["global_step"] == summary["steps"]
+    assert sorted(p.name for p in (ckpt_dir / "tail").iterdir()) == ["epoch001.ckpt", "epoch002.ckpt"]
+    assert len(list(ckpt_dir.glob("epoch*.ckpt"))) == 1
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``asr export CKPT... --out MODEL [--average [N]] [--int8] [--torchscript] [--onnx]``."""
+"""``asr export CKPT... --out MODEL [--average [N] | --average-last N] [--int8] [--torchscript] [--onnx]``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "asr export CKPT_OR_EXP_DIR... --out MODEL [--average [N]] [--int8] [--torchscript] [--onnx]"
+    parser.usage = "asr export CKPT_OR_EXP_DIR... --out MODEL [--average [N] | --average-last N] [--int8] [--torchscript] [--onnx]"
     parser.add_argument("checkpoints", nargs="+", type=Path,
                         help="Lightning checkpoints, or experiment directories (their best checkpoint by dev WER)")
     parser.add_argument("--out", required=True, type=Path, help="model package file to write, e.g. model.asr")
     parser.add_argument("--average", nargs="?", type=int, const=0, default=None, metavar="N",
                         help="average the weights of the checkpoints (of an experiment directory: all its "
                              "ranked checkpoints, or with N its N best by dev WER)")
+    parser.add_argument("--average-last", type=int, default=None, metavar="N",
+                        help="average the checkpoints of an experiment directory's N latest epochs, whatever "
+                             "their dev WER (SWA's weight averaging; train with trainer.keep_last=N)")
     parser.add_argument("--int8", action="store_true",
                         help="mark the package to quantise LSTM/GRU/Linear to int8 when it is loaded (CPU "
                              "inference); the file still holds fp32 weights, so it is as large as without")
@@ -30,9 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.average is not None and args.average < 0:
         raise CheckpointError("--average N needs N >= 1")
+    if args.average_last is not None and args.average_last < 1:
+        raise CheckpointError("--average-last N needs N >= 1")
     average: bool | int = False if args.average is None else (True if args.average == 0 else args.average)
     try:
-        out = export(args.checkpoints, args.out, average=average, int8=args.int8,
+        out = export(args.checkpoints, args.out, average=average, average_last=args.average_last or 0, int8=args.int8,
                      torchscript=args.torchscript, onnx=args.onnx,
                      note=lambda m: print(f"note: {m}", file=sys.stderr))
     except OSError as e:  # an unwritable --out
