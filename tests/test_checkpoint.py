@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from asr.checkpoint import TAIL_DIR, CheckpointError, best_checkpoints, latest_checkpoints, read_lightning_checkpoint
+from asr.checkpoint import (
+    TAIL_DIR,
+    CheckpointError,
+    best_checkpoints,
+    latest_checkpoints,
+    read_lightning_checkpoint,
+)
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.decoding import greedy_decode

@@ -33,6 +33,15 @@ for n in 5 10; do
   "$ASR" export "$EXP" --average "$n" --out "$EXP/model-avg$n.asr" -q
   evaluate "$EXP/eval/avg$n/dev" "$EXP/model-avg$n.asr" --decoder greedy
 done
+# SWA's weight averaging over the tail of the schedule: the last N epochs whatever their dev
+# WER. Needs a run trained with trainer.keep_last >= N (or trainer.save_top_k=-1).
+for n in 5 10 15; do
+  if "$ASR" export "$EXP" --average-last "$n" --out "$EXP/model-last$n.asr" -q; then
+    evaluate "$EXP/eval/last$n/dev" "$EXP/model-last$n.asr" --decoder greedy
+  else
+    echo "(no row for --average-last $n: see the line above)"
+  fi
+done
 
 say "language models (beam 50 + LM, weights tuned on dev)"
 mkdir -p "$EXP/lm"
