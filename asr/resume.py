@@ -76,7 +76,9 @@ def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None
     no checkpoint is readable, :class:`CheckpointLoadError` names the first (last.ckpt).
     """
     last = ckpt_dir / "last.ckpt"
-    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    # Newest first, tail/ included: with trainer.keep_last its newest file is as recent as last.ckpt.
+    others = sorted((p for p in ckpt_dir.glob("**/*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
     candidates = ([last] if last.is_file() else []) + others
     problems: list[CheckpointLoadError] = []
     for path in candidates:

@@ -330,6 +330,12 @@ def test_resume_falls_back_to_newest_readable_checkpoint_and_refuses_pickled_cod
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"warning: {ckpts / 'last.ckpt'}: refusing") and "1 other" in err[0]
     assert not marker.exists()
+    # trainer.keep_last's tail/ holds the newest epoch: it is a fallback too.
+    time.sleep(0.01)
+    (ckpts / "tail").mkdir()
+    torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, ckpts / "tail" / "epoch003.ckpt")
+    path, ckpt = find_resume_checkpoint(ckpts)
+    assert path == ckpts / "tail" / "epoch003.ckpt" and ckpt["epoch"] == 3
 
 
 @pytest.mark.slow
