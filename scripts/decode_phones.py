@@ -76,7 +76,7 @@ from asr.checkpoint import (
 from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
-from asr.decoding import DecodingOptions
+from asr.decoding import DecoderError, DecodingOptions
 from asr.features import LogMel
 from asr.lm import decode_texts
 from asr.model import AcousticModel
@@ -144,11 +144,14 @@ class PhoneDecoder:
         with tempfile.TemporaryDirectory(prefix="phone-lexicon-") as tmp:
             lex = Path(tmp) / "lexicon.txt"
             write_search_lexicon(prons, lex)
-            self._decoder = ctc_decoder(
-                lexicon=str(lex), tokens=self.tokens, lm=lm, nbest=nbest, beam_size=beam_size,
-                beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
-                sil_score=0.0, blank_token=BLANK, sil_token=BOUNDARY, unk_word=UNK,
-            )
+            try:
+                self._decoder = ctc_decoder(
+                    lexicon=str(lex), tokens=self.tokens, lm=lm, nbest=nbest, beam_size=beam_size,
+                    beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
+                    sil_score=0.0, blank_token=BLANK, sil_token=BOUNDARY, unk_word=UNK,
+                )
+            except (RuntimeError, ValueError, IndexError) as e:  # what flashlight/KenLM raise on a bad file
+                raise UsageError(f"{lm or 'lexicon'}: cannot build the phone beam search: {e}") from None
 
     def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[PhoneHyp]]:
         """Per utterance, up to nbest (text, score) best first; an empty utterance gives ""."""
@@ -377,7 +380,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _load_emissions(args: argparse.Namespace, utts: list[Utterance], failed: dict[str, str]):
     net = load_network(args.checkpoint)
     if args.emissions and args.emissions.is_file():
-        cached = torch.load(args.emissions, weights_only=True)
+        try:
+            cached = torch.load(args.emissions, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+            raise UsageError(f"{args.emissions}: unreadable emissions cache ({type(e).__name__}); "
+                             "delete it to recompute") from None
+        keys = {"checkpoint", "ids", "failed", "chars", "phones"}
+        if not isinstance(cached, dict) or not keys <= cached.keys():
+            raise UsageError(f"{args.emissions}: not an emissions cache of this script; delete it to recompute")
         if cached["checkpoint"] != net.ident or cached["ids"] != [u.id for u in utts]:
             raise UsageError(f"{args.emissions}: cached emissions of another checkpoint or manifest")
         failed.update(cached["failed"])
@@ -392,21 +402,26 @@ def _load_emissions(args: argparse.Namespace, utts: list[Utterance], failed: dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from asr.metrics import score_corpus
-
     args = parse_args(argv)
     try:
-        for p in (args.manifest, args.train, args.lexicon, *([args.lm] if args.lm else [])):
-            if not p.is_file():
-                raise UsageError(f"{p}: no such file")
-        utts = read_manifest(args.manifest)
-        train_texts = [u.text for u in read_manifest(args.train)]
-        failed: dict[str, str] = {}
-        net, char_em, phone_em = _load_emissions(args, utts, failed)
-        lex = decoding_lexicon(read_lexicon(args.lexicon), train_texts, net.phones)
-    except (UsageError, CheckpointError, ManifestError, LexiconError) as e:
+        return _run(args)
+    except (UsageError, CheckpointError, ManifestError, LexiconError, DecoderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from asr.metrics import score_corpus
+
+    for p in (args.manifest, args.train, args.lexicon, *([args.lm] if args.lm else [])):
+        if not p.is_file():
+            raise UsageError(f"{p}: no such file")
+    utts = read_manifest(args.manifest)
+    train_texts = [u.text for u in read_manifest(args.train)]
+    failed: dict[str, str] = {}
+    net, char_em, phone_em = _load_emissions(args, utts, failed)
+    lex = decoding_lexicon(read_lexicon(args.lexicon), train_texts, net.phones)
+
     words = {w for t in train_texts for w in t.casefold().split()}
     what = str(net.paths[0]) if len(net.paths) == 1 else f"average of {', '.join(map(str, net.paths))}"
     print(f"checkpoint: {what} ({len(net.phones)} phones, head on layer {net.model.phone_layer + 1})")

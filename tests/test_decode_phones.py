@@ -139,3 +139,29 @@ def test_several_checkpoints_are_averaged_network_and_phone_head_alike(tmp_path)
     other = _tiny_ckpt(tmp_path / "other.ckpt", ("AE", "B"))
     with pytest.raises(decode_phones.UsageError, match="other phones than"):
         decode_phones.load_network([paths[0], other])
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", None])
+def test_unreadable_emissions_cache_is_one_error_line(tmp_path, capsys, content):
+    ckpt = _tiny_ckpt(tmp_path / "p.ckpt", PHONES)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "u1", "audio": "u1.wav", "duration": 1.0, "text": "cat", "speaker": "s", '
+                        '"sample_rate": 16000}\n')
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text(LEXICON)
+    cache = tmp_path / "emissions.pt"
+    if content is None:
+        torch.save({"checkpoint": "x"}, cache)  # a readable file that is not this script's cache
+    else:
+        cache.write_bytes(content)
+    rc = decode_phones.main([str(ckpt), str(manifest), "--train", str(manifest), "--lexicon", str(lex),
+                             "--emissions", str(cache), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {cache}: ") and "delete it" in err[0]
+
+
+def test_unreadable_lm_is_a_usage_error_naming_it(tmp_path):
+    bad = tmp_path / "lm.bin"
+    bad.write_bytes(b"not a kenlm model")
+    with pytest.raises(decode_phones.UsageError, match=r"lm.bin: cannot build the phone beam search"):
+        decode_phones.PhoneDecoder(PHONES, {"cat": ("K", "AE", "T")}, lm=str(bad))
