@@ -66,6 +66,12 @@ class LightningCheckpoint:
     # "phone_head." weights (prefix removed). Empty when the run trained none.
     phones: tuple[str, ...] = ()
     phone_head: dict[str, Tensor] = field(default_factory=dict)
+    # hyper_parameters["pronunciations"] (training word -> phones, what the phone targets
+    # were built from; runs before it was stored have none: see asr.export).
+    pronunciations: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The raw training config (hyper_parameters["config"]): where data.lexicon and the
+    # training manifest were, for checkpoints without stored pronunciations.
+    train_config: dict[str, Any] = field(default_factory=dict)
 
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
@@ -117,6 +123,11 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
         raise CheckpointError(f"{path}: bad phones in hyper_parameters (not a list of strings)")
     head = {k[len("phone_head."):]: v for k, v in ckpt["state_dict"].items()
             if isinstance(k, str) and k.startswith("phone_head.") and isinstance(v, Tensor)}
+    raw_prons = hp.get("pronunciations") or {}
+    if not isinstance(raw_prons, dict) or not all(
+            isinstance(w, str) and isinstance(ps, (list, tuple)) and all(isinstance(p, str) for p in ps)
+            for w, ps in raw_prons.items()):
+        raise CheckpointError(f"{path}: bad pronunciations in hyper_parameters (not {{word: [phones]}})")
     return LightningCheckpoint(
         path=path,
         config=config,
@@ -128,6 +139,8 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> LightningCheckpoint:
         run_id=str(run_id) if run_id is not None else None,
         phones=tuple(phones),
         phone_head=head,
+        pronunciations={w: tuple(ps) for w, ps in raw_prons.items()},
+        train_config=dict(hp["config"]) if isinstance(hp["config"], dict) else {},
     )
 
 

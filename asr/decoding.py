@@ -226,6 +226,11 @@ class DecodingOptions:
     sil_score: float = 0.0  # bonus per emitted word delimiter / silence token
     nbest: int = 1  # hypotheses returned per utterance (distinct texts)
     unk_word: str = "<unk>"  # LM/lexicon entry for unknown words
+    # > 0: also decode the package's phone head and rescore both heads' n-best lists, the
+    # phone head's CTC log-likelihood weighted w, the character head's 1 - w
+    # (asr.phones.TwoHeadDecoder; needs a package exported from a run with a phone head).
+    # None: the value `asr lm tune` saved beside the LM (for such a package), else 0 (off).
+    phone_weight: float | None = None
 
     DEFAULT_LM_WEIGHT: ClassVar[float] = 0.5
     DEFAULT_WORD_SCORE: ClassVar[float] = 0.0
@@ -248,6 +253,8 @@ class DecodingOptions:
             raise ValueError(f"beam_threshold must be > 0 (is {self.beam_threshold})")
         if self.nbest < 1:
             raise ValueError(f"nbest must be >= 1 (is {self.nbest})")
+        if self.phone_weight is not None and not 0.0 <= self.phone_weight <= 1.0:
+            raise ValueError(f"phone_weight must be in [0, 1] (is {self.phone_weight})")
         if self.nbest > self.beam_size:
             raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
 
@@ -256,12 +263,14 @@ class DecodingOptions:
         return [f.name for f in fields(self) if f.name != "decoder" and getattr(self, f.name) != f.default]
 
     def with_weights(self, tuned: dict[str, float] | None = None) -> DecodingOptions:
-        """These options with ``lm_weight``/``word_score`` filled in: the value given, else
-        ``tuned`` (from :func:`asr.lm_files.load_tuned_weights`), else the defaults."""
+        """These options with ``lm_weight``/``word_score``/``phone_weight`` filled in: the
+        value given, else ``tuned`` (from :func:`asr.lm_files.load_tuned_weights`), else the
+        defaults."""
         tuned = tuned or {}
         weight = self.lm_weight if self.lm_weight is not None else tuned.get("lm_weight", self.DEFAULT_LM_WEIGHT)
         score = self.word_score if self.word_score is not None else tuned.get("word_score", self.DEFAULT_WORD_SCORE)
-        return replace(self, lm_weight=float(weight), word_score=float(score))
+        phone = self.phone_weight if self.phone_weight is not None else tuned.get("phone_weight", 0.0)
+        return replace(self, lm_weight=float(weight), word_score=float(score), phone_weight=float(phone))
 
     def check_files(self) -> None:
         """Raises DecoderError when the LM or lexicon named here is not a file."""
@@ -299,6 +308,9 @@ class BeamSearchDecoder:
         defaults (the LM's tuned weights are :func:`asr.engine.make_decoder`'s business)."""
         opts = replace(options or DecodingOptions(), decoder="beam", **overrides).with_weights()
         opts.check_files()
+        if opts.phone_weight:
+            raise DecoderError("phone_weight needs the package's phone head: build the decoder with "
+                               "asr.engine.make_decoder(package, options)")
         assert opts.lm_weight is not None and opts.word_score is not None  # with_weights()
         lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts

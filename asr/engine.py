@@ -12,15 +12,17 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decoding import BeamSearchDecoder, DecodingOptions, Hypothesis, greedy_decode
+from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, Hypothesis, greedy_decode
 from asr.lm_files import LM_TUNE_SUFFIX, load_tuned_weights
 from asr.package import ModelPackage
+from asr.phones import TwoHeadDecoder
 from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,27 @@ NON_FINITE = "features or model output are not finite (NaN/inf): corrupt or absu
 
 
 @torch.inference_mode()
-def forward_batch(package: ModelPackage, waves: Sequence[Tensor]) -> list[Tensor]:
-    """Emissions of one batch: waves [(S_i,)] at ``package.sample_rate`` -> [(T'_i, V)] float32 on CPU."""
+def forward_batch(package: ModelPackage, waves: Sequence[Tensor], phones: bool = False) -> list[Tensor]:
+    """Emissions of one batch: waves [(S_i,)] at ``package.sample_rate`` -> [(T'_i, V)] float32 on CPU.
+
+    ``phones=True`` (a package with a phone head): joint emissions [(T'_i, V + 1 + P)], the
+    character log-probs followed by the phone head's, for :class:`asr.phones.TwoHeadDecoder`.
+    """
     if not waves:
         return []
     device = package.device
     lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
     padded = pad_sequence([w.reshape(-1).float() for w in waves], batch_first=True).to(device)  # (N, S)
     feats, feat_lens = package.featurizer(padded, lengths.to(device))  # (N, T, F)
-    log_probs, out_lens = package.model(feats, feat_lens)  # (N, T', V)
+    if phones:
+        if package.phone_head is None:
+            raise ValueError("this package has no phone head")
+        out = package.model.forward_outputs(feats, feat_lens, tap=package.model.phone_layer)
+        assert out.tapped is not None
+        phone_lp = package.phone_head.linear(out.tapped).float().log_softmax(dim=-1)
+        log_probs, out_lens = torch.cat([out.log_probs.float(), phone_lp], dim=-1), out.lens
+    else:
+        log_probs, out_lens = package.model(feats, feat_lens)  # (N, T', V)
     log_probs = log_probs.float().cpu()
     return [log_probs[i, : int(n)].clone() for i, n in enumerate(out_lens.tolist())]
 
@@ -132,11 +146,48 @@ def make_decoder(
     if options.decoder == "greedy":
         return (lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
     tuned = load_tuned_weights(options.lm) if options.lm is not None else None
-    beam = BeamSearchDecoder(tokenizer, options.with_weights(tuned))
+    opts = options.with_weights(tuned)
+    head = package.phone_head
+    if opts.phone_weight and head is None:
+        if options.phone_weight is not None:  # asked for on the command line
+            raise DecoderError(f"{package.info.get('path', 'this package')}: --phone-weight needs a package with a "
+                               "phone head (export a run trained with model.phone_ctc_weight > 0 and data.lexicon)")
+        # Tuned with another (phone-head) package on the same LM: this one decodes without.
+        log.info("%s%s: phone_weight %g was tuned for a package with a phone head; this one has none",
+                 options.lm, LM_TUNE_SUFFIX, opts.phone_weight)
+        opts = replace(opts, phone_weight=0.0)
+    beam: BeamSearchDecoder | TwoHeadDecoder
+    if opts.phone_weight:
+        assert head is not None
+        beam = TwoHeadDecoder(tokenizer, head.phones, head.pronunciations, opts)
+    else:
+        beam = BeamSearchDecoder(tokenizer, opts)
     settings = beam.settings()
     if tuned is not None:
         settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
-    return (lambda lp, lens: [h[0] for h in beam(lp, lens)]), settings
+    return JointDecode(beam) if isinstance(beam, TwoHeadDecoder) else _first(beam), settings
+
+
+def _first(beam: BeamSearchDecoder) -> Callable[[Tensor, Tensor], list[Hypothesis]]:
+    return lambda lp, lens: [h[0] for h in beam(lp, lens)]
+
+
+class JointDecode:
+    """The best hypothesis of a :class:`TwoHeadDecoder`; its ``joint_emissions`` tells the
+    callers of :func:`make_decoder` to run :func:`forward_batch` with ``phones=True``."""
+
+    joint_emissions = True
+
+    def __init__(self, beam: TwoHeadDecoder) -> None:
+        self.beam = beam
+
+    def __call__(self, lp: Tensor, lens: Tensor) -> list[Hypothesis]:
+        return [h[0] for h in self.beam(lp, lens)]
+
+
+def wants_phones(decode: Callable[[Tensor, Tensor], list[Hypothesis]]) -> bool:
+    """Whether ``decode`` (from :func:`make_decoder`) reads joint (character + phone) emissions."""
+    return bool(getattr(decode, "joint_emissions", False))
 
 
 def decode_emissions(

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from asr.checkpoint import (
     CheckpointError,
+    LightningCheckpoint,
     average_state_dicts,
     best_checkpoints,
     check_compatible,
@@ -25,7 +26,7 @@ from asr.checkpoint import (
     read_lightning_checkpoint,
 )
 from asr.model import AcousticModel
-from asr.package import check_model_config, weights_mismatch, write_package
+from asr.package import PhoneHead, check_model_config, weights_mismatch, write_package
 from asr.text import Tokenizer, TokenizerError
 
 
@@ -123,12 +124,68 @@ def export(
     model.eval()
 
     sources = [{"path": str(c.path.resolve()), "epoch": c.epoch, "global_step": c.global_step} for c in loaded]
-    out = write_package(out, model, first.config, first.tokenizer, sources, int8=int8)
+    head = phone_head(loaded, model, note or (lambda msg: None))
+    out = write_package(out, model, first.config, first.tokenizer, sources, int8=int8, phone_head=head)
     if torchscript:
         export_torchscript(model, out.with_suffix(".ts"), first.config.features.n_mels)
     if onnx:
         export_onnx(model, out.with_suffix(".onnx"), first.config.features.n_mels)
     return out
+
+
+def phone_head(loaded: Sequence[LightningCheckpoint], model: AcousticModel,
+               note: Callable[[str], None]) -> PhoneHead | None:
+    """The checkpoints' phone CTC head, averaged as the network is, with its phones and the
+    training words' pronunciations; None (and a ``note`` saying why, when there was a head)
+    when it cannot travel with the package.
+
+    Checkpoints written before the pronunciations were stored in them get them rebuilt from
+    the run's ``data.lexicon`` and training manifest, exactly as training built its phone
+    targets (:meth:`asr.data.lexicon.PhoneMap.build`), provided both files are still there
+    and give the same phones.
+    """
+    first = loaded[0]
+    if not any(c.phone_head for c in loaded):
+        return None
+    if not all(c.phone_head and c.phones == first.phones for c in loaded):
+        note("phone head left out of the package: the checkpoints do not all have the same phone head")
+        return None
+    prons = first.pronunciations or _rebuilt_pronunciations(first, note)
+    if not prons:
+        return None
+    if not {p for ps in prons.values() for p in ps} <= set(first.phones):
+        note(f"phone head left out of the package: {first.path}'s pronunciations use phones the head lacks")
+        return None
+    names = [str(c.path) for c in loaded]
+    state = average_state_dicts([c.phone_head for c in loaded], names) if len(loaded) > 1 else first.phone_head
+    linear = torch.nn.Linear(model.layer_dim, len(first.phones) + 1)
+    try:
+        linear.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{first.path}: phone head does not fit the model: {e}") from e
+    return PhoneHead(linear.eval(), first.phones, prons)
+
+
+def _rebuilt_pronunciations(ckpt: LightningCheckpoint, note: Callable[[str], None]) -> dict[str, tuple[str, ...]]:
+    from asr.data.lexicon import LexiconError, PhoneMap, read_lexicon
+    from asr.data.manifest import ManifestError, read_manifest
+
+    raw = ckpt.train_config.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    lexicon, train = data.get("lexicon"), data.get("train_manifest")
+    why = "its training config names no data.lexicon or data.train_manifest"
+    if lexicon and train:
+        try:
+            phone_map, _ = PhoneMap.build(read_lexicon(lexicon), [u.text for u in read_manifest(train)])
+        except (LexiconError, ManifestError, OSError) as e:
+            why = f"cannot rebuild them from data.lexicon / data.train_manifest: {e}"
+        else:
+            if phone_map.phones == ckpt.phones:
+                return phone_map.prons
+            why = f"{lexicon} now gives other phones for the training words than the head was trained on"
+    note(f"phone head left out of the package: {ckpt.path} holds no pronunciations (trained before they were "
+         f"stored) and {why}")
+    return {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,8 +85,10 @@ def emissions_for_manifest(
     num_threads: int | None = None,
     failed: dict[str, str] | None = None,
     progress: bool = True,
+    phones: bool = False,
 ) -> tuple[list[Tensor], list[Utterance]]:
-    """CTC log-probs of every utterance of a manifest, in manifest order.
+    """CTC log-probs of every utterance of a manifest, in manifest order (``phones``: joint
+    character + phone-head log-probs, see :func:`asr.engine.forward_batch`).
 
     Audio is read batch by batch (batches planned from the manifest durations), so memory
     holds one batch of audio plus the emissions. An utterance whose audio cannot be read
@@ -101,6 +103,10 @@ def emissions_for_manifest(
     if package.device.type == "cpu":
         set_threads(num_threads)
     vocab = package.tokenizer.vocab_size
+    if phones:
+        if package.phone_head is None:
+            raise ValueError(f"{package.info.get('path', 'the package')}: no phone head")
+        vocab += 1 + len(package.phone_head.phones)
     out: list[Tensor | None] = [None] * len(utts)
     total = sum(u.duration for u in utts)
     with progress_bar(progress) as bar:
@@ -117,7 +123,7 @@ def emissions_for_manifest(
                         failed[u.id] = str(e)
                     log.warning("utterance %s: %s; scored as an empty hypothesis", u.id, e)
                     out[i] = torch.zeros(0, vocab)
-            for i, em in zip(good, forward_batch(package, waves)):
+            for i, em in zip(good, forward_batch(package, waves, phones=phones)):
                 if not bool(torch.isfinite(em).all()):
                     u = utts[i]
                     if failed is not None:

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import Tensor
 from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.files import atomic_write_text
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
+from asr.package import PhoneHead
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
 DEFAULT_LM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
+DEFAULT_PHONE_WEIGHTS = (0.25, 0.5, 0.75)  # tried for a package with a phone head (0, off, always is)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _BUILD_HINT = "run scripts/build_kenlm.sh (builds them into tools/kenlm/bin) or set KENLM_BIN"
 
@@ -308,6 +310,31 @@ def decode_texts(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> l
     return texts
 
 
+def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: Tokenizer, head: PhoneHead,
+                       weights: Sequence[float], options: DecodingOptions, char_wer: float) -> dict[str, Any]:
+    """The phone weight (0 = off, scoring ``char_wer``) with the lowest WER; the beams run
+    once, each weight only re-picks from the pooled n-best lists."""
+    from asr.metrics import score_corpus
+    from asr.phones import TwoHeadDecoder
+
+    weights = [float(w) for w in weights if w > 0]
+    if not weights:
+        return {}
+    dec = TwoHeadDecoder(tokenizer, head.phones, head.pronunciations, replace(options, phone_weight=weights[0]))
+    pools = []
+    for s in range(0, len(joint), 32):
+        group = list(joint[s : s + 32])
+        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
+        pools.extend(dec.pool(torch.nn.utils.rnn.pad_sequence(group, batch_first=True), lens))
+    grid = [{"phone_weight": 0.0, "wer": char_wer}]
+    for w in weights:
+        texts = [dec.pick(p, w, align=False).text for p in pools]
+        grid.append({"phone_weight": w, "wer": score_corpus(refs, texts).wer})
+    best = min(grid, key=lambda g: g["wer"])  # the first of equal WERs: 0 (off) on a tie
+    return {"phone_weight": best["phone_weight"], "wer": best["wer"], "char_beam_wer": char_wer,
+            "phone_grid": grid}
+
+
 def tune_lm(
     emissions: Sequence[Tensor],
     refs: Sequence[str],
@@ -318,8 +345,11 @@ def tune_lm(
     options: DecodingOptions | None = None,
     save: bool = False,
     progress: bool = False,
+    phone_head: PhoneHead | None = None,
+    phone_weights: Sequence[float] = DEFAULT_PHONE_WEIGHTS,
 ) -> dict[str, Any]:
-    """Grid-search LM weight and word insertion score by corpus WER on a dev set.
+    """Grid-search LM weight and word insertion score by corpus WER on a dev set; with a
+    package's phone head, then the phone weight of two-head decoding (:mod:`asr.phones`).
 
     Args:
         emissions: [(T_i, V)] log-probs of the dev utterances (a (0, V) tensor decodes to "").
@@ -329,6 +359,10 @@ def tune_lm(
             default :class:`DecodingOptions`' defaults); its ``lm``, ``lm_weight`` and
             ``word_score`` are replaced by ``lm_path`` and each grid point.
         save: also write the result to ``<lm_path>.tune.json``.
+        phone_head: the package's phone head; ``emissions`` are then joint, (T_i, V + 1 + P)
+            (:func:`asr.engine.forward_batch` with ``phones=True``). At the best LM weight and
+            word score, each of ``phone_weights`` rescores both heads' n-best lists; the best
+            (0, the character beam alone, unless one is strictly better) is ``"phone_weight"``.
 
     Returns:
         ``{"lm_weight", "word_score", "wer"}`` of the best grid point (the first one on a
@@ -348,10 +382,12 @@ def tune_lm(
     if not lm_weights or not word_scores:
         raise ValueError("lm_weights and word_scores must each have at least one value")
     v = len(tokenizer.tokens)
+    width = v + (1 + len(phone_head.phones) if phone_head is not None else 0)
     for i, e in enumerate(emissions):
-        if e.ndim != 2 or e.shape[1] != v:
-            raise ValueError(f"emissions[{i}] must be (T, {v}); got {tuple(e.shape)}")
-    emissions = [e.detach().float().cpu() for e in emissions]
+        if e.ndim != 2 or e.shape[1] != width:
+            raise ValueError(f"emissions[{i}] must be (T, {width}); got {tuple(e.shape)}")
+    joint = [e.detach().float().cpu() for e in emissions]
+    emissions = [e[:, :v] for e in joint]
     refs = [normalize_text(r) for r in refs]
 
     greedy = decode_texts(lambda lp, lens: greedy_decode(lp, lens, tokenizer), emissions)
@@ -390,8 +426,14 @@ def tune_lm(
             score,
         )
         best = {"lm_weight": weight, "word_score": score, "wer": best["wer"]}
+    phone: dict[str, Any] = {}
+    if phone_head is not None and tuned and phone_weights:
+        phone = _tune_phone_weight(joint, refs, tokenizer, phone_head, phone_weights,
+                                   replace(base, decoder="beam", lm=str(lm_path), lm_weight=best["lm_weight"],
+                                           word_score=best["word_score"]), best["wer"])
     result: dict[str, Any] = {
         **best,
+        **phone,
         "tuned": tuned,
         "greedy_wer": greedy_wer,
         "lm": str(Path(lm_path).resolve()),
@@ -410,6 +452,7 @@ def tune_lm(
 
 __all__ = [
     "DEFAULT_LM_WEIGHTS",
+    "DEFAULT_PHONE_WEIGHTS",
     "DEFAULT_WORD_SCORES",
     "LMBuild",
     "LMError",

@@ -207,13 +207,19 @@ def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
 
 
 def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
-    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM, or None."""
+    """``{"lm_weight", "word_score"}`` saved by ``asr lm tune`` next to the LM (and
+    ``"phone_weight"`` when it was tuned with a phone-head package), or None."""
     side = Path(str(lm_path) + LM_TUNE_SUFFIX)
     if not side.is_file():
         return None
     try:
         d = json.loads(side.read_text(encoding="utf-8"))
-        return {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
+        out = {"lm_weight": float(d["lm_weight"]), "word_score": float(d["word_score"])}
+        if d.get("phone_weight") is not None:
+            out["phone_weight"] = float(d["phone_weight"])
+            if not 0.0 <= out["phone_weight"] <= 1.0:
+                raise ValueError(f"phone_weight {out['phone_weight']} is outside [0, 1]")
+        return out
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise DecoderError(f"{side}: malformed tuning file: {e}") from e
 

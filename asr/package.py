@@ -7,8 +7,15 @@ MODEL (safetensors)
              "config": JSON {"features": {...}, "model": {...}},
              "tokenizer": JSON of Tokenizer.to_dict(),
              "toolkit_version": "0.1.0", "source_checkpoints": JSON list, "averaged": "3",
-             "quantize": "none" | "int8"}
+             "quantize": "none" | "int8",
+             "phones": JSON list, "pronunciations": JSON {word: "P P P"}}   (version 3 only)
 ```
+
+A package exported from a run with a phone CTC head (``model.phone_ctc_weight > 0``) also
+holds that head (tensors ``phone_head.weight`` / ``phone_head.bias``), its phones and the
+pronunciations of the training words, for :mod:`asr.phones`' decoders; it is written as
+format version 3, which older toolkits refuse with a clear "newer" message. A package
+without a phone head stays version 2.
 
 Only what inference needs is stored (features, model, tokenizer): training settings
 (data/optim/trainer) do not travel with a model, so renaming a training key can never make
@@ -45,8 +52,11 @@ from asr.text import Tokenizer
 log = logging.getLogger(__name__)
 
 FORMAT = "asr-model-package"  # value of the "format" metadata key
-FORMAT_VERSION = 2  # bump when the layout changes; readers refuse newer versions
+FORMAT_VERSION = 3  # bump when the layout changes; readers refuse newer versions
 # 1: "config" held the whole ExperimentConfig. 2: only its "features" and "model" sections.
+# 3: as 2, plus the phone head (written only for packages that carry one).
+PHONE_HEAD_PREFIX = "phone_head."
+_MAX_PHONES = 4096
 QUANTIZE_MODES = ("none", "int8")
 # Modules replaced by dynamically quantised (int8 weights, fp32 activations) versions.
 # RecurrentLayer holds plain nn.LSTM/GRU modules per direction, so they are all covered.
@@ -159,6 +169,41 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 @dataclass
+class PhoneHead:
+    """The auxiliary phone CTC head of a package: ``linear`` maps the output of recurrent layer
+    ``model.phone_layer`` to 1 + len(phones) logits (0 = blank, i + 1 = phones[i]);
+    ``pronunciations`` are the training words' (the decoding lexicon of :mod:`asr.phones`)."""
+
+    linear: nn.Linear
+    phones: tuple[str, ...]
+    pronunciations: dict[str, tuple[str, ...]]
+
+    def metadata(self) -> dict[str, str]:
+        return {"phones": json.dumps(list(self.phones)),
+                "pronunciations": json.dumps({w: " ".join(p) for w, p in sorted(self.pronunciations.items())})}
+
+
+def parse_phone_metadata(meta: dict[str, str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """(phones, pronunciations) from package metadata; ValueError (one line) when malformed."""
+    phones = json.loads(meta["phones"])
+    if (not isinstance(phones, list) or not 1 <= len(phones) <= _MAX_PHONES
+            or not all(isinstance(p, str) and p and not p.isspace() and p.split() == [p] for p in phones)
+            or len(set(phones)) != len(phones)):
+        raise ValueError("phones must be a list of distinct phone names without spaces")
+    raw = json.loads(meta["pronunciations"])
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("pronunciations must be a non-empty object {word: phones}")
+    known = set(phones)
+    prons: dict[str, tuple[str, ...]] = {}
+    for word, spelled in raw.items():
+        ps = tuple(spelled.split()) if isinstance(spelled, str) else ()
+        if not word or word.split() != [word] or not ps or not set(ps) <= known:
+            raise ValueError(f"pronunciation of {word!r} is not a non-empty list of the package's phones")
+        prons[word] = ps
+    return tuple(phones), prons
+
+
+@dataclass
 class ModelPackage:
     """A loaded model package, ready for inference.
 
@@ -173,6 +218,7 @@ class ModelPackage:
     featurizer: LogMel  # waveform -> log-mel, on ``device``
     info: dict[str, Any] = field(default_factory=dict)  # path, sha256, versions, provenance
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    phone_head: PhoneHead | None = None  # the phone CTC head, on ``device`` (format version 3)
 
     @property
     def sample_rate(self) -> int:
@@ -196,15 +242,17 @@ def write_package(
     tokenizer: dict[str, Any],
     source_checkpoints: list[dict[str, Any]],
     int8: bool = False,
+    phone_head: PhoneHead | None = None,
 ) -> Path:
     """Write ``model`` (already checked against ``cfg``) as a package, atomically.
 
     ``tokenizer`` is :meth:`Tokenizer.to_dict`; ``source_checkpoints`` the provenance list
-    (``path``, ``epoch``, ``global_step`` of each averaged checkpoint).
+    (``path``, ``epoch``, ``global_step`` of each averaged checkpoint); ``phone_head`` the
+    run's phone CTC head, if it is to travel with the model (format version 3).
     """
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(FORMAT_VERSION if phone_head is not None else 2),
         "config": json.dumps(to_dict(PackageConfig.of(cfg))),
         "tokenizer": json.dumps(tokenizer),
         "toolkit_version": __version__,
@@ -218,6 +266,10 @@ def write_package(
 
     # safetensors refuses views and shared storage: give it one contiguous copy per tensor.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if phone_head is not None:
+        metadata.update(phone_head.metadata())
+        tensors.update({PHONE_HEAD_PREFIX + k: v.detach().to("cpu").contiguous().clone()
+                        for k, v in phone_head.linear.state_dict().items()})
     blob = save_safetensors(tensors, metadata=metadata)
     atomic_write(out, lambda f: f.write(blob))  # never a half-written package under the final name
     umask = os.umask(0)
@@ -353,13 +405,28 @@ def load_package(
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise PackageError(f"{path}: unreadable tensors: {e}") from e
+    head_shapes = {k: v for k, v in stored.items() if k.startswith(PHONE_HEAD_PREFIX)}
+    stored = {k: v for k, v in stored.items() if not k.startswith(PHONE_HEAD_PREFIX)}
     why = weights_mismatch(cfg, tokenizer.vocab_size, stored)
     if why:
         raise PackageError(f"{path}: weights do not match the package config: {why}")
+    phones: tuple[str, ...] = ()
+    prons: dict[str, tuple[str, ...]] = {}
+    if head_shapes or "phones" in meta or "pronunciations" in meta:
+        try:
+            phones, prons = parse_phone_metadata(meta)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise PackageError(f"{path}: bad package metadata: phone head: {e}") from e
+        width = cfg.model.proj or cfg.model.hidden * (2 if cfg.model.bidirectional else 1)
+        want = {PHONE_HEAD_PREFIX + "weight": (len(phones) + 1, width), PHONE_HEAD_PREFIX + "bias": (len(phones) + 1,)}
+        if head_shapes != want:
+            raise PackageError(f"{path}: phone head tensors {head_shapes} do not fit {len(phones)} phones on "
+                               f"{width}-wide layers (want {want})")
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise PackageError(f"{path}: unreadable tensors: {e}") from e
+    head_state = {k[len(PHONE_HEAD_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PHONE_HEAD_PREFIX)}
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
     try:
         model.load_state_dict(state, strict=True)
@@ -380,6 +447,12 @@ def load_package(
     except (ValueError, RuntimeError) as e:  # torchaudio's own checks of the mel settings
         raise PackageError(f"{path}: bad package metadata: features: {e}") from e
 
+    phone_head = None
+    if phones:
+        linear = nn.Linear(model.layer_dim, len(phones) + 1)
+        linear.load_state_dict(head_state, strict=True)  # shapes checked above
+        phone_head = PhoneHead(linear.eval().to(device), phones, prons)
+
     info = {
         "path": str(path.resolve()),
         "sha256": _file_sha256(path),
@@ -391,5 +464,7 @@ def load_package(
         "parameters": sum(v.numel() for v in state.values()),
         "vocab_size": tokenizer.vocab_size,
     }
+    if phone_head is not None:
+        info["phone_head"] = {"phones": len(phones), "words": len(prons), "layer": model.phone_layer + 1}
     return ModelPackage(model=model, tokenizer=tokenizer, config=cfg, featurizer=featurizer,
-                        info=info, device=device)
+                        info=info, device=device, phone_head=phone_head)

@@ -28,6 +28,7 @@ from asr.engine import (
     decode_emissions,
     forward_batch,
     progress_bar,
+    wants_phones,
 )
 from asr.package import ModelPackage
 from asr.windows import SEGMENT_METHODS, find_pauses, plan_pause_windows, plan_windows
@@ -201,7 +202,7 @@ def _run_pieces(
     if not pieces:
         return []
     try:
-        ems = forward_batch(package, waves)
+        ems = forward_batch(package, waves, phones=wants_phones(decode))
         finite = [bool(torch.isfinite(e).all()) for e in ems]
         for p, ok in zip(pieces, finite, strict=True):
             if not ok:

@@ -135,7 +135,8 @@ class CTCModule(pl.LightningModule):
     """CTC loss, AdamW with warm-up + decay, corpus-level greedy WER/CER on the dev set."""
 
     def __init__(self, model: AcousticModel, tokenizer: Tokenizer, cfg: ExperimentConfig,
-                 run_id: str | None = None, phones: Sequence[str] = ()) -> None:
+                 run_id: str | None = None, phones: Sequence[str] = (),
+                 pronunciations: dict[str, tuple[str, ...]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -147,13 +148,16 @@ class CTCModule(pl.LightningModule):
             hparams["run_id"] = run_id
         if phones:
             hparams["phones"] = list(phones)
+            # The training words' pronunciations: `asr export` puts them in the package with
+            # the phone head, as the lexicon of its phone beam search (asr.phones).
+            hparams["pronunciations"] = {w: list(ps) for w, ps in sorted((pronunciations or {}).items())}
         self.save_hyperparameters(hparams)
         self.val_wer = WordErrorRate()  # corpus-level, synced across DDP ranks
         self.val_cer = CharErrorRate()
         # The auxiliary phone CTC head (model.phone_ctc_weight > 0): a linear layer on one
         # recurrent layer's output to the phones + blank (id 0). It lives here, not in the
-        # AcousticModel, so checkpoints hold it (resume) but model packages, which take the
-        # "model." weights only, never do: decoding is unchanged.
+        # AcousticModel, so checkpoints hold it (resume); `asr export` copies it into the
+        # package beside the network, for `--phone-weight` decoding (asr.phones).
         self.phone_head: nn.Linear | None = None
         if cfg.model.phone_ctc_weight > 0:
             assert phones, "model.phone_ctc_weight > 0 needs the phone inventory"
@@ -410,7 +414,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
              tokenizer.vocab_size, cfg.features.frame_shift * model.subsampling * 1000)
 
     checkpoint_io = AtomicCheckpointIO()
-    module = CTCModule(model, tokenizer, cfg, run_id=rid, phones=phone_map.phones if phone_map else ())
+    module = CTCModule(model, tokenizer, cfg, run_id=rid, phones=phone_map.phones if phone_map else (),
+                       pronunciations=phone_map.prons if phone_map else None)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
                         mode="min", save_top_k=cfg.trainer.save_top_k, auto_insert_metric_name=False),

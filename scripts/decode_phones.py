@@ -42,8 +42,11 @@ a grid over w, a, b picks the best on MANIFEST (``DIR/combined/``). Since that t
 weights on the set it scores, a 2-fold cross-validation by speaker is printed too, for w free
 and for w = 0 (the same rescoring without the phone head: the fair control).
 
-Why a script and not an ``asr`` command: the phone head is an experiment (issue 12) whose
-value is what this measures; it is corpus-independent, hence scripts/ rather than a recipe.
+This script is the experiment bench behind ``asr``'s ``--phone-weight`` decoding
+(:mod:`asr.phones`, which holds the decoders and the rescoring used here): it reads
+checkpoints rather than packages, tunes every weight on a grid, and reports the
+cross-validated and phone-only numbers. Users decode with ``asr evaluate / transcribe
+MODEL --decoder beam --lm LM --phone-weight W`` on a package exported from such a run.
 
 Exit status: 0 done; 2 unusable input (a checkpoint without a phone head, a missing file), as
 one ``error: ...`` line; 1 when some utterances' audio could not be read (decoded as "").
@@ -55,11 +58,9 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -80,13 +81,14 @@ from asr.decoding import DecoderError, DecodingOptions
 from asr.features import LogMel
 from asr.lm import decode_texts
 from asr.model import AcousticModel
+from asr.phones import (
+    BLANK,
+    PhoneDecoder,
+    candidates,
+    combine,
+    write_search_lexicon,
+)
 from asr.text import Tokenizer, normalize_text
-
-BLANK = "<blank>"
-BOUNDARY = "<sil>"  # flashlight's silence token: a word boundary the model never emits
-UNK = "<unk>"
-_BEAM = DecodingOptions(decoder="beam")  # the toolkit's beam size / threshold defaults
-_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decoding's closing frame)
 
 
 class UsageError(ValueError):
@@ -113,59 +115,6 @@ def decoding_lexicon(lexicon: dict[str, tuple[str, ...]], train_texts: Sequence[
     foreign = sorted(w for w, ps in phone_map.prons.items() if not set(ps) <= known)
     prons = {w: ps for w, ps in phone_map.prons.items() if w not in set(foreign)}
     return DecodingLexicon(prons, cov, sorted(cov.missing_words), foreign)
-
-
-def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) -> None:
-    """flashlight lexicon: ``word<TAB>phones`` and the same with the last phone doubled."""
-    lines = []
-    for word, ps in sorted(prons.items()):
-        lines.append(f"{word}\t{' '.join(ps)}\n")
-        lines.append(f"{word}\t{' '.join((*ps, ps[-1]))}\n")
-    Path(path).write_text("".join(lines), encoding="utf-8")
-
-
-class PhoneHyp(NamedTuple):
-    text: str
-    score: float
-
-
-class PhoneDecoder:
-    """Lexicon beam search over phone-head log-probs (N, T, 1 + len(phones)), optional word LM."""
-
-    def __init__(self, phones: Sequence[str], prons: dict[str, tuple[str, ...]], lm: str | None = None,
-                 lm_weight: float = 1.0, word_score: float = 0.0,
-                 beam_size: int = _BEAM.beam_size, beam_threshold: float = _BEAM.beam_threshold,
-                 nbest: int = 1) -> None:
-        from torchaudio.models.decoder import ctc_decoder
-
-        if not prons:
-            raise UsageError("the decoding lexicon is empty")
-        self.tokens = [BLANK, *phones, BOUNDARY]
-        with tempfile.TemporaryDirectory(prefix="phone-lexicon-") as tmp:
-            lex = Path(tmp) / "lexicon.txt"
-            write_search_lexicon(prons, lex)
-            try:
-                self._decoder = ctc_decoder(
-                    lexicon=str(lex), tokens=self.tokens, lm=lm, nbest=nbest, beam_size=beam_size,
-                    beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
-                    sil_score=0.0, blank_token=BLANK, sil_token=BOUNDARY, unk_word=UNK,
-                )
-            except (RuntimeError, ValueError, IndexError) as e:  # what flashlight/KenLM raise on a bad file
-                raise UsageError(f"{lm or 'lexicon'}: cannot build the phone beam search: {e}") from None
-
-    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[PhoneHyp]]:
-        """Per utterance, up to nbest (text, score) best first; an empty utterance gives ""."""
-        n, t, v = log_probs.shape
-        if v != len(self.tokens) - 1:
-            raise ValueError(f"log_probs have {v} classes; the phone head has {len(self.tokens) - 1}")
-        em = torch.cat([log_probs.detach().float().cpu(), torch.full((n, t, 1), _NEVER)], dim=-1)
-        out = []
-        for b, hyps in enumerate(self._decoder(em.contiguous(), lengths.cpu().to(torch.int32))):
-            if int(lengths[b]) == 0 or not hyps:
-                out.append([PhoneHyp("", 0.0)])
-                continue
-            out.append([PhoneHyp(" ".join(h.words), float(h.score)) for h in hyps])
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,49 +210,6 @@ def manifest_emissions(net: PhoneNetwork, utts: Sequence[Utterance], failed: dic
 # combination: both heads' n-best lists, rescored by both heads' CTC log-likelihoods + the LM
 
 
-def ctc_log_likelihood(log_probs: Tensor, targets: Sequence[int]) -> float:
-    """log P(targets | log_probs (T, V)) under CTC (blank 0); -inf when no alignment fits."""
-    if log_probs.shape[0] == 0:
-        return 0.0 if not targets else -math.inf
-    tgt = torch.tensor([list(targets)], dtype=torch.long)
-    loss = torch.nn.functional.ctc_loss(log_probs[:, None].float(), tgt, torch.tensor([log_probs.shape[0]]),
-                                        torch.tensor([len(targets)]), blank=0, reduction="sum")
-    return -float(loss)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    text: str
-    char_ll: float  # CTC log-likelihood under the character head
-    phone_ll: float  # ... under the phone head (-inf: a word without a pronunciation)
-    lm: float  # KenLM log10 probability of the sentence (with <s>, </s>)
-    words: int
-
-
-def phone_ids(text: str, prons: dict[str, tuple[str, ...]], phones: Sequence[str]) -> list[int] | None:
-    """The phone head's target ids of ``text`` (phone i is id i + 1), None if a word has no pronunciation."""
-    index = {p: i + 1 for i, p in enumerate(phones)}
-    ids: list[int] = []
-    for w in text.split():
-        if w not in prons:
-            return None
-        ids.extend(index[p] for p in prons[w])
-    return ids
-
-
-def candidates(texts: Sequence[str], char_lp: Tensor, phone_lp: Tensor, tokenizer: Tokenizer,
-               prons: dict[str, tuple[str, ...]], phones: Sequence[str], lm) -> list[Candidate]:
-    """Features of each distinct text for one utterance (see :func:`combine`)."""
-    out = []
-    for t in dict.fromkeys(texts):
-        ids = phone_ids(t, prons, phones)
-        out.append(Candidate(
-            t, ctc_log_likelihood(char_lp, tokenizer.encode(t)),
-            -math.inf if ids is None else ctc_log_likelihood(phone_lp, ids),
-            lm.score(t, bos=True, eos=True), len(t.split())))
-    return out
-
-
 _PHONE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 _COMBINE_LM_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)  # KenLM log10 sentence scores
 _COMBINE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0, 3.0)
@@ -332,15 +238,6 @@ def cross_validated_wer(grid: Sequence[tuple[dict[str, float], list[str]]], refs
     return score_corpus(ref_out, hyps).wer
 
 
-def combine(cands: Sequence[Candidate], phone_weight: float, lm_weight: float, word_score: float) -> str:
-    """The text maximising (1 - w) * char_ll + w * phone_ll + lm_weight * lm + word_score * words
-    (w = phone_weight); candidates without a phone score compete on the character head alone."""
-    def score(c: Candidate) -> float:
-        am = c.char_ll if math.isinf(c.phone_ll) else (1 - phone_weight) * c.char_ll + phone_weight * c.phone_ll
-        return am + lm_weight * c.lm + word_score * c.words
-    return max(cands, key=score).text if cands else ""
-
-
 # --------------------------------------------------------------------------------------------
 # command line
 
@@ -366,7 +263,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lm", type=Path, help="word KenLM (ARPA or binary); none: lexicon only")
     ap.add_argument("--lm-weights", type=_floats, default=[1.0], help="comma-separated (default 1)")
     ap.add_argument("--word-scores", type=_floats, default=[0.0], help="comma-separated (default 0)")
-    ap.add_argument("--beam-size", type=int, default=_BEAM.beam_size)
+    ap.add_argument("--beam-size", type=int, default=DecodingOptions.beam_size)
     ap.add_argument("--emissions", type=Path, help="cache of the network's outputs (read if present, else written)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--combine", action="store_true",

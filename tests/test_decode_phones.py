@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from asr import phones as asr_phones
 from asr.config import ExperimentConfig, to_dict
 from asr.data.lexicon import read_lexicon
+from asr.decoding import DecoderError
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
 
@@ -33,7 +35,7 @@ def path_log_probs(path: list[str]) -> torch.Tensor:
 
 def test_best_phone_path_decodes_to_the_word_it_spells(tmp_path):
     prons = {"cat": ("K", "AE", "T"), "tab": ("T", "AE", "B"), "bat": ("B", "AE", "T")}
-    dec = decode_phones.PhoneDecoder(PHONES, prons, beam_size=10)
+    dec = asr_phones.PhoneDecoder(PHONES, prons, beam_size=10)
     # The last phone held over three frames (no boundary token follows it): still one word,
     # read along the best path itself (its score is that path's log-prob; without the doubled
     # spelling only a worse alignment, e.g. AE held instead of T, could end the word).
@@ -55,7 +57,7 @@ def test_words_outside_the_training_transcripts_never_enter_the_decoding_lexicon
     assert lex.prons == {"cat": ("K", "AE", "T"), "tab": ("T", "AE", "B")}  # not bat, not zebra
     assert lex.missing == ["a"]  # a training word without a pronunciation is counted
     out = tmp_path / "search.txt"
-    decode_phones.write_search_lexicon(lex.prons, out)
+    asr_phones.write_search_lexicon(lex.prons, out)
     assert {line.split("\t")[0] for line in out.read_text().splitlines()} == {"cat", "tab"}
     assert "cat\tK AE T T" in out.read_text().splitlines()  # last phone doubled (module doc)
 
@@ -106,17 +108,17 @@ def test_checkpoint_phone_head_is_loaded_and_one_without_is_refused(tmp_path, ca
 def test_combination_weighs_the_phone_head_against_the_character_head():
     # One frame per unit: "cat" fits the character head better, "tab" the phone head.
     lp = torch.log_softmax(torch.tensor([[0.0, 5.0], [5.0, 0.0]]), dim=-1)
-    assert decode_phones.ctc_log_likelihood(lp, [1]) == pytest.approx(float(torch.logsumexp(
+    assert asr_phones.ctc_log_likelihood(lp, [1]) == pytest.approx(float(torch.logsumexp(
         torch.stack([lp[0, 1] + lp[1, 0], lp[0, 1] + lp[1, 1], lp[0, 0] + lp[1, 1]]), 0)))
-    assert decode_phones.ctc_log_likelihood(lp, [1, 1, 1]) == float("-inf")  # 3 labels cannot fit 2 frames
-    cat = decode_phones.Candidate("cat", char_ll=-1.0, phone_ll=-9.0, lm=-2.0, words=1)
-    tab = decode_phones.Candidate("tab", char_ll=-3.0, phone_ll=-2.0, lm=-2.0, words=1)
-    unscored = decode_phones.Candidate("zebra", char_ll=-2.0, phone_ll=float("-inf"), lm=-2.0, words=1)
-    assert decode_phones.combine([cat, tab], 0.0, 1.0, 0.0) == "cat"
-    assert decode_phones.combine([cat, tab], 0.5, 1.0, 0.0) == "tab"
+    assert asr_phones.ctc_log_likelihood(lp, [1, 1, 1]) == float("-inf")  # 3 labels cannot fit 2 frames
+    cat = asr_phones.Candidate("cat", char_ll=-1.0, phone_ll=-9.0, lm=-2.0, words=1)
+    tab = asr_phones.Candidate("tab", char_ll=-3.0, phone_ll=-2.0, lm=-2.0, words=1)
+    unscored = asr_phones.Candidate("zebra", char_ll=-2.0, phone_ll=float("-inf"), lm=-2.0, words=1)
+    assert asr_phones.combine([cat, tab], 0.0, 1.0, 0.0) == "cat"
+    assert asr_phones.combine([cat, tab], 0.5, 1.0, 0.0) == "tab"
     # No pronunciation: kept, judged on the character head alone (counted by the script).
-    assert decode_phones.combine([cat, tab, unscored], 0.5, 1.0, 0.0) == "zebra"
-    assert decode_phones.combine([], 0.5, 1.0, 0.0) == ""
+    assert asr_phones.combine([cat, tab, unscored], 0.5, 1.0, 0.0) == "zebra"
+    assert asr_phones.combine([], 0.5, 1.0, 0.0) == ""
 
 
 def test_cross_validation_holds_out_speakers_and_is_none_for_one_speaker():
@@ -163,5 +165,5 @@ def test_unreadable_emissions_cache_is_one_error_line(tmp_path, capsys, content)
 def test_unreadable_lm_is_a_usage_error_naming_it(tmp_path):
     bad = tmp_path / "lm.bin"
     bad.write_bytes(b"not a kenlm model")
-    with pytest.raises(decode_phones.UsageError, match=r"lm.bin: cannot build the phone beam search"):
-        decode_phones.PhoneDecoder(PHONES, {"cat": ("K", "AE", "T")}, lm=str(bad))
+    with pytest.raises(DecoderError, match=r"lm.bin: cannot build the phone beam search"):
+        asr_phones.PhoneDecoder(PHONES, {"cat": ("K", "AE", "T")}, lm=str(bad))

@@ -205,8 +205,9 @@ def test_config_validation(lexicon):
 @pytest.mark.slow
 @pytest.mark.data
 def test_yesno_trains_with_phone_ctc_and_the_package_decodes(tmp_path, shared_data):
-    """Two epochs on yesno with a hand-made lexicon: the phone loss is logged and falls, the
-    package has no phone head and decodes."""
+    """Two epochs on yesno with a hand-made lexicon: the phone loss is logged and falls; the
+    package carries the phone head and the training words' pronunciations, and decodes with
+    and without ``--phone-weight``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     data = tmp_path / "yesno"
     subprocess.run([sys.executable, "-m", "asr", "prepare", "yesno", "--src", str(shared_data / "yesno"),
@@ -239,16 +240,19 @@ def test_yesno_trains_with_phone_ctc_and_the_package_decodes(tmp_path, shared_da
     from safetensors import safe_open
 
     with safe_open(str(model), "pt") as f:
-        assert not any("phone" in k for k in f.keys())
-    proc = subprocess.run([sys.executable, "-m", "asr", "evaluate", str(model), str(data / "dev.jsonl"), "--out",
-                           str(tmp_path / "eval")], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["num_utterances"] == 5
+        assert sorted(k for k in f.keys() if "phone" in k) == ["phone_head.bias", "phone_head.weight"]
+    for name, flags in (("eval", []), ("eval-phones", ["--decoder", "beam", "--phone-weight", "0.5"])):
+        proc = subprocess.run([sys.executable, "-m", "asr", "evaluate", str(model), str(data / "dev.jsonl"), "--out",
+                               str(tmp_path / name), *flags], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["num_utterances"] == 5
     from asr.package import load_package
 
     pkg = load_package(model)
-    assert pkg.model.cfg.phone_ctc_weight == 0.3  # the config says how it was trained; no head was built
+    assert pkg.model.cfg.phone_ctc_weight == 0.3
+    assert pkg.phone_head is not None and pkg.phone_head.phones == ("EH", "N", "OW", "S", "Y")
+    assert pkg.phone_head.pronunciations == {"yes": ("Y", "EH", "S"), "no": ("N", "OW")}
     best = torch.load(summary_best(exp), map_location="cpu", weights_only=False)["state_dict"]
     for k, v in pkg.model.state_dict().items():  # the package is the checkpoint's AcousticModel, unchanged
         torch.testing.assert_close(v, best["model." + k])

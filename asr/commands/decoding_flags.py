@@ -16,7 +16,7 @@ from typing import Any
 from asr.decoding import DECODERS, DecodingOptions
 
 # Beam-only flags, as DecodingOptions field names ("--beam-size" is "beam_size").
-BEAM_FLAGS = ("lm", "lexicon", "beam_size", "beam_threshold", "lm_weight", "word_score")
+BEAM_FLAGS = ("lm", "lexicon", "beam_size", "beam_threshold", "lm_weight", "word_score", "phone_weight")
 
 
 def flag(name: str) -> str:
@@ -35,6 +35,9 @@ def add_decoding_arguments(group: Any, flags: tuple[str, ...] = BEAM_FLAGS, deco
         "beam_threshold": f"prune hypotheses this far (log score) below the best (default {d.beam_threshold:g})",
         "lm_weight": f"LM weight (default: the tuned value beside the LM, else {d.DEFAULT_LM_WEIGHT:g})",
         "word_score": f"word insertion bonus (default: the tuned value beside the LM, else {d.DEFAULT_WORD_SCORE:g})",
+        "phone_weight": "also decode the package's phone head and rescore both heads' n-best lists, the phone "
+                        "head weighted W in (0, 1] against the character head's 1 - W; 0 = off (default: the "
+                        "value tuned beside the LM by `asr lm tune` for a package with a phone head, else 0)",
     }
     types: dict[str, Any] = {"lm": Path, "lexicon": Path, "beam_size": int}
     if decoder:
@@ -58,6 +61,9 @@ def check_decoding_flags(args: argparse.Namespace) -> str | None:
     beam_size = getattr(args, "beam_size", None)
     if beam_size is not None and beam_size < 1:
         return f"--beam-size must be >= 1 (is {beam_size})"
+    phone_weight = getattr(args, "phone_weight", None)
+    if phone_weight is not None and not 0 <= phone_weight <= 1:
+        return f"--phone-weight must be in [0, 1] (is {phone_weight:g})"
     threshold = getattr(args, "beam_threshold", None)
     if threshold is not None and not threshold > 0:
         return f"--beam-threshold must be > 0 (is {threshold:g})"

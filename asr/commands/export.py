@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
           f"vocabulary {info['vocab_size']}, quantize={info['quantize']}, sha256 {info['sha256'][:12]})")
     print(f"from {len(srcs)} checkpoint(s){' (averaged)' if len(srcs) > 1 else ''}: "
           + ", ".join(Path(s["path"]).name for s in srcs))
+    if pkg.phone_head is not None:
+        ph = info["phone_head"]
+        print(f"with the phone CTC head ({ph['phones']} phones on layer {ph['layer']}, pronunciations of "
+              f"{ph['words']} training words): decode with --decoder beam --phone-weight W")
     for flag, suffix in ((args.torchscript, ".ts"), (args.onnx, ".onnx")):
         if flag:
             print(f"wrote {out.with_suffix(suffix)} (fp32; inputs: log-mel feats (N, T, "

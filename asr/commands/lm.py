@@ -21,7 +21,14 @@ from asr.commands.decoding_flags import (
     check_decoding_flags,
     decoding_options,
 )
-from asr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, LMError, build_lm, tune_lm
+from asr.lm import (
+    DEFAULT_LM_WEIGHTS,
+    DEFAULT_PHONE_WEIGHTS,
+    DEFAULT_WORD_SCORES,
+    LMError,
+    build_lm,
+    tune_lm,
+)
 
 
 def _float_list(s: str) -> list[float]:
@@ -91,6 +98,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_WORD_SCORES),
         help="comma-separated grid (default %(default)s); negatives: --word-scores=-1,0,1",
     )
+    t.add_argument(
+        "--phone-weights",
+        type=_float_list,
+        default=list(DEFAULT_PHONE_WEIGHTS),
+        help="for a package with a phone head: phone weights tried (against 0, off) at the best LM "
+        "weight and word score (default %(default)s; --phone-weights 0: do not use the head)",
+    )
     add_decoding_arguments(t, flags=("lexicon", "beam_size", "beam_threshold"), decoder=False)
     t.add_argument("--device", default="cpu", help="device for the acoustic model (default cpu)")
     t.add_argument("--no-save", action="store_true", help="do not write <LM>.tune.json")
@@ -132,7 +146,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     try:
         package = load_package(args.model, device=args.device)
-        ems, utts = emissions_for_manifest(package, args.manifest, failed=failed)
+        head = package.phone_head if any(w > 0 for w in args.phone_weights) else None
+        ems, utts = emissions_for_manifest(package, args.manifest, failed=failed, phones=head is not None)
         result = tune_lm(
             ems,
             [u.text for u in utts],
@@ -143,6 +158,8 @@ def _run_tune(args: argparse.Namespace) -> int:
             options=decoding_options(args),
             save=not args.no_save,
             progress=True,
+            phone_head=head,
+            phone_weights=args.phone_weights,
         )
     except (ValueError, OSError, LMError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -152,9 +169,14 @@ def _run_tune(args: argparse.Namespace) -> int:
     for g in result["grid"]:
         mark = " *" if (g["lm_weight"], g["word_score"]) == chosen else ""
         print(f"{g['lm_weight']:>9g} {g['word_score']:>10g} {100 * g['wer']:>6.2f}%{mark}")
+    for g in result.get("phone_grid", []):
+        mark = " *" if g["phone_weight"] == result["phone_weight"] else ""
+        print(f"phone_weight {g['phone_weight']:g} (both heads rescored; 0: character beam alone) "
+              f"{100 * g['wer']:>6.2f}%{mark}")
+    phone = f"phone_weight={result['phone_weight']:g} " if "phone_weight" in result else ""
     print(
         f"{'best' if result['tuned'] else 'untuned, defaults'}: lm_weight={result['lm_weight']:g} "
-        f"word_score={result['word_score']:g} "
+        f"word_score={result['word_score']:g} {phone}"
         f"WER {100 * result['wer']:.2f}% (greedy {100 * result['greedy_wer']:.2f}%, "
         f"{result['utterances']} utterances, {result['mode']})"
     )
