@@ -192,7 +192,7 @@ def aligned_hypothesis(text: str, log_probs: Tensor, tokenizer: Tokenizer, score
     ids = tokenizer.encode(text)
     if not ids:
         return _hypothesis([], [], [], score)
-    path, _ = taf.forced_align(log_probs[None].float(), torch.tensor([ids], dtype=torch.int32),
+    path, _ = taf.forced_align(log_probs[None].float().contiguous(), torch.tensor([ids], dtype=torch.int32),
                                blank=tokenizer.blank_id)
     tokens, starts, ends = _runs(path[0].long(), tokenizer.blank_id)
     return _hypothesis(tokens, starts, _split_words(tokens, starts, ends, tokenizer), score)

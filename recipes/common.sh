@@ -64,9 +64,6 @@ A stage reuses an output only when it made it with the same command and inputs
   --exp DIR        experiment directory (default exp/$1)
   --average N      average the N best checkpoints at export (default $AVERAGE)
   --beam-size N    beam width for the beam decoders (default: the toolkit's)
-  --phone-weight W weight of the phone head when both heads' n-best lists are rescored
-                   (stage 4's beam-lm-phones row; only for a model with a phone head;
-                   default $PHONE_WEIGHT, 0 = no such row)
   key=value        overrides for 'asr train', e.g. trainer.max_epochs=5 trainer.threads=1
 EOF
   # A recipe with options of its own describes them in RECIPE_HELP.
@@ -87,7 +84,6 @@ parse_recipe_args() {  # parse_recipe_args CORPUS "$@"
   EXP="$ASR_ROOT/exp/$corpus"
   AVERAGE="${AVERAGE:-3}"
   BEAM_SIZE=""
-  PHONE_WEIGHT="${PHONE_WEIGHT:-0.5}"  # speechocean762 dev, scripts/decode_phones.py's grid (its README)
   OVERRIDES=()
   while (($#)); do
     case "$1" in
@@ -99,7 +95,6 @@ parse_recipe_args() {  # parse_recipe_args CORPUS "$@"
       --exp) EXP=$(_abspath "${2:?--exp needs a folder}"); shift 2 ;;
       --average) AVERAGE=${2:?--average needs a number}; shift 2 ;;
       --beam-size) BEAM_SIZE=${2:?--beam-size needs a number}; shift 2 ;;
-      --phone-weight) PHONE_WEIGHT=${2:?--phone-weight needs a number}; shift 2 ;;
       -h|--help) recipe_usage "$corpus"; exit 0 ;;
       *=*) OVERRIDES+=("$1"); shift ;;
       *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -270,7 +265,7 @@ _has_phone_head() {  # whether $EXP/model.asr carries a phone CTC head (asr.phon
     "$EXP/model.asr"
 }
 
-evaluate_stage() {  # evaluate_stage SPLIT...: greedy, beam, beam+LM (when stage 3 made one), + phone head
+evaluate_stage() {  # evaluate_stage SPLIT...: greedy, beam, beam+LM (when stage 3 made one)
   local split beam=(--decoder beam ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"})
   local lm=$EXP/lm/3gram.bin
   for split in "$@"; do
@@ -282,9 +277,11 @@ evaluate_stage() {  # evaluate_stage SPLIT...: greedy, beam, beam+LM (when stage
     _evaluate beam "$split" "${beam[@]}"
     if [[ -e "$lm" ]]; then
       _evaluate beam-lm "$split" "${beam[@]}" --lm "$lm"
-      # A model trained with a phone CTC head carries it: both heads' n-best lists rescored.
-      if [[ "$PHONE_WEIGHT" != 0 ]] && _has_phone_head; then
-        _evaluate beam-lm-phones "$split" "${beam[@]}" --lm "$lm" --phone-weight "$PHONE_WEIGHT"
+      # A model with a phone CTC head: beam-lm used the phone weight stage 3 tuned (both
+      # heads' n-best lists rescored, when that was better on dev); this row is the
+      # character beam alone, for comparison.
+      if _has_phone_head; then
+        _evaluate beam-lm-chars "$split" "${beam[@]}" --lm "$lm" --phone-weight 0
       fi
     else
       echo "   skip beam+LM on $split: no $lm (stage 3)"

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 # Rows and columns in this order; anything else found is appended alphabetically.
-SYSTEM_ORDER = ("greedy", "beam", "beam-lm")
+SYSTEM_ORDER = ("greedy", "beam", "beam-lm", "beam-lm-chars")
 SPLIT_ORDER = ("dev", "test")
-SYSTEM_NAMES = {"greedy": "greedy", "beam": "beam", "beam-lm": "beam + 3-gram LM"}
+SYSTEM_NAMES = {"greedy": "greedy", "beam": "beam", "beam-lm": "beam + 3-gram LM",
+                "beam-lm-chars": "beam + 3-gram LM, character head alone"}
 
 
 class ResultsError(ValueError):

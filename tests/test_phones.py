@@ -145,6 +145,13 @@ def test_two_heads_pick_the_word_the_phone_head_hears_and_time_it_on_the_charact
     assert h.text == "tab"
     assert [(w.word, w.start, w.end) for w in h.words] == [("tab", 0, 5)]  # T at frame 0 .. B ends at 5
     assert math.isfinite(h.score)
+    # Beams of one: the character beam's only text is "cat", so "tab" comes from the phone
+    # beam alone and its word times from aligning it to the character head (a slice of the
+    # joint emissions: not contiguous, which torchaudio's forced_align refuses as such).
+    narrow = TwoHeadDecoder(TOK, PHONES, PRONS, DecodingOptions(decoder="beam", beam_size=1, phone_weight=0.5))
+    (h1,), = narrow(joint, lens)
+    assert (h1.text, [(w.word, w.start, w.end) for w in h1.words]) == ("tab", [("tab", 0, 5)])
+    assert h1.tokens == TOK.encode("tab") and h1.timesteps == [0, 2, 4]
     with pytest.raises(DecoderError, match="joint emissions must be"):
         both(char[None], lens)
     with pytest.raises(DecoderError, match="phone_weight needs the package's phone head"):
