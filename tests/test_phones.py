@@ -14,12 +14,12 @@ import soundfile as sf
 import torch
 
 from asr.config import ExperimentConfig, to_dict
-from asr.decoding import DecoderError, DecodingOptions
+from asr.decoding import DecoderError, DecodingOptions, greedy_decode
 from asr.engine import forward_batch, make_decoder, wants_phones
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, PhoneHead, load_package, read_metadata, write_package
-from asr.phones import TwoHeadDecoder
+from asr.phones import Pool, TwoHeadDecoder, candidates
 from asr.text import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,13 +145,18 @@ def test_two_heads_pick_the_word_the_phone_head_hears_and_time_it_on_the_charact
     assert h.text == "tab"
     assert [(w.word, w.start, w.end) for w in h.words] == [("tab", 0, 5)]  # T at frame 0 .. B ends at 5
     assert math.isfinite(h.score)
-    # Beams of one: the character beam's only text is "cat", so "tab" comes from the phone
-    # beam alone and its word times from aligning it to the character head (a slice of the
-    # joint emissions: not contiguous, which torchaudio's forced_align refuses as such).
-    narrow = TwoHeadDecoder(TOK, PHONES, PRONS, DecodingOptions(decoder="beam", beam_size=1, phone_weight=0.5))
-    (h1,), = narrow(joint, lens)
+    # A pool where only the phone beam found "tab" (the character beam's n-best is "cat"
+    # alone): its word times come from aligning it to the character head, a slice of the
+    # joint emissions (not contiguous, which torchaudio's forced_align refuses as such).
+    char_lp, phone_lp = joint[0, :, :TOK.vocab_size], joint[0, :, TOK.vocab_size:]
+    assert not char_lp.is_contiguous()
+    pool = Pool(candidates(["cat", "tab"], char_lp, phone_lp, TOK, PRONS, PHONES, None),
+                greedy_decode(char_lp[None], lens, TOK), char_lp)
+    assert pool.char_hyps[0].text == "cat"
+    h1 = both.pick(pool)
     assert (h1.text, [(w.word, w.start, w.end) for w in h1.words]) == ("tab", [("tab", 0, 5)])
     assert h1.tokens == TOK.encode("tab") and h1.timesteps == [0, 2, 4]
+    assert both.pick(pool, 0.0).text == "cat"
     with pytest.raises(DecoderError, match="joint emissions must be"):
         both(char[None], lens)
     with pytest.raises(DecoderError, match="phone_weight needs the package's phone head"):

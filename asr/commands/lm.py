@@ -171,8 +171,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         print(f"{g['lm_weight']:>9g} {g['word_score']:>10g} {100 * g['wer']:>6.2f}%{mark}")
     for g in result.get("phone_grid", []):
         mark = " *" if g["phone_weight"] == result["phone_weight"] else ""
-        print(f"phone_weight {g['phone_weight']:g} (both heads rescored; 0: character beam alone) "
-              f"{100 * g['wer']:>6.2f}%{mark}")
+        what = "both heads rescored" if g["phone_weight"] else "character beam alone"
+        print(f"phone_weight {g['phone_weight']:>4g} ({what}) {100 * g['wer']:>6.2f}%{mark}")
     phone = f"phone_weight={result['phone_weight']:g} " if "phone_weight" in result else ""
     print(
         f"{'best' if result['tuned'] else 'untuned, defaults'}: lm_weight={result['lm_weight']:g} "
