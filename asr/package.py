@@ -270,12 +270,29 @@ def write_package(
         metadata.update(phone_head.metadata())
         tensors.update({PHONE_HEAD_PREFIX + k: v.detach().to("cpu").contiguous().clone()
                         for k, v in phone_head.linear.state_dict().items()})
-    blob = save_safetensors(tensors, metadata=metadata)
+    blob = _sorted_metadata(save_safetensors(tensors, metadata=metadata))
     atomic_write(out, lambda f: f.write(blob))  # never a half-written package under the final name
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out, 0o666 & ~umask)  # safetensors creates files 0600; packages are meant to be shared
     return out
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` with its header's metadata in key order, so that one model always gives the
+    same bytes (and sha256): safetensors writes the metadata map in hash order, which
+    changes from process to process. The header is rewritten in place, padded with spaces
+    to its old length (the format allows trailing spaces; offsets are relative to its end)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        return blob
+    header["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for the same keys and values; keep what safetensors wrote
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n :]
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,6 +73,16 @@ def test_export_carries_the_averaged_phone_head_and_the_pronunciations(tmp_path)
     assert plain.phone_head is None and read_metadata(tmp_path / "plain.asr")["format_version"] == "2"
 
 
+def test_one_model_always_gives_the_same_package_bytes(tmp_path):
+    # safetensors writes its metadata map in hash order; write_package sorts it.
+    ckpt = _ckpt(tmp_path / "p.ckpt")
+    blobs = [export([ckpt], tmp_path / f"m{i}.asr").read_bytes() for i in range(3)]
+    assert blobs[0] == blobs[1] == blobs[2]
+    n = int.from_bytes(blobs[0][:8], "little")
+    meta = json.loads(blobs[0][8 : 8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta) and load_package(tmp_path / "m0.asr").phone_head is not None
+
+
 def test_older_checkpoints_get_their_pronunciations_rebuilt_or_the_head_is_left_out(tmp_path):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("CAT\tK AE1 T\nTAB\tT AE1 B\nBAT\tB AE1 T\nZEBRA\tZ IY1 B R AH0\n")
