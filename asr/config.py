@@ -76,6 +76,10 @@ class OptimConfig:
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # cosine | constant | noam, applied after warm-up
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    # SWA's learning-rate half: the last N epochs hold the rate the schedule reached when they
+    # began, instead of decaying further; average them with trainer.keep_last=N and
+    # `asr export --average-last N` (SWA's weight averaging). 0 = off.
+    swa_epochs: int = 0
 
     def validate(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
@@ -84,6 +88,8 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be cosine, constant or noam (is {self.schedule!r})")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1] (is {self.min_lr_ratio})")
+        if self.swa_epochs < 0:
+            raise ConfigError(f"optim.swa_epochs must be >= 0 (is {self.swa_epochs})")
 
 
 @dataclass(frozen=True)

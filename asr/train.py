@@ -65,13 +65,17 @@ class DivergedError(Exception):
     """Most training steps have a non-finite loss: the run stops instead of saving a broken model."""
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str, min_lr_ratio: float = 0.0) -> float:
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_lr_ratio: float = 0.0,
+              hold_from: int | None = None) -> float:
     """The learning rate at optimiser step ``step`` (0-based) as a fraction of ``optim.lr``.
 
     A linear warm-up over ``warmup`` steps (at least 1, at most ``total``) reaches 1.0 at its
     last step, then: ``constant`` stays at 1; ``noam`` decays as sqrt(warmup / step);
     ``cosine`` follows a half cosine from 1 down to ``min_lr_ratio`` at step ``total``.
+    From step ``hold_from`` on (``optim.swa_epochs``) the rate stays at its value there.
     """
+    if hold_from is not None and step > hold_from:
+        step = hold_from
     warm = max(1, min(warmup, total))
     if step < warm:
         return (step + 1) / warm
@@ -304,8 +308,15 @@ class CTCModule(pl.LightningModule):
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        hold_from = None
+        if o.swa_epochs:
+            # The last swa_epochs epochs hold the rate the schedule reached at their start.
+            epochs = max(1, int(self.trainer.max_epochs or 1))
+            hold_from = max(0, total - min(o.swa_epochs, epochs) * (total // epochs))
+            log.info("optim.swa_epochs=%d: the learning rate stays at %.3g from step %d of %d", o.swa_epochs,
+                     o.lr * lr_factor(hold_from, o.warmup_steps, total, o.schedule, o.min_lr_ratio), hold_from, total)
         factor = functools.partial(lr_factor, warmup=o.warmup_steps, total=total, schedule=o.schedule,
-                                   min_lr_ratio=o.min_lr_ratio)
+                                   min_lr_ratio=o.min_lr_ratio, hold_from=hold_from)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

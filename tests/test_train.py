@@ -274,6 +274,18 @@ def test_lr_factor_shapes(schedule, want):
     assert lr_factor(10, 10, 110, schedule) <= 1.0  # no jump after warm-up
 
 
+def test_swa_epochs_hold_the_rate_reached_at_their_start():
+    from asr.config import ConfigError, OptimConfig
+    from asr.train import lr_factor
+
+    args = dict(warmup=10, total=110, schedule="cosine", min_lr_ratio=0.05)
+    held = [lr_factor(s, hold_from=80, **args) for s in range(111)]
+    assert held[:81] == [lr_factor(s, **args) for s in range(81)]  # the schedule until then
+    assert set(held[80:]) == {lr_factor(80, **args)} and held[80] > lr_factor(110, **args)
+    with pytest.raises(ConfigError, match="swa_epochs must be >= 0"):
+        OptimConfig(swa_epochs=-1).validate()
+
+
 def test_lr_factor_edge_cases():
     from asr.train import lr_factor
 
