@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
+from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
 from asr.files import atomic_write_text
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.package import PhoneHead
@@ -320,7 +320,11 @@ def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: 
     weights = [float(w) for w in weights if w > 0]
     if not weights:
         return {}
-    dec = TwoHeadDecoder(tokenizer, head.phones, head.pronunciations, replace(options, phone_weight=weights[0]))
+    try:
+        dec = TwoHeadDecoder(tokenizer, head.phones, head.pronunciations, replace(options, phone_weight=weights[0]))
+    except DecoderError as e:  # e.g. a character LM: two-head decoding needs a word LM
+        log.info("phone weight not tuned: %s", e)
+        return {}
     pools = []
     for s in range(0, len(joint), 32):
         group = list(joint[s : s + 32])

@@ -252,3 +252,23 @@ def test_lm_tune_finds_the_phone_weight_and_decoding_takes_it_from_the_tuning_fi
     assert wants_phones(decode) and settings["phone_weight"] == result["phone_weight"]
     decode, settings = make_decoder(pkg, DecodingOptions(decoder="beam", lm=str(lm), phone_weight=0.0))
     assert not wants_phones(decode)  # given on the command line: it wins over the tuned value
+
+
+def test_lm_tune_with_a_character_lm_leaves_the_phone_weight_alone(tmp_path):
+    from asr.lm import tune_lm
+
+    lm = tmp_path / "chars.arpa"
+    units = ["<s>", "</s>", "<unk>", "|", "a", "b", "c", "t"]
+    lm.write_text("\\data\\\nngram 1=8\nngram 2=1\n\n\\1-grams:\n"
+                  + "".join(f"{-99 if u == '<s>' else -0.9}\t{u}\t0\n" for u in units)
+                  + "\n\\2-grams:\n-0.5\t<s> c\n\n\\end\\\n")
+    c, a, t, b = (TOK.tokens.index(x) for x in "catb")
+    char = _path_log_probs([c, 0, a, 0, t, 0], TOK.vocab_size)
+    joint = torch.cat([char, _path_log_probs([3, 0, 1, 0, 4, 0], 1 + len(PHONES))], dim=-1)
+    two = torch.cat([_path_log_probs([c, a, t, 1, c, a, t], TOK.vocab_size),  # "cat cat": a word boundary
+                     _path_log_probs([3, 1, 4, 0, 3, 1, 4], 1 + len(PHONES))], dim=-1)
+    head = PhoneHead(torch.nn.Linear(16, 1 + len(PHONES)), PHONES, PRONS)
+    result = tune_lm([joint, two], ["cat", "cat cat"], TOK, lm, lm_weights=[0.5], word_scores=[0.0, -30.0],
+                     options=DecodingOptions(decoder="beam", beam_size=20), phone_head=head)
+    assert result["tuned"] and result["mode"] == "lexicon-free"  # a character LM: no two-head decoding
+    assert "phone_weight" not in result and result["wer"] == 0.0
