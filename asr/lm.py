@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -296,18 +296,20 @@ def _write_words(path: Path, words: Sequence[str]) -> Path:
 # tuning
 
 
+def _batched(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> Iterator[Any]:
+    """``decode(padded (n, T, V), lengths)`` over ``emissions`` in padded batches of
+    ``batch``; yields its per-utterance results in order."""
+    for s in range(0, len(emissions), batch):
+        group = list(emissions[s : s + batch])
+        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
+        yield from decode(torch.nn.utils.rnn.pad_sequence(group, batch_first=True), lens)
+
+
 def decode_texts(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
     """Best text per utterance of ``decode(padded (n, T, V), lengths)``, run over ``emissions``
     in padded batches of ``batch``; ``decode`` returns per utterance a hypothesis with
     ``.text`` or a best-first list of them."""
-    texts: list[str] = []
-    for s in range(0, len(emissions), batch):
-        group = list(emissions[s : s + batch])
-        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
-        padded = torch.nn.utils.rnn.pad_sequence(group, batch_first=True)  # (n, T, V)
-        for h in decode(padded, lens):
-            texts.append(h[0].text if isinstance(h, list) else h.text)
-    return texts
+    return [h[0].text if isinstance(h, list) else h.text for h in _batched(decode, emissions, batch)]
 
 
 def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: Tokenizer, head: PhoneHead,
@@ -325,11 +327,7 @@ def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: 
     except DecoderError as e:  # e.g. a character LM: two-head decoding needs a word LM
         log.info("phone weight not tuned: %s", e)
         return {}
-    pools = []
-    for s in range(0, len(joint), 32):
-        group = list(joint[s : s + 32])
-        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
-        pools.extend(dec.pool(torch.nn.utils.rnn.pad_sequence(group, batch_first=True), lens))
+    pools = list(_batched(dec.pool, joint))
     grid = [{"phone_weight": 0.0, "wer": char_wer}]
     for w in weights:
         texts = [dec.pick(p, w, align=False).text for p in pools]

@@ -178,11 +178,17 @@ def combined_score(c: Candidate, phone_weight: float, lm_weight: float, word_sco
     return am + lm_weight * c.lm + word_score * c.words
 
 
+def best_candidate(cands: Sequence[Candidate], phone_weight: float, lm_weight: float,
+                   word_score: float) -> tuple[Candidate, float]:
+    """The candidate with the best :func:`combined_score`, and that score (``cands`` non-empty)."""
+    scored = [(combined_score(c, phone_weight, lm_weight, word_score), i) for i, c in enumerate(cands)]
+    score, i = max(scored, key=lambda si: si[0])  # the first of equal scores
+    return cands[i], score
+
+
 def combine(cands: Sequence[Candidate], phone_weight: float, lm_weight: float, word_score: float) -> str:
     """The text with the best :func:`combined_score` ("" for no candidates)."""
-    if not cands:
-        return ""
-    return max(cands, key=lambda c: combined_score(c, phone_weight, lm_weight, word_score)).text
+    return best_candidate(cands, phone_weight, lm_weight, word_score)[0].text if cands else ""
 
 
 def aligned_hypothesis(text: str, log_probs: Tensor, tokenizer: Tokenizer, score: float) -> Hypothesis:
@@ -275,8 +281,7 @@ class TwoHeadDecoder:
         decoder's unless given), with word times (``align``: a text only the phone beam
         found is aligned to the character head; without it, its words carry no times)."""
         w = self.phone_weight if phone_weight is None else phone_weight
-        best = max(pool.cands, key=lambda c: combined_score(c, w, self.lm_weight, self.word_score))
-        score = combined_score(best, w, self.lm_weight, self.word_score)
+        best, score = best_candidate(pool.cands, w, self.lm_weight, self.word_score)
         by_text = {h.text: h for h in pool.char_hyps}
         if best.text in by_text:
             return replace(by_text[best.text], score=score)
