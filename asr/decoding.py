@@ -62,7 +62,7 @@ from asr.lm_files import (
     lm_vocabulary,
     write_lexicon,
 )
-from asr.text import Tokenizer
+from asr.text import Tokenizer, normalize_text
 
 # Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
 # mode). Finite on purpose: when no hypothesis can end a word by then, flashlight keeps
@@ -80,7 +80,7 @@ class WordSpan:
 
 @dataclass(frozen=True)
 class Hypothesis:
-    text: str  # words joined by single spaces, stripped
+    text: str  # words joined by single spaces, each normalised like transcripts (normalize_text)
     tokens: list[int]  # emitted token ids: repeats collapsed, blanks dropped, "|" kept
     timesteps: list[int]  # output frame where each token of ``tokens`` starts
     score: float  # greedy: path log-prob; beam: flashlight's total (AM + weighted LM + bonuses)
@@ -135,8 +135,12 @@ def _split_words(
 
     def flush() -> None:
         if cur:
-            word = tokenizer.decode([tokens[k] for k in cur]).strip()
-            if word:  # e.g. a lone "▁" piece spells nothing
+            # Words leave the decoder in the form transcripts have (normalize_text), so a
+            # hypothesis scores alike wherever it is scored (training's dev WER, `asr lm
+            # tune`, `asr evaluate`) and transcripts show no stray marks: the model can
+            # emit an apostrophe at a word's edge ("at'") or alone, which transcripts
+            # never hold. A lone "▁" piece or "'" spells nothing and gives no word.
+            for word in normalize_text(tokenizer.decode([tokens[k] for k in cur])).split():
                 spans.append(WordSpan(word, starts[cur[0]], ends[cur[-1]]))
             cur.clear()
 

@@ -89,6 +89,17 @@ def test_greedy_zero_length_gives_empty_hypothesis():
     assert (h.text, h.tokens, h.timesteps, h.words, h.score) == ("", [], [], [], 0.0)
 
 
+def test_greedy_words_are_normalised_like_transcripts():
+    # A model can emit an apostrophe at a word's edge or alone; transcripts never hold one
+    # there (normalize_text), so the hypothesis must not either, or it would score
+    # differently in training's dev WER, `asr lm tune` and `asr evaluate`.
+    tok = CharTokenizer("adnot'")
+    lp, lens = batch(frames(["a", "t", "'", "|", "'", "|", "d", "o", "n", "'", "t", "-"], tok), tok=tok)
+    h = greedy_decode(lp, lens, tok)[0]
+    assert h.text == "at don't"
+    assert h.words == [WordSpan("at", 0, 3), WordSpan("don't", 6, 11)]
+
+
 def test_edge_delimiters_give_no_empty_words():
     lp, lens = batch(frames(["|", "s", "o", "|", "|", "n", "o", "|"]))
     h = greedy_decode(lp, lens, TOK)[0]
