@@ -261,8 +261,17 @@ _evaluate() {  # _evaluate SYSTEM SPLIT DECODER-ARGS...: one evaluation into $EX
 }
 
 _has_phone_head() {  # whether $EXP/model.asr carries a phone CTC head (asr.phones)
-  "$PYTHON" -c 'import sys; from asr.package import read_metadata; sys.exit("phones" not in read_metadata(sys.argv[1]))' \
-    "$EXP/model.asr"
+  # An unreadable package says so in one line and counts as "no head"; the stage's own
+  # evaluations report it too.
+  "$PYTHON" -c '
+import sys
+from asr.package import read_metadata
+try:
+    sys.exit("phones" not in read_metadata(sys.argv[1]))
+except Exception as e:  # noqa: BLE001 (any unreadable file: one line, not a traceback)
+    msg = str(e) if sys.argv[1] in str(e) else f"{sys.argv[1]}: {e}"
+    sys.exit(f"error: {msg}")
+' "$EXP/model.asr"
 }
 
 evaluate_stage() {  # evaluate_stage SPLIT...: greedy, beam, beam+LM (when stage 3 made one)

@@ -152,6 +152,15 @@ def test_recipe_rejects_bad_arguments(bad, message):
     assert proc.returncode == 2 and message in proc.stderr
 
 
+def test_phone_head_check_reports_an_unreadable_package_in_one_line(tmp_path):
+    (tmp_path / "model.asr").write_bytes(b"garbage")
+    proc = run(["bash", "-c", f'source "{ROOT}/recipes/common.sh"; EXP="{tmp_path}"; _has_phone_head'])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"error: {tmp_path / 'model.asr'}: not an asr model package")
+
+
 def test_recipe_scripts_parse_and_lint():
     scripts = [ROOT / "recipes" / "common.sh", *sorted(ROOT.glob("recipes/*/run.sh"))]
     assert len(scripts) >= 4
