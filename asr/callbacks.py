@@ -81,20 +81,40 @@ class SkippedItems(pl.Callback):
     """Count utterances dropped from batches for unreadable audio, once each, in the main process.
 
     The dataset runs in DataLoader workers (separate processes) without the feature cache, so
-    the ids travel in ``Batch.skipped`` and are collected here.
+    the ids travel in ``Batch.skipped`` and are collected here. Under DDP each rank sees only
+    its share of the batches: at the end of every training and validation epoch (hooks all
+    ranks run) the ranks exchange what they noted since the last exchange, so rank zero's
+    skipped.jsonl and train_summary.json count every rank's (a run killed mid-epoch reports
+    rank zero's items of that epoch and everyone's before it).
     """
 
     def __init__(self, skipped: dict[str, Skipped]) -> None:
         self.skipped = skipped
         self.seen = {split: {utt_id for utt_id, _ in sk.items} for split, sk in skipped.items()}
+        self.unshared: dict[str, list[tuple[str, str]]] = {split: [] for split in skipped}
+
+    def _add(self, split: str, utt_id: str, reason: str) -> bool:
+        if utt_id in self.seen[split]:
+            return False
+        self.seen[split].add(utt_id)
+        self.skipped[split].add(utt_id, reason)
+        return True
 
     def _note(self, split: str, batch: Batch) -> None:
         for utt_id, reason in getattr(batch, "skipped", ()):
-            if utt_id in self.seen[split]:
-                continue
-            self.seen[split].add(utt_id)
-            self.skipped[split].add(utt_id, reason)
-            log.warning("%s: skipped %s: %s", split, utt_id, reason)
+            if self._add(split, utt_id, reason):
+                self.unshared[split].append((utt_id, reason))
+                log.warning("%s: skipped %s: %s", split, utt_id, reason)
+
+    def _share(self, trainer: pl.Trainer, split: str) -> None:
+        mine, self.unshared[split] = self.unshared.get(split, []), []
+        if trainer.world_size < 2 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        every: list[list[tuple[str, str]] | None] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(every, mine)
+        for items in every:
+            for utt_id, reason in items or ():
+                self._add(split, utt_id, reason)
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Batch,
                              batch_idx: int) -> None:
@@ -103,3 +123,9 @@ class SkippedItems(pl.Callback):
     def on_validation_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Batch,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         self._note("dev", batch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._share(trainer, "train")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._share(trainer, "dev")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,6 +129,9 @@ _RECORDING_LAUNCHER = textwrap.dedent("""
         return iter(batches)
 
     sampler.BucketBatchSampler.__iter__ = recording_iter
+    if "CMVN_SAMPLE" in os.environ:  # read fewer files for CMVN, as a corpus > 3000 utterances does
+        from asr import datamodule
+        datamodule.CMVN_MAX_UTTERANCES = int(os.environ["CMVN_SAMPLE"])
     from asr.cli import main
     sys.exit(main())
 """)
@@ -139,9 +143,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.data
-def test_two_nodes_with_torchrun(tmp_path, shared_data):
+def _torchrun_train(tmp_path: Path, shared_data: Path, *overrides: str, edit_train: Any = None,
+                    cmvn_sample: int | None = None) -> tuple[Path, dict[int, str]]:
+    """`asr train` of conf/yesno.yaml (tiny model) on 2 nodes x 1 process with torchrun on
+    localhost; every rank logs its batches to tmp_path/rank{R}.jsonl. ``edit_train(path)``
+    may change the prepared train manifest first; ``cmvn_sample`` caps the files read for CMVN
+    statistics (datamodule.CMVN_MAX_UTTERANCES). Returns (exp dir, {node: output})."""
     src = shared_data / "yesno"
     if not src.is_dir():
         pytest.skip(f"yesno corpus not available: {src} does not exist")
@@ -149,9 +156,13 @@ def test_two_nodes_with_torchrun(tmp_path, shared_data):
                BATCH_LOG_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
     for name in RANK_VARIABLES + ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
+    if cmvn_sample is not None:
+        env["CMVN_SAMPLE"] = str(cmvn_sample)
     data = tmp_path / "yesno"
     subprocess.run([sys.executable, "-m", "asr", "prepare", "yesno", "--src", str(src), "--out", str(data)],
                    check=True, capture_output=True, env=env, timeout=120)
+    if edit_train is not None:
+        edit_train(data / "train.jsonl")
     launcher = tmp_path / "launch.py"
     launcher.write_text(_RECORDING_LAUNCHER)
     exp = tmp_path / "exp"
@@ -164,7 +175,7 @@ def test_two_nodes_with_torchrun(tmp_path, shared_data):
                f"data.train_manifest={data / 'train.jsonl'}", f"data.dev_manifest={data / 'dev.jsonl'}",
                "model.hidden=16", "model.num_layers=1", "trainer.num_nodes=2", "trainer.devices=1",
                "trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.max_epochs=2",
-               "trainer.progress_bar=false"]
+               "trainer.progress_bar=false", *overrides]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env, cwd=tmp_path))
     outputs = {}
@@ -177,6 +188,13 @@ def test_two_nodes_with_torchrun(tmp_path, shared_data):
             raise
     for node, proc in zip((1, 0), procs):
         assert proc.returncode == 0, f"node {node}:\n{outputs[node][-4000:]}"
+    return exp, outputs
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_two_nodes_with_torchrun(tmp_path, shared_data):
+    exp, outputs = _torchrun_train(tmp_path, shared_data)
     assert "Traceback" not in outputs[0] + outputs[1]
 
     # Rank 0 alone wrote the run's files, once: one summary, one run id everywhere.
@@ -207,3 +225,33 @@ def test_two_nodes_with_torchrun(tmp_path, shared_data):
         ids = sorted(i for batch in batches[0] + batches[1][:-1] for i in batch)
         assert ids == list(range(shards[0][0]["n"]))
     assert summary["steps"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_two_nodes_count_every_ranks_skipped_utterances(tmp_path, shared_data):
+    # Without the feature cache, an unreadable file outside the CMVN sample (one file here; 3000
+    # of a large corpus) is found by the rank that draws it; rank zero writes the reports, so
+    # the ranks must pool what they skipped.
+    bad_ids = [f"bad{k}" for k in range(6)]
+
+    def add_unreadable(manifest: Path) -> None:
+        first = json.loads(manifest.read_text().splitlines()[0])
+        lines = manifest.read_text().splitlines()
+        for k, utt_id in enumerate(bad_ids):
+            audio = manifest.parent / f"{utt_id}.wav"
+            audio.write_bytes(b"not a wav file")
+            lines.append(json.dumps({**first, "id": utt_id, "audio": str(audio), "duration": first["duration"] + k / 100}))
+        manifest.write_text("\n".join(lines) + "\n")
+
+    exp, outputs = _torchrun_train(tmp_path, shared_data, "data.cache_features=false", "trainer.max_epochs=1",
+                                   edit_train=add_unreadable, cmvn_sample=1)
+    assert "Traceback" not in outputs[0] + outputs[1]
+    # the test means something only if rank 1 drew some of them (the seeded sampler decides)
+    entries = [json.loads(line) for line in (tmp_path / "rank1.jsonl").read_text().splitlines()]
+    n_good = entries[0]["n"] - len(bad_ids)
+    drawn_by_1 = {i for e in entries if e["train"] for batch in e["batches"] for i in batch if i >= n_good}
+    assert drawn_by_1, "rank 1 drew none of the unreadable files: change the seed or the count"
+    skipped = [json.loads(line) for line in (exp / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(s["id"] for s in skipped if s["split"] == "train") == bad_ids
+    assert json.loads((exp / "train_summary.json").read_text())["skipped_utterances"]["train"] == len(bad_ids)
