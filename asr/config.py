@@ -145,6 +145,9 @@ class ExperimentConfig:
             raise ConfigError("exp_dir must not be empty")
         for section in (self.data, self.features, self.model, self.optim, self.trainer):
             section.validate()
+        if self.optim.swa_epochs and self.trainer.max_epochs == -1:
+            raise ConfigError("optim.swa_epochs counts the last epochs, so it needs trainer.max_epochs >= 1 "
+                              "(is -1: no limit)")
         if self.model.phone_ctc_weight > 0:
             if not self.data.lexicon:
                 raise ConfigError("model.phone_ctc_weight > 0 needs data.lexicon (a pronunciation lexicon: "

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -143,7 +143,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun_train(tmp_path: Path, shared_data: Path, *overrides: str, edit_train: Any = None,
+def _torchrun_train(tmp_path: Path, shared_data: Path, *overrides: str, edit_train: Callable[[Path], None] | None = None,
                     cmvn_sample: int | None = None) -> tuple[Path, dict[int, str]]:
     """`asr train` of conf/yesno.yaml (tiny model) on 2 nodes x 1 process with torchrun on
     localhost; every rank logs its batches to tmp_path/rank{R}.jsonl. ``edit_train(path)``

@@ -284,6 +284,11 @@ def test_swa_epochs_hold_the_rate_reached_at_their_start():
     assert set(held[80:]) == {lr_factor(80, **args)} and held[80] > lr_factor(110, **args)
     with pytest.raises(ConfigError, match="swa_epochs must be >= 0"):
         OptimConfig(swa_epochs=-1).validate()
+    from asr.config import DataConfig, ExperimentConfig, TrainerConfig
+
+    with pytest.raises(ConfigError, match="swa_epochs counts the last epochs"):
+        ExperimentConfig(data=DataConfig(train_manifest="t.jsonl", dev_manifest="d.jsonl"), optim=OptimConfig(swa_epochs=2),
+                         trainer=TrainerConfig(max_epochs=-1, max_steps=100)).validate()
 
 
 def test_lr_factor_edge_cases():
