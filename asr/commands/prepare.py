@@ -1,7 +1,7 @@
 """`asr prepare`: turn a corpus into validated JSONL manifests.
 
 ```
-asr prepare yesno|fsdd|speechocean762|librispeech|folder [--src DIR] --out DIR
+asr prepare yesno|fsdd|an4|speechocean762|librispeech|folder [--src DIR] --out DIR
 ```
 
 writes ``OUT/{train,dev,test}.jsonl`` (test only when the corpus has a test split),

@@ -111,12 +111,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def extract(path: Path, dest_dir: Path, url: str, only_under: str | None = None) -> None:
+def extract(
+    path: Path, dest_dir: Path, url: str, only_under: str | tuple[str, ...] | None = None
+) -> None:
     """Extract a .tar.gz/.tgz/.tar or .zip archive into ``dest_dir``.
 
     Args:
-        only_under: keep only members whose path contains this directory name, re-rooted
-            at it (e.g. ``"recordings"`` turns ``repo-abc/recordings/x.wav`` into
+        only_under: keep only members whose path contains this directory name (or one of
+            these names), re-rooted at it (e.g. ``"recordings"`` turns ``repo-abc/recordings/x.wav`` into
             ``dest_dir/recordings/x.wav``).
 
     Raises DownloadError (naming ``url``) for corrupt archives or unsafe member paths.
@@ -151,18 +153,25 @@ def extract(path: Path, dest_dir: Path, url: str, only_under: str | None = None)
         raise DownloadError(url, f"cannot extract {path} ({e}); delete it and retry") from e
 
 
-def _member_target(name: str, only_under: str | None, url: str) -> PurePosixPath | None:
+def _member_target(
+    name: str, only_under: str | tuple[str, ...] | None, url: str
+) -> PurePosixPath | None:
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts:
         raise DownloadError(url, f"archive member with unsafe path {name!r}")
     if only_under is None:
         return p
-    if only_under not in p.parts:
-        return None
-    return PurePosixPath(*p.parts[p.parts.index(only_under) :])
+    wanted = (only_under,) if isinstance(only_under, str) else only_under
+    # The first path component that is one of the wanted names roots the member.
+    for i, part in enumerate(p.parts):
+        if part in wanted:
+            return PurePosixPath(*p.parts[i:])
+    return None
 
 
-def fetch_and_extract(archive: Archive, dest_dir: Path, only_under: str | None = None) -> None:
+def fetch_and_extract(
+    archive: Archive, dest_dir: Path, only_under: str | tuple[str, ...] | None = None
+) -> None:
     """Download ``archive`` into ``dest_dir``, extract it there, then delete the archive."""
     path = fetch(archive, dest_dir)
     extract(path, dest_dir, archive.url, only_under=only_under)

@@ -23,7 +23,7 @@ from types import ModuleType
 
 SPLITS = ("train", "dev", "test")
 
-CORPORA = ("yesno", "fsdd", "speechocean762", "librispeech", "folder")
+CORPORA = ("yesno", "fsdd", "an4", "speechocean762", "librispeech", "folder")
 
 
 class CorpusError(ValueError):
