@@ -93,6 +93,14 @@ class CorpusScore:
     chars: ErrorCounts
     sentence_error_rate: float  # fraction of utterances with at least one word error
     utterances: list[UtteranceScore]
+    # Character errors with the spaces removed from both sides: deepspeech.pytorch's CER (its
+    # published AN4/LibriSpeech numbers); ``cer`` keeps the spaces, as ESPnet and jiwer do.
+    chars_no_space: ErrorCounts | None = None
+    utterance_chars_no_space: list[ErrorCounts] | None = None
+
+    @property
+    def cer_no_space(self) -> float | None:
+        return self.chars_no_space.rate() if self.chars_no_space is not None else None
 
     @property
     def num_utterances(self) -> int:
@@ -110,6 +118,14 @@ class CorpusScore:
         return (
             np.array([u.chars.errors for u in self.utterances], dtype=np.int64),
             np.array([u.chars.ref_len for u in self.utterances], dtype=np.int64),
+        )
+
+    def char_no_space_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`char_arrays` for the CER without spaces."""
+        counts = self.utterance_chars_no_space or []
+        return (
+            np.array([c.errors for c in counts], dtype=np.int64),
+            np.array([c.ref_len for c in counts], dtype=np.int64),
         )
 
 
@@ -177,6 +193,9 @@ def score_corpus(references: Sequence[str], hypotheses: Sequence[str]) -> Corpus
 
     w = jiwer.process_words(refs, hyps)
     c = jiwer.process_characters(refs, hyps)
+    refs_ns = [t.replace(" ", "") for t in refs]
+    hyps_ns = [t.replace(" ", "") for t in hyps]
+    ns_counts = _no_space_counts(refs_ns, hyps_ns)
     utts: list[UtteranceScore] = []
     for i in range(len(refs)):
         utts.append(
@@ -201,7 +220,29 @@ def score_corpus(references: Sequence[str], hypotheses: Sequence[str]) -> Corpus
         chars=chars,
         sentence_error_rate=ser,
         utterances=utts,
+        chars_no_space=ErrorCounts(
+            *(sum(getattr(n, f) for n in ns_counts) for f in ("hits", "substitutions", "deletions", "insertions"))
+        ),
+        utterance_chars_no_space=ns_counts,
     )
+
+
+def _no_space_counts(refs: list[str], hyps: list[str]) -> list[ErrorCounts]:
+    """Per-utterance character error counts of space-free strings.
+
+    An empty reference (not aligned: jiwer may refuse it) counts every hypothesis character
+    as an insertion.
+    """
+    counts: list[ErrorCounts | None] = [None] * len(refs)
+    pairs = [i for i in range(len(refs)) if refs[i]]
+    for i in range(len(refs)):
+        if not refs[i]:
+            counts[i] = ErrorCounts(0, 0, 0, len(hyps[i]))
+    if pairs:
+        c = jiwer.process_characters([refs[i] for i in pairs], [hyps[i] for i in pairs])
+        for k, i in enumerate(pairs):
+            counts[i] = _chunk_counts(c.alignments[k])
+    return [n for n in counts if n is not None]
 
 
 def _resampled_sums(

@@ -89,7 +89,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], train: dict[str, Any] 
     lines = [f"### {title}", ""]
     head = ["decoder"]
     for sp in splits:
-        head += [f"{sp} WER % (95% CI)", f"{sp} CER %"]
+        head += [f"{sp} WER % (95% CI)", f"{sp} CER %", f"{sp} CER % no spaces"]
     head += ["RTF"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
@@ -97,7 +97,8 @@ def render(results: dict[str, dict[str, dict[str, Any]]], train: dict[str, Any] 
         row = [SYSTEM_NAMES.get(system, system)]
         for sp in splits:
             s = results[system].get(sp)
-            row += ["–", "–"] if s is None else [_pct(s["wer"]) + _ci(s), _pct(s["cer"])]
+            row += (["–"] * 3 if s is None
+                    else [_pct(s["wer"]) + _ci(s), _pct(s["cer"]), _pct(s.get("cer_no_space"))])
         # RTF of the last split present (test when there is one): wall time / audio time.
         last = next((results[system][sp] for sp in reversed(splits) if sp in results[system]), {})
         rtf = last.get("rtf")
@@ -113,7 +114,9 @@ def render(results: dict[str, dict[str, dict[str, Any]]], train: dict[str, Any] 
             for sp in splits)
         + f". RTF = decoding wall time / audio duration on {dec.get('device', '?')}"
         + (f" with {threads} thread(s)" if threads else "")
-        + f" ({platform.machine()}), from summary.json."
+        + f" ({platform.machine()}), from summary.json. CER counts the spaces between words"
+        + " (ESPnet's convention); 'no spaces' removes them from both sides first"
+        + " (deepspeech.pytorch's)."
     )
     if train:
         lines.append(

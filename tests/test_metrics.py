@@ -160,3 +160,15 @@ def test_paired_bootstrap_noise_is_undecided():
     p = paired_bootstrap(a, b, lens, num_resamples=1000, seed=0)
     assert p.delta_low < 0 < p.delta_high
     assert 0.02 < p.p_b_better < 0.98
+
+
+def test_cer_without_spaces_is_deepspeech_pytorch_convention():
+    """Spaces removed from both sides: a split word costs no error, an empty ref inserts."""
+    refs, hyps = ["a b c", "hello world", ""], ["a b", "hel lo world", "x y"]
+    s = score_corpus(refs, hyps)
+    # "abc"->"ab": 1 del; "helloworld"->"helloworld": 0; ""->"xy": 2 ins; 13 ref chars.
+    assert s.chars_no_space == ErrorCounts(hits=12, substitutions=0, deletions=1, insertions=2)
+    assert s.cer_no_space == pytest.approx(3 / 13)
+    errors, lens = s.char_no_space_arrays()
+    assert errors.tolist() == [1, 0, 2] and lens.tolist() == [3, 10, 0]
+    assert s.cer > s.cer_no_space  # the spaced CER counts the split "hel lo" as an insertion

@@ -124,6 +124,12 @@ def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
     t.add_row("WER", f"{100 * summary['wer']:.2f}%  (95% CI {100 * lo:.2f}–{100 * hi:.2f})")
     lo, hi = summary["cer_ci"]
     t.add_row("CER", f"{100 * summary['cer']:.2f}%  (95% CI {100 * lo:.2f}–{100 * hi:.2f})")
+    if summary.get("cer_no_space_ci"):
+        lo, hi = summary["cer_no_space_ci"]
+        t.add_row(
+            "CER, no spaces",
+            f"{100 * summary['cer_no_space']:.2f}%  (95% CI {100 * lo:.2f}–{100 * hi:.2f})",
+        )
     t.add_row("SER", f"{100 * summary['ser']:.1f}%")
     t.add_row(
         "words",

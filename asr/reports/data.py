@@ -91,6 +91,8 @@ def build_summary(
     cerr, clen = score.char_arrays()
     wer_ci = bootstrap_ci(werr, wlen, num_resamples, confidence, seed)
     cer_ci = bootstrap_ci(cerr, clen, num_resamples, confidence, seed)
+    nerr, nlen = score.char_no_space_arrays()
+    cer_ns_ci = bootstrap_ci(nerr, nlen, num_resamples, confidence, seed) if nlen.sum() else None
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -99,6 +101,9 @@ def build_summary(
         "wer_ci": [wer_ci.low, wer_ci.high],
         "cer": score.cer,
         "cer_ci": [cer_ci.low, cer_ci.high],
+        # CER with the spaces removed from reference and hypothesis (deepspeech.pytorch's).
+        "cer_no_space": score.cer_no_space,
+        "cer_no_space_ci": [cer_ns_ci.low, cer_ns_ci.high] if cer_ns_ci else None,
         "ci": {
             "method": "percentile bootstrap over utterances",
             "confidence": confidence,
