@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import resource
 import time
 import typing
 import warnings
@@ -370,6 +371,12 @@ def build_phone_map(cfg: ExperimentConfig, train_texts: list[str]) -> PhoneMap:
     return phone_map
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json).
 
@@ -377,7 +384,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     :class:`CheckpointLoadError` when ``resume`` finds only unreadable checkpoints, and
     :class:`DivergedError` when most steps have a non-finite loss.
     """
-    start = time.time()
+    start, cpu_start = time.time(), _cpu_seconds()
     check_accelerator(cfg.trainer.accelerator)
     quiet_lightning()
     manifests = {"dev": read_manifest_or_fail(cfg.data.dev_manifest)}
@@ -497,6 +504,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_seconds": round(time.time() - start, 1),
+        # This process and its finished children (feature workers): the cost that does not
+        # depend on what else shares the cores. A resumed run counts its own part only.
+        "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
         "parameters": model.num_parameters(),
         "skipped_utterances": {k: len(v) for k, v in dm.skipped.items()},
         "skipped_steps_nonfinite": module.skipped_steps,

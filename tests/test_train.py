@@ -63,6 +63,7 @@ def test_cli_trains_saves_config_and_resumes(tmp_path):
     summary, _ = run_train(tmp_path, "trainer.max_epochs=1")
     exp = tmp_path / "exp"
     assert summary["epochs"] == 1 and summary["steps"] > 0
+    assert 0 < summary["cpu_seconds"] and 0 < summary["wall_seconds"]
     assert (exp / "config.yaml").exists() and (exp / "tokenizer.json").exists()
     assert (exp / "checkpoints" / "last.ckpt").exists()
     assert "model:\n  cell: lstm\n  num_layers: 1\n  hidden: 16" in (exp / "config.yaml").read_text()
