@@ -175,7 +175,8 @@ def test_recipe_scripts_parse_and_lint():
 
 
 def _summary(wer: float, cer: float, n: int = 10, **decoding) -> dict:
-    return {"wer": wer, "cer": cer, "wer_ci": [wer / 2, wer * 2], "num_utterances": n, "rtf": 0.01,
+    return {"wer": wer, "cer": cer, "cer_no_space": 0.8 * cer, "wer_ci": [wer / 2, wer * 2],
+            "num_utterances": n, "rtf": 0.01,
             "decoding": {"device": "cpu", "threads": 1, **decoding}}
 
 
@@ -191,9 +192,10 @@ def test_results_table_rows_columns_and_commands(tmp_path):
     assert results_table.main([str(tmp_path), "--title", "demo", "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| decoder | dev WER % (95% CI) | dev CER % | test WER % (95% CI) | test CER % | RTF")
-    assert rows[1] == "| greedy | 10.00 (5.0–20.0) | 5.00 | 20.00 (10.0–40.0) | 10.00 | 0.0100 |"
-    assert rows[2] == "| beam + 3-gram LM | – | – | 1.50 (0.8–3.0) | 1.00 | 0.0100 |"
+    assert rows[0].startswith("| decoder | dev WER % (95% CI) | dev CER % | dev CER % no spaces | "
+                              "test WER % (95% CI) | test CER % | test CER % no spaces | RTF")
+    assert rows[1] == "| greedy | 10.00 (5.0–20.0) | 5.00 | 4.00 | 20.00 (10.0–40.0) | 10.00 | 8.00 | 0.0100 |"
+    assert rows[2] == "| beam + 3-gram LM | – | – | – | 1.50 (0.8–3.0) | 1.00 | 0.80 | 0.0100 |"
     assert "asr evaluate m.asr test.jsonl --decoder beam-lm" in text and "lm_weight=0.5" in text
     assert "1.19 M parameters, 3 epochs / 30 steps in 12.5 s" in text
 
