@@ -8,6 +8,7 @@ broken optional dependency only affects the command that needs it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -33,6 +34,12 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.evaluate", "MissingHypothesesError"),
     ("asr.compare", "CompareError"),
 )
+
+# OSErrors that say what is wrong with the machine, not with the program: no space left, a
+# read-only or forbidden place, a path through a file. With the path they happened on (an
+# atomic write names its target) they are one `error: PATH: reason` line, exit 2.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -137,6 +144,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def known_error_message(e: BaseException) -> str | None:
     """The one-line message for a known bad-input error, else None (a bug: keep the traceback).
 
+    An OSError in :data:`ENVIRONMENT_ERRNOS` that names its path is the environment's fault
+    (a full disk), reported as ``PATH: reason``.
+
     A UnicodeDecodeError escaping a command means an input text file is not UTF-8; the
     readers that know the file name re-raise it as their own error type, this is the
     last resort (it still says what failed, and where in the bytes).
@@ -145,6 +155,8 @@ def known_error_message(e: BaseException) -> str | None:
         return f"input is not UTF-8 text ({e.reason} at byte {e.start})"
     if isinstance(e, KeyboardInterrupt):
         return None
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
     for module_name, class_name in KNOWN_ERRORS:
         module = sys.modules.get(module_name)
         if module is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +43,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         if delay > 0:
             time.sleep(delay)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        failed = os_error_of(e)
+        if failed is not None and failed.errno is not None and failed.filename in (None, str(tmp)):
+            # Name the target, not the temp file (or nothing: a failed write() carries no path).
+            raise OSError(failed.errno, failed.strerror, str(path)) from e
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
         fd = os.open(path.parent, os.O_RDONLY)
@@ -51,6 +56,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def os_error_of(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: ``e`` itself, or one wrapped in RuntimeErrors. torch.save
+    reports a write that failed (no space left) as ``RuntimeError: ... unexpected pos``, with
+    the OSError only in its context; that OSError is the error worth reporting."""
+    seen: BaseException | None = e
+    while isinstance(seen, RuntimeError):
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, OSError) else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -70,7 +85,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(*folders: Path) -> list[Path]:
-    """Delete temp files of :func:`atomic_write` whose writer process is gone (killed mid-write)."""
+    """Delete temp files of :func:`atomic_write` (and staging folders named the same way) whose
+    writer process is gone (killed mid-write)."""
     removed = []
     for folder in folders:
         if not folder.is_dir():
@@ -80,6 +96,9 @@ def remove_stale_temp_files(*folders: Path) -> list[Path]:
             if m is None or _pid_alive(int(m.group(1))):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a staging folder (`asr shard`)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
     return removed

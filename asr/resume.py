@@ -25,6 +25,7 @@ from asr.log import is_rank_zero as log_is_rank_zero
 
 log = logging.getLogger(__name__)
 
+DAMAGED_DIR = "damaged"  # checkpoints/damaged/: what --resume could not read, set aside for inspection
 # Files of a run in its exp dir that --overwrite deletes (nothing else there is touched).
 RUN_FILES = ("checkpoints", "tb", "csv", "train_summary.json", "skipped.jsonl", "run.json",
              "tokenizer.json", "config.yaml")
@@ -69,32 +70,54 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def find_resume_checkpoint(ckpt_dir: Path, set_aside: bool = False) -> tuple[Path, dict[str, Any]] | None:
     """last.ckpt, or when it cannot be read the newest readable checkpoint in ``ckpt_dir``.
 
-    ``None`` when there is no checkpoint at all. A fallback is announced in one warning; when
-    no checkpoint is readable, :class:`CheckpointLoadError` names the first (last.ckpt).
+    ``None`` when there is no checkpoint at all. A fallback is announced in one warning; with
+    ``set_aside`` (the process that owns the exp dir: rank zero) the unreadable checkpoints
+    skipped are moved to ``ckpt_dir/damaged/``, where `asr export` and averaging never pick
+    them up and a later --resume does not try them again. When no checkpoint is readable,
+    :class:`CheckpointLoadError` names the first (last.ckpt) and nothing is moved.
     """
     last = ckpt_dir / "last.ckpt"
     # Newest first, tail/ included: with trainer.keep_last its newest file is as recent as last.ckpt.
-    others = sorted((p for p in ckpt_dir.glob("**/*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
+    others = sorted((p for p in ckpt_dir.glob("**/*.ckpt")
+                     if p != last and p.relative_to(ckpt_dir).parts[0] != DAMAGED_DIR),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = ([last] if last.is_file() else []) + others
-    problems: list[CheckpointLoadError] = []
+    problems: list[tuple[Path, CheckpointLoadError]] = []
     for path in candidates:
         try:
             ckpt = load_checkpoint_file(path)
         except CheckpointLoadError as e:
-            problems.append(e)
+            problems.append((path, e))
             continue
         if problems:
             more = f" ({len(problems) - 1} other unreadable checkpoint(s) skipped)" if len(problems) > 1 else ""
-            log.warning("%s; resuming from %s instead%s", problems[0], path, more)
+            moved = f"; {_set_aside([p for p, _ in problems], ckpt_dir / DAMAGED_DIR)}" if set_aside else ""
+            log.warning("%s; resuming from %s instead%s%s", problems[0][1], path, more, moved)
         return path, ckpt
     if problems:
         more = f" (and {len(problems) - 1} other checkpoint(s) in {ckpt_dir} unreadable)" if len(problems) > 1 else ""
-        raise CheckpointLoadError(f"{problems[0]}{more}")
+        raise CheckpointLoadError(f"{problems[0][1]}{more}")
     return None
+
+
+def _set_aside(paths: list[Path], damaged: Path) -> str:
+    """Move ``paths`` into ``damaged`` (never over an earlier file there); says what was done."""
+    moved: list[Path] = []
+    try:
+        damaged.mkdir(exist_ok=True)
+        for p in paths:
+            dest, n = damaged / p.name, 1
+            while dest.exists():
+                n += 1
+                dest = damaged / f"{p.stem}-{n}{p.suffix}"
+            p.rename(dest)
+            moved.append(dest)
+    except OSError as e:
+        return f"could not move the unreadable checkpoint(s) to {damaged} ({e.strerror or e})"
+    return f"moved the unreadable checkpoint(s) to {damaged}: {', '.join(d.name for d in moved)}"
 
 
 # Keys a resumed run may change: how long it runs, how often it validates and logs, how loud

@@ -41,8 +41,9 @@ from asr.data.shards import ShardError, open_shard_set, read_texts
 from asr.datamodule import CTCDataModule, read_manifest_or_fail
 from asr.decoding import greedy_decode
 from asr.features import LogMel
-from asr.files import atomic_write_text
+from asr.files import atomic_write_text, os_error_of
 from asr.model import AcousticModel
+from asr.reports.lock import output_lock
 from asr.resume import (
     check_resume_config,
     find_resume_checkpoint,
@@ -382,7 +383,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
 
     Raises :class:`ConfigError` for unusable input (manifests, an exp dir holding another run),
     :class:`CheckpointLoadError` when ``resume`` finds only unreadable checkpoints, and
-    :class:`DivergedError` when most steps have a non-finite loss.
+    :class:`DivergedError` when most steps have a non-finite loss. Another run training into
+    the same exp dir (it holds the exp dir's lock), or an exp dir that cannot be created or
+    written, is a :class:`~asr.reports.data.ReportError`; a checkpoint or other file that
+    cannot be written (no space left) an OSError that names it.
     """
     start, cpu_start = time.time(), _cpu_seconds()
     check_accelerator(cfg.trainer.accelerator)
@@ -392,12 +396,25 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
         manifests["train"] = read_manifest_or_fail(cfg.data.train_manifest)
     pl.seed_everything(cfg.seed, workers=True)
     set_threads(cfg.trainer.threads)  # 0: asr.threads.default_threads (never degrades under load)
+    if not is_rank_zero():
+        # The DDP ranks that rank zero (or torchrun beside it) started: rank zero holds the lock.
+        return _train(cfg, resume, overwrite, manifests, start, cpu_start)
+    # Two runs into one exp dir would interleave their checkpoints, logs and summaries: the
+    # second one stops at once, naming the first (the lock of `asr evaluate`, whose flock the
+    # kernel releases when its holder dies, so a killed run's lock is simply taken over).
+    with output_lock(cfg.exp_dir, f"asr train, exp_dir={cfg.exp_dir}"):
+        return _train(cfg, resume, overwrite, manifests, start, cpu_start)
+
+
+def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict[str, list[Utterance]],
+           start: float, cpu_start: float) -> dict:
+    """:func:`train` once the manifests are read and (on rank zero) the exp dir is held."""
     exp = Path(cfg.exp_dir)
     lead = is_rank_zero()
     if lead:
         prepare_exp_dir(exp, resume, overwrite)
     ckpt_dir = exp / "checkpoints"
-    found = find_resume_checkpoint(ckpt_dir) if resume else None
+    found = find_resume_checkpoint(ckpt_dir, set_aside=lead) if resume else None
     if resume and found is None:
         log.info("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
     resumed = found[1] if found is not None else None
@@ -490,9 +507,19 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
                  found[1].get("global_step", "?"))
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    finally:
+    except BaseException as e:
         if trainer.is_global_zero:  # what was skipped is reported even when training fails
-            write_skipped(exp / "skipped.jsonl", dm.skipped)
+            try:
+                write_skipped(exp / "skipped.jsonl", dm.skipped)
+            except OSError as again:  # the same full disk: the first failure is the one to report
+                log.warning("could not write %s (%s)", exp / "skipped.jsonl", again.strerror or again)
+        failed = os_error_of(e)
+        if failed is not None and failed.errno is not None and failed.filename is None:
+            # A write inside Lightning (its CSV log, say) that failed without naming its file.
+            raise OSError(failed.errno, failed.strerror, str(exp)) from e
+        raise
+    if trainer.is_global_zero:
+        write_skipped(exp / "skipped.jsonl", dm.skipped)
 
     ckpt_cb = typing.cast(ModelCheckpoint, callbacks[0])
     summary = {

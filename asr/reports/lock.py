@@ -50,7 +50,10 @@ def output_lock(out_dir: str | Path, command: str | None = None) -> Iterator[Pat
     fd = _acquire(lock, out)
     try:
         what = command if command is not None else " ".join(sys.argv)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        except OSError as e:  # a completely full disk: the file was created, its line not written
+            raise ReportError(f"{lock}: cannot write the lock file ({e.strerror or e})") from e
         yield out
     finally:
         # Unlink while still holding the lock; a run that opened the old file meanwhile
