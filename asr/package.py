@@ -443,6 +443,12 @@ def load_package(
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise PackageError(f"{path}: unreadable tensors: {e}") from e
+    # NaN/inf weights or CMVN statistics make every output NaN: each file would then fail
+    # with a message that blames the audio. Refuse the package itself, naming the tensor.
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            raise PackageError(f"{path}: tensor {name} holds {bad} values (a diverged or corrupted model)")
     head_state = {k[len(PHONE_HEAD_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PHONE_HEAD_PREFIX)}
     model = AcousticModel(cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
     try:

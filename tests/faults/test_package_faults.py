@@ -14,7 +14,8 @@ import pickle
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,9 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=
 # Importing torch already reserves ~3.3 GB of address space; 6 GB leaves room to load a tiny
 # model but not the 160 GB a crafted config asks for.
 ADDRESS_SPACE_LIMIT = 6 << 30
+# In-process loads get this much address space beyond what the test process maps already:
+# plenty for a tiny model, a quarter of what the hidden=16000 crafted config would take.
+IN_PROCESS_ROOM = 2 << 30
 
 
 def tiny_config(**model_kw) -> ExperimentConfig:
@@ -105,6 +109,17 @@ def _meta(key: str, value: str) -> Callable[[Path, Path], None]:
     return _with_metadata(edit)
 
 
+def _tensor(name: str, value: float) -> Callable[[Path, Path], None]:
+    """A crafter that sets one element of a good package's tensor ``name`` to ``value``."""
+    def craft(good: Path, out: Path) -> None:
+        with safe_open(str(good), "pt") as f:
+            meta = dict(f.metadata())
+        tensors = load_file(str(good))
+        tensors[name].view(-1)[0] = value
+        save_file(tensors, str(out), metadata=meta)
+    return craft
+
+
 def _pickle(good: Path, out: Path) -> None:
     out.write_bytes(pickle.dumps({"state_dict": {"w": [1.0, 2.0]}}, protocol=2))
 
@@ -142,6 +157,10 @@ CRAFTED = {
     "bad-tokenizer-json": (_meta("tokenizer", "{not json"), "tokenizer"),
     "tokenizer-not-a-dict": (_meta("tokenizer", "[\"a\"]"), "tokenizer"),
     "bad-averaged": (_meta("averaged", "many"), "averaged"),
+    # A diverged or corrupted model: every output would be NaN, blamed on the audio.
+    "nan-weight": (_tensor("rnns.0.fwd.weight_ih_l0", float("nan")), "tensor rnns.0.fwd.weight_ih_l0 holds NaN"),
+    "inf-cmvn": (_tensor("cmvn.istd", float("inf")), "tensor cmvn.istd holds infinite values"),
+    "nan-cmvn": (_tensor("cmvn.mean", float("nan")), "tensor cmvn.mean holds NaN"),
     "pickle": (_pickle, "not an asr model package"),
     "zip-checkpoint": (_zip_checkpoint, "zip archive"),
     "corrupt-header": (_corrupt_header, "not a safetensors file"),
@@ -156,13 +175,38 @@ def crafted(name: str, good: Path, tmp_path: Path) -> Path:
     return out
 
 
+@contextmanager
+def memory_cap(room: int = IN_PROCESS_ROOM) -> Iterator[None]:
+    """Cap this process's address space at what it maps now plus ``room`` bytes, for the
+    in-process loads of crafted files: if a shape check ever regresses, the allocation a
+    crafted config asks for (hidden=16000: about 7.7 GiB) fails at once instead of happening.
+    The soft limit is raised back afterwards (allowed up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    cap = mapped + room if hard == resource.RLIM_INFINITY else min(mapped + room, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 @pytest.mark.parametrize("name", CRAFTED)
 def test_crafted_package_is_one_package_error_line(name, package, tmp_path):
     path = crafted(name, package, tmp_path)
-    with pytest.raises(PackageError) as e:
+    with pytest.raises(PackageError) as e, memory_cap():
         load_package(path)
     message = str(e.value)
     assert str(path) in message and CRAFTED[name][1] in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("name", ["nan-weight", "inf-cmvn"])
+def test_package_with_non_finite_tensors_is_refused_at_load_exit_2(name, package, audio, tmp_path, capsys):
+    path = crafted(name, package, tmp_path)
+    assert main(["transcribe", str(path), str(audio[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: tensor ") and err.count("\n") == 1 and str(audio[0]) not in err, err
 
 
 def _limit_address_space() -> None:
@@ -263,7 +307,8 @@ def test_export_refuses_memory_bomb_checkpoint_before_building(tmp_path, capsys)
         d = to_dict(tiny_config())
         d["model"]["hidden"] = hidden
         path = write_ckpt(tmp_path / f"{name}.ckpt", tiny_config(), config_dict=d)
-        assert main(["export", str(path), "--out", str(tmp_path / "m.asr")]) == 2
+        with memory_cap():
+            assert main(["export", str(path), "--out", str(tmp_path / "m.asr")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {path}: ") and why in err and err.count("\n") == 1
 
