@@ -15,7 +15,7 @@ if stage 0 "prepare speechocean762 from $DATA -> $MANIFESTS"; then
   step "$MANIFESTS/summary.json" "$ASR" prepare speechocean762 --src "$DATA" --out "$MANIFESTS"
 fi
 if stage 1 "train conf/speechocean762.yaml -> $EXP"; then
-  # The auxiliary phone CTC head (README.md, "Low-resource levers": -3.0 WER greedy, -2.7 with
+  # The auxiliary phone CTC head (README.md, "What we tried": -3.0 WER greedy, -2.7 with
   # the LM at 32 epochs, p = 0.001) needs the publisher's pronunciation lexicon, which sits in
   # the corpus folder, so the recipe turns it on here rather than in conf/ (a config must load
   # without the corpus). Only the training transcripts' words are looked up in it.
