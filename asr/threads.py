@@ -2,7 +2,7 @@
 
 torch's default is one intra-op thread per core. That is the fastest choice on an idle machine
 and a pathological one on a busy one: with a second process on one of two cores, a 7-step
-yesno epoch took 138 s with torch's default and 1 s with one thread (issue 14), because
+yesno epoch took 138 s with torch's default and 1 s with one thread, because
 OpenMP threads spin-wait on a core that is not theirs. The default here is therefore half the
 cores this process may use, at most 4: never slower than one thread under load, and within a
 small factor of the best on an idle machine. ``OMP_NUM_THREADS`` (or ``trainer.threads`` /

@@ -927,7 +927,7 @@ def run_check(args: argparse.Namespace) -> dict:
     result["environment"] = section(result, "environment", lambda: environment(device)) or {}
     write(result, out)
 
-    # Budget split: the throughput table is what the session is for; training gets the rest.
+    # Budget split: the throughput table is what the check is for; training gets the rest.
     bench_s = 5.0 if dry else 0.3 * budget
     if "bench" not in skip:
         section(result, "bench", lambda: bench_throughput(s, device, bench_s))

@@ -1,4 +1,4 @@
-"""Fault tests for model packages, checkpoint export and recipe step reuse (issue 13).
+"""Fault tests for model packages, checkpoint export and recipe step reuse.
 
 Crafted packages (memory-bomb configs, pickles, zips, corrupt or truncated files, bad
 metadata) must each be refused with one ``error:`` line naming the file, never a traceback,
