@@ -6,21 +6,20 @@
 #
 #   bash scripts/gpu_check.sh OUT [--dry-run] [--data DIR] [--work DIR] [--budget S] [--train-seconds S]
 #
-# On the device machine the repo root is the cwd, there is no network, and python3 (3.12, torch
-# 2.11 CUDA) has torch, torchaudio, pytorch-lightning, torchmetrics, sentencepiece, safetensors,
-# rich, pyyaml, tensorboard and matplotlib, but not soundfile or jiwer. Prepare ONCE, here, in
-# the root of the checkout the device call sends (both folders git-ignored, ~45 MB together):
+# For a GPU machine without network access whose python3 (e.g. 3.12 with a CUDA torch) has
+# torch, torchaudio, pytorch-lightning, torchmetrics, sentencepiece, safetensors, rich, pyyaml,
+# tensorboard and matplotlib but not soundfile or jiwer, prepare once in the root of the
+# checkout you copy there (both folders git-ignored, ~45 MB together):
 #   echo /.whl/ >> .git/info/exclude; echo /.gpu_data/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 jiwer==4.0.0 rapidfuzz==3.14.6
 #   python3 scripts/gpu_check.py --pack-speechocean ../shared/data/speechocean762 .gpu_data/speechocean762 --max-mb 40
-# (the whole corpus, 177 MB, is over the 64 MiB a device call carries: whole speakers up to
-# 40 MB, ~590 utterances, travel instead). The device call: carry [".whl", ".gpu_data"],
-# timeout_s 570, command
-#   bash scripts/gpu_check.sh $OUT --data .gpu_data/speechocean762 --work /tmp/gpu_check
-# --work outside $OUT: only 8 files come back from $OUT, and these 4 must (gpu_check.md,
-# gpu_check.json, gpu_check.log, cli.log). Exit status 0 = every section ran (targets may FAIL).
+# (a 40 MB subset of whole speakers, ~590 utterances, instead of the whole 177 MB corpus), then
+# run there, from the repository root:
+#   bash scripts/gpu_check.sh OUT --data .gpu_data/speechocean762 --work /tmp/gpu_check
+# --work outside OUT keeps OUT to the 4 report files (gpu_check.md, gpu_check.json,
+# gpu_check.log, cli.log). Exit status 0 = every section ran (targets may FAIL).
 #
 # Python: $PYTHON, else the repo's .venv/bin/python, else python3. Where it lacks soundfile or
 # jiwer, the wheels in the repo's .whl/ are installed into /tmp/gpu_check_site (no index, no
