@@ -241,6 +241,32 @@ def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypat
     assert (tmp_path / "exp" / "skipped.jsonl").exists()
 
 
+@pytest.mark.slow
+def test_a_run_of_nonfinite_steps_across_epochs_stops_with_an_error(tmp_path, monkeypatch):
+    """The second stop: never more than half of an epoch, but MAX_CONSECUTIVE_NONFINITE steps
+    in a row (3 here, 50 in real runs), counted across the epoch boundary."""
+    import asr.train
+    from asr.train import CTCModule, DivergedError, train
+
+    make_corpus(tmp_path)
+    monkeypatch.setattr(asr.train, "MAX_CONSECUTIVE_NONFINITE", 3)
+    real = CTCModule.losses
+    steps = []
+
+    def poisoned(self, batch):
+        out = real(self, batch)
+        if not self.training:
+            return out
+        steps.append(len(steps))
+        # Epoch 0: its last 2 of 4 steps; epoch 1: its first, the third in a row.
+        return out._replace(loss=out.loss * float("nan")) if steps[-1] in (2, 3, 4) else out
+
+    monkeypatch.setattr(CTCModule, "losses", poisoned)
+    with pytest.raises(DivergedError, match="3 steps in a row had a non-finite loss"):
+        train(_in_process_cfg(tmp_path, "trainer.max_epochs=3"))
+    assert len(steps) == STEPS_PER_EPOCH + 1
+
+
 def test_features_that_are_not_finite_make_the_item_unreadable(tmp_path, monkeypatch):
     # load_audio rejects peaks above MAX_SAMPLE_MAGNITUDE first; lift that bound so that the
     # dataset's own guard (the last line of defence for any other route to NaN) is what acts.
