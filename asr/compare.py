@@ -19,6 +19,8 @@ import numpy as np
 from asr.files import atomic_write_text
 from asr.metrics import paired_bootstrap
 from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, read_report
+from asr.reports.formatting import visible
+from asr.reports.markdown import md_escape
 
 _EXAMPLES = 5
 
@@ -170,12 +172,13 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         lines.append("The two systems make the same number of word errors on every utterance.")
     for d in result["largest_differences"]:
         lines += [
-            f"**{d['id']}** (speaker {d['speaker']}): errors A {d['errors_a']}, B {d['errors_b']}",
+            f"**{md_escape(str(d['id']))}** (speaker {md_escape(str(d['speaker']))}): "
+            f"errors A {d['errors_a']}, B {d['errors_b']}",
             "",
             "```",
-            f"REF: {d['reference']}",
-            f"A:   {d['hyp_a']}",
-            f"B:   {d['hyp_b']}",
+            f"REF: {visible(d['reference'])}",
+            f"A:   {visible(d['hyp_a'])}",
+            f"B:   {visible(d['hyp_b'])}",
             "```",
             "",
         ]

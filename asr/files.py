@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -70,6 +70,43 @@ def os_error_of(e: BaseException) -> OSError | None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_files(contents: Mapping[Path, str]) -> None:
+    """Write several files that belong together (an evaluation directory) as one set.
+
+    Every file is first written to its temp file beside its target and fsynced; only when
+    all of them are on disk are they renamed over their targets, one after the other. A
+    write that fails (no space left) therefore leaves every old file in place and no temp
+    file; only a kill in the microseconds between the renames can mix two sets, which is
+    why such sets also carry a run id (see :mod:`asr.reports.data`).
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+            staged.append((tmp, path))
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(text.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:  # name the target, as atomic_write does, not the temp file
+                raise OSError(e.errno, e.strerror, str(path)) from e
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for folder in dict.fromkeys(path.parent for _, path in staged):
+        with contextlib.suppress(OSError):  # make the renames durable (not possible everywhere)
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

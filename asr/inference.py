@@ -147,6 +147,7 @@ def transcribe_manifest(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
     devices: int = 1,
+    utterances: Sequence[Utterance] | None = None,
 ) -> tuple[dict[str, str], float, dict[str, Any], dict[str, Any]]:
     """Transcribe every utterance of a manifest, long ones window by window (see
     :func:`transcribe_segments`), so memory stays flat in the utterance length.
@@ -161,6 +162,9 @@ def transcribe_manifest(
     the utterances balanced by manifest duration; the results are the same as on one
     device. The package must then be a path (or a package loaded from one); the RTF counts
     the workers' start-up (process spawn, package load).
+
+    ``utterances``: the manifest's utterances when the caller has read it already; then
+    ``manifest_path`` is not read again (it may be a pipe, which can be read only once).
 
     ``options`` say how to decode (default greedy; see :func:`asr.engine.make_decoder`).
     Unreadable utterances and duration mismatches are logged as warnings and counted.
@@ -185,7 +189,7 @@ def transcribe_manifest(
     decode, settings = make_decoder(package, options)
     if package.device.type == "cpu" and devices == 1:
         set_threads(num_threads)
-    utts = read_manifest(manifest_path)
+    utts = list(utterances) if utterances is not None else read_manifest(manifest_path)
     start = time.perf_counter()
     segments = [Segment(u.audio, u.offset, u.duration) if u.offset else Segment(u.audio) for u in utts]
     description = f"inference {Path(manifest_path).name}"

@@ -8,8 +8,11 @@ the model hold the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -136,14 +139,15 @@ def transcribe_segments_parallel(
     results: list[SegmentResult | None] = [None] * n
     queue = ctx.Queue()
     workers = []
-    for rank, (device, share) in enumerate(zip(devices, shares)):
-        if not share:
-            continue
-        p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
-            rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
-            decoder_options or DecodingOptions(), [segments[i] for i in share], share, options, queue))
-        p.start()
-        workers.append((rank, p))
+    with _sigint_ignored_by_children():
+        for rank, (device, share) in enumerate(zip(devices, shares)):
+            if not share:
+                continue
+            p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
+                rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
+                decoder_options or DecodingOptions(), [segments[i] for i in share], share, options, queue))
+            p.start()
+            workers.append((rank, p))
     running = {rank for rank, _ in workers}
     silent = dict.fromkeys(running, 0)
     next_out = 0
@@ -184,6 +188,23 @@ def transcribe_segments_parallel(
                 p.join()
         queue.close()
     return results  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Start processes that ignore SIGINT. Ctrl-C reaches the terminal's whole process group:
+    the parent alone handles it (and stops the workers, in the ``finally`` above) instead of
+    every worker printing a KeyboardInterrupt traceback. An ignored signal stays ignored
+    across the spawn's exec, and Python then installs no KeyboardInterrupt handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal dispositions can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _header_seconds(segment: Segment) -> float:

@@ -18,7 +18,7 @@ import pytest
 
 from asr.cli import main
 from asr.compare import CompareError, compare_reports
-from asr.data.manifest import Utterance, write_manifest
+from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.decoding import DecodingOptions
 from asr.evaluate import (
     HypothesisFileError,
@@ -321,6 +321,7 @@ def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatc
         "devices": 1,
         "package_path": str(model),
         "manifest_path": str(manifest),
+        "utterances": read_manifest(manifest),  # read once: the manifest may be a pipe
     }
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["model"]["sha256"] == package_sha256(model)

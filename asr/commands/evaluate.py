@@ -38,6 +38,7 @@ from asr.evaluate import (
 )
 from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ReportError
 from asr.reports.lock import output_lock
+from asr.signals import run_interruptible
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,11 @@ def _validate(args: argparse.Namespace) -> None:
     for p in args.inputs:
         if not Path(p).exists():
             parser.error(f"{p}: no such file or directory")
-    if args.hyps is not None and not args.hyps.is_file():
+    # Not is_file(): /dev/stdin and <(...) are pipes, read once like any file.
+    if args.hyps is not None and not args.hyps.exists():
         parser.error(f"--hyps {args.hyps}: no such file")
+    if args.hyps is not None and args.hyps.is_dir():
+        parser.error(f"--hyps {args.hyps}: is a directory (give the hypothesis file)")
 
 
 def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
@@ -156,10 +160,15 @@ def _print_summary(summary: Mapping[str, Any], out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
-    # One writer per evaluation directory: a second run fails (exit 2) naming the first,
-    # instead of both writing and leaving a mix of the two results.
-    with output_lock(args.out, "asr evaluate " + " ".join(map(str, args.inputs))):
-        return _run(args)
+
+    def locked() -> int:
+        # One writer per evaluation directory: a second run fails (exit 2) naming the first,
+        # instead of both writing and leaving a mix of the two results.
+        with output_lock(args.out, "asr evaluate " + " ".join(map(str, args.inputs))):
+            return _run(args)
+
+    # SIGTERM / Ctrl-C: workers stopped, lock removed, one line, exit 143 / 130.
+    return run_interruptible(str(args.out), locked)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -196,8 +205,10 @@ def _run(args: argparse.Namespace) -> int:
         # Imported here: decoding needs torch and the model stack, scoring files does not.
         from asr.inference import transcribe_manifest
 
+        # The manifest read above, not read again: it may be a pipe (/dev/stdin), already drained.
         hyps, rtf, settings, info = transcribe_manifest(
-            args.inputs[0], str(manifest), decoding_options(args), device=args.device, devices=args.devices
+            args.inputs[0], str(manifest), decoding_options(args), device=args.device, devices=args.devices,
+            utterances=refs,
         )
         # Manifest durations that disagree with the files: a property of the data, so
         # counted at the top level of summary.json rather than among decoder settings.
@@ -232,7 +243,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except OSError as e:
-            print(f"error: {args.out}: cannot write the report ({e})", file=sys.stderr)
+            # The new set was staged beside the old one: the directory still holds the old run.
+            print(f"error: {e.filename or args.out}: cannot write the report ({e.strerror or e}); "
+                  f"{args.out} was left as it was", file=sys.stderr)
             return 2
         finally:
             for w in caught:

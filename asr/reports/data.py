@@ -8,7 +8,10 @@ per duration), so intervals over the same utterances agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,12 +19,13 @@ from typing import Any
 
 from asr import __version__
 from asr.data.manifest import utf8_lines
-from asr.files import atomic_write_text
+from asr.files import atomic_write_files
 from asr.metrics import CorpusScore, UtteranceScore, bootstrap_ci
 
 SUMMARY_FILE = "summary.json"
 UTTERANCES_FILE = "utterances.jsonl"
 SCHEMA = "asr.evaluation/1"
+UTTERANCES_DIGEST = "utterances_sha256"  # summary.json key: SHA-256 of utterances.jsonl
 
 # Bootstrap defaults for every confidence interval of a report (and of `asr compare`).
 BOOTSTRAP_RESAMPLES = 1000
@@ -95,6 +99,9 @@ def build_summary(
     cer_ns_ci = bootstrap_ci(nerr, nlen, num_resamples, confidence, seed) if nlen.sum() else None
     summary: dict[str, Any] = {
         "schema": SCHEMA,
+        # Also in both reports; with the utterances file's digest it ties the directory's
+        # files to one run (see check_one_run).
+        "run_id": uuid.uuid4().hex[:16],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "toolkit": {"name": "asr", "version": __version__},
         "wer": score.wer,
@@ -125,18 +132,75 @@ def build_summary(
     return summary
 
 
-def write_data(out_dir: str | Path, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
+def data_texts(summary: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """The contents of summary.json and utterances.jsonl. ``summary`` gets the utterances
+    file's SHA-256 (``utterances_sha256``), which ties that file to its run (see
+    :func:`check_one_run`) while two runs that score alike still write identical
+    utterance files."""
+    utext = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    summary[UTTERANCES_DIGEST] = hashlib.sha256(utext.encode("utf-8")).hexdigest()
+    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n", utext
+
+
+def write_data(out_dir: str | Path, summary: dict[str, Any], records: Sequence[Mapping[str, Any]]) -> tuple[Path, Path]:
     """Write summary.json and utterances.jsonl into ``out_dir`` (created); their paths.
 
-    Each file is written atomically (see :mod:`asr.files`): an interrupted run never leaves a
-    half-written file behind.
+    Both are written as one set (see :func:`asr.files.atomic_write_files`): an interrupted
+    or failed run leaves the old pair or the new one, never half a file.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     spath, upath = out / SUMMARY_FILE, out / UTTERANCES_FILE
-    atomic_write_text(spath, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(upath, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    stext, utext = data_texts(summary, records)
+    atomic_write_files({spath: stext, upath: utext})
     return spath, upath
+
+
+# How report.md and report.html carry the run id (the renderers write these; read back here).
+MARKDOWN_RUN_STAMP = "<!-- asr evaluation run {} -->"
+HTML_RUN_STAMP = '<meta name="asr-run-id" content="{}">'
+_STAMP_BYTES = 4096  # both stamps are in the first lines of their file
+
+
+def _stamp_in(path: Path, stamp: str) -> str | None:
+    """The run id stamped in ``path`` (None: no stamp, or no file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_STAMP_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return None
+    m = re.search(re.escape(stamp).replace(r"\{\}", r"([0-9a-f]+)"), head)
+    return m.group(1) if m else None
+
+
+def check_one_run(report_dir: str | Path, summary: Mapping[str, Any]) -> None:
+    """Raise ReportError when the files of an evaluation directory come from different runs.
+
+    The four files are staged and then renamed into place together, but a kill between two
+    renames, or a file copied in by hand, can still leave summary.json of one run beside
+    utterances.jsonl or a report of another: their numbers would disagree without anything
+    saying so. summary.json names the run and the utterances file's digest, each report
+    carries the run id. Directories written before run ids existed carry none and pass.
+    """
+    from asr.reports.html_page import HTML_FILE
+    from asr.reports.markdown import MARKDOWN_FILE
+
+    d = Path(report_dir)
+    run = summary.get("run_id")
+    if not run:
+        return
+    problems = []
+    digest = hashlib.sha256()
+    with open(d / UTTERANCES_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != summary.get(UTTERANCES_DIGEST):
+        problems.append(f"{UTTERANCES_FILE} is not the one {SUMMARY_FILE} was written with")
+    for name, stamp in ((MARKDOWN_FILE, MARKDOWN_RUN_STAMP), (HTML_FILE, HTML_RUN_STAMP)):
+        if (d / name).is_file() and (other := _stamp_in(d / name, stamp)) != run:
+            problems.append(f"{name} is from run {other or 'unknown'}")
+    if problems:
+        raise ReportError(f"{d}: mixes files of different evaluation runs ({SUMMARY_FILE} is from run {run}; "
+                          f"{'; '.join(problems)}); run asr evaluate into it again")
 
 
 def read_report(report_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -170,4 +234,5 @@ def read_report(report_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, 
         records.append(rec)
     if not records:
         raise ReportError(f"{upath}: no utterances")
+    check_one_run(d, summary)
     return summary, records

@@ -2,8 +2,34 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
+
+_NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Bidirectional embeddings, overrides and isolates: they reorder the text shown after them.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(s: str) -> str:
+    """``s`` with control characters written out (``\\x1b``, ``\\r``, ``\\u202e``): ids and
+    speaker names come from users' files, and a raw terminal escape, BEL or carriage return
+    in a report would act on whoever views it (a terminal running ``cat report.md``) or hide
+    text instead of showing what the file holds."""
+    if s.isprintable():  # the common case, checked in C
+        return s
+    out = []
+    for c in s:
+        cat = unicodedata.category(c)
+        if c in _NAMED_CONTROLS:
+            out.append(_NAMED_CONTROLS[c])
+        elif cat == "Cc":
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        elif cat in ("Zl", "Zp") or c in _BIDI_CONTROLS:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -71,6 +97,8 @@ def setup_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Confidence intervals", _ci_method(summary)),
         ("Toolkit", f"asr {summary.get('toolkit', {}).get('version', '?')}"),
     ]
+    if summary.get("run_id"):
+        rows.append(("Run", f"{summary['run_id']} (summary.json and both reports carry it)"))
     hyp = summary.get("hypotheses") or {}
     if hyp:
         rows.insert(3, ("Hypotheses", ", ".join(f"{k}: {v}" for k, v in hyp.items())))

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from asr.reports.analysis import Analysis, GroupStat
-from asr.reports.formatting import ci_header, ci_text, pct, settings_line, setup_rows
+from asr.reports.data import HTML_RUN_STAMP
+from asr.reports.formatting import ci_header, ci_text, pct, settings_line, setup_rows, visible
 from asr.reports.plots import plot_groups
 
 HTML_FILE = "report.html"
@@ -65,7 +66,7 @@ img.plot{width:100%;height:auto;display:block}
 
 
 def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    return html.escape(visible(str(x)), quote=True)
 
 
 def _html_group_table(groups: Sequence[GroupStat], first: str, confidence: float) -> str:
@@ -171,6 +172,7 @@ def render_html(summary: Mapping[str, Any], analysis: Analysis) -> str:
 
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+{HTML_RUN_STAMP.format(_e(summary["run_id"])) if summary.get("run_id") else ""}
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body><main>

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from asr.reports.analysis import Analysis, GroupStat
-from asr.reports.formatting import ci_header, ci_text, pct, setup_rows
+from asr.reports.data import MARKDOWN_RUN_STAMP
+from asr.reports.formatting import ci_header, ci_text, pct, setup_rows, visible
 
 MARKDOWN_FILE = "report.md"
 
@@ -32,8 +33,8 @@ def _sclite_lines(ops: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 _MD_SPECIAL = {c: "\\" + c for c in "\\`*_[]|$"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
-def _md_escape(s: str) -> str:
-    return "".join(_MD_SPECIAL.get(c, c) for c in s)
+def md_escape(s: str) -> str:
+    return "".join(_MD_SPECIAL.get(c, c) for c in visible(s))
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[int]) -> str:
@@ -41,7 +42,7 @@ def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: set[
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|",
     ]
-    lines += ["| " + " | ".join(_md_escape(str(c)) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_escape(str(c)) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -66,7 +67,10 @@ _GROUP_HEADERS = ["", "utts", "min", "words", "errors", "WER"]
 def render_markdown(summary: Mapping[str, Any], analysis: Analysis) -> str:
     """The whole report.md."""
     w = summary["words"]
+    # The run id, for check_one_run (an HTML comment: not shown when the Markdown is rendered).
+    stamp = [MARKDOWN_RUN_STAMP.format(summary["run_id"])] if summary.get("run_id") else []
     out = [
+        *stamp,
         "# ASR evaluation report",
         "",
         f"**WER {pct(summary['wer'])}** {ci_text(*summary['wer_ci'])} · "
@@ -109,14 +113,14 @@ def render_markdown(summary: Mapping[str, Any], analysis: Analysis) -> str:
     for r in analysis.worst:
         ref, hyp = _sclite_lines(r["ops"])
         out += [
-            f"**{_md_escape(str(r['id']))}** · speaker {_md_escape(str(r['speaker']))} · "
+            f"**{md_escape(str(r['id']))}** · speaker {md_escape(str(r['speaker']))} · "
             f"{r['duration']:.2f} s · "
             f"WER {pct(r.get('wer'))} · S={r['substitutions']} D={r['deletions']} "
             f"I={r['insertions']}",
             "",
             "```",
-            f"REF: {ref}",
-            f"HYP: {hyp}",
+            f"REF: {visible(ref)}",
+            f"HYP: {visible(hyp)}",
             "```",
             "",
         ]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from asr.reports.analysis import GroupStat
+from asr.reports.formatting import visible
 
 
 def _png_data_uri(fig: Any) -> str:
@@ -22,8 +23,9 @@ def _png_data_uri(fig: Any) -> str:
 
 
 def _mpl_escape(s: str) -> str:
-    """User text shown literally by matplotlib: an escaped dollar never starts mathtext."""
-    return str(s).replace("$", r"\$")
+    """User text shown literally by matplotlib: an escaped dollar never starts mathtext, a
+    control character is written out (it has no glyph)."""
+    return visible(str(s)).replace("$", r"\$")
 
 
 def group_figure(groups: Sequence[GroupStat], title: str, horizontal: bool) -> Any | None:
