@@ -134,8 +134,14 @@ def transcribe(
         paths = [paths]  # one path, not a sequence of characters
     files = find_audio_files(paths)
 
+    # One result object per file, shared by ``on_result`` and the returned list: an error the
+    # callback records on it (writing the transcript failed) must reach the caller's summary.
+    built: dict[int, TranscriptionResult] = {}
+
     def to_result(i: int, r) -> TranscriptionResult:
-        return TranscriptionResult(str(files[i]), r.text, r.words, r.duration, r.error, r.segmentation)
+        if i not in built:
+            built[i] = TranscriptionResult(str(files[i]), r.text, r.words, r.duration, r.error, r.segmentation)
+        return built[i]
 
     def report(i: int, r) -> None:
         if on_result is not None:

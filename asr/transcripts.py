@@ -3,7 +3,9 @@ keyed by format (:data:`WRITERS`), as whisper does.
 
 A writer takes one file's transcript (an :class:`asr.transcription.TranscriptionResult`, or
 anything with the same ``path``, ``text`` and ``words`` attributes) and an output path. Subtitles
-are cut from the word timings (:func:`group_cues`). This module imports nothing heavier
+are cut from the word timings (:func:`group_cues`). Every file is written atomically
+(:func:`asr.files.atomic_write_text`): a rerun on a full disk keeps the earlier transcript
+rather than truncating it. This module imports nothing heavier
 than the standard library, so any layer (transcription, evaluation, scripts) can use it.
 """
 
@@ -15,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from asr.files import atomic_write_text
 
 
 class Transcript(Protocol):
@@ -91,7 +95,7 @@ def _result_cues(result: Transcript) -> list[Cue]:
 
 
 def write_txt(result: Transcript, out_path: str | Path) -> None:
-    Path(out_path).write_text(str(result.text).strip() + "\n", encoding="utf-8")
+    atomic_write_text(Path(out_path), str(result.text).strip() + "\n")
 
 
 def write_json(result: Transcript, out_path: str | Path) -> None:
@@ -103,7 +107,7 @@ def write_json(result: Transcript, out_path: str | Path) -> None:
             for w, s, e in (result.words or [])
         ],
     }
-    Path(out_path).write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(Path(out_path), json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
 
 
 def _cue_end(cue: Cue) -> float:
@@ -116,7 +120,7 @@ def write_srt(result: Transcript, out_path: str | Path) -> None:
         f"{i}\n{format_timestamp(c.start, ',')} --> {format_timestamp(_cue_end(c), ',')}\n{c.text}\n"
         for i, c in enumerate(_result_cues(result), 1)
     ]
-    Path(out_path).write_text("\n".join(blocks), encoding="utf-8")
+    atomic_write_text(Path(out_path), "\n".join(blocks))
 
 
 def write_vtt(result: Transcript, out_path: str | Path) -> None:
@@ -124,7 +128,7 @@ def write_vtt(result: Transcript, out_path: str | Path) -> None:
         f"{format_timestamp(c.start, '.')} --> {format_timestamp(_cue_end(c), '.')}\n{c.text}\n"
         for c in _result_cues(result)
     ]
-    Path(out_path).write_text("\n".join(blocks), encoding="utf-8")
+    atomic_write_text(Path(out_path), "\n".join(blocks))
 
 
 # format -> writer(result, out_path)

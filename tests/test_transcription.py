@@ -153,15 +153,16 @@ def test_cli_transcribes_good_files_and_reports_bad_ones(package_path, audio_dir
     assert f"{audio_dir / 'empty.wav'}: empty file (0 bytes)" in captured.err
     assert f"{audio_dir / 'text.wav'}: not a readable audio file" in captured.err
     assert "transcribed 2/4 file(s)" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}.{fmt}" for stem in ("a", "b") for fmt in ("txt", "json", "srt", "vtt"))
+    # Outputs mirror the input folder (sub/b.flac -> sub/b.*); transcripts.jsonl lists them.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [f"{stem}.{fmt}" for stem in ("a", "sub/b") for fmt in ("txt", "json", "srt", "vtt")] + ["transcripts.jsonl"])
     doc = json.loads((out / "a.json").read_text())
     assert doc["path"] == str(audio_dir / "a.wav")
     assert (out / "a.txt").read_text().strip() == doc["text"]
     assert doc["words"], "the random model emits words for a.wav"
     assert all(0 <= w["start"] <= w["end"] <= 1.5 + 0.05 for w in doc["words"])
     assert "-->" in (out / "a.srt").read_text()
-    assert (out / "b.vtt").read_text().startswith("WEBVTT")
+    assert (out / "sub" / "b.vtt").read_text().startswith("WEBVTT")
     assert f"# {audio_dir / 'a.wav'}" in captured.out  # transcripts go to stdout
 
 

@@ -173,7 +173,7 @@ def test_transcribe_reports_every_bad_file_and_keeps_the_good_one(package, hosti
     for name in BAD:
         assert f"{hostile / name}: " in err, name
     assert f"transcribed 1/{len(BAD) + 1} file(s)" in err
-    assert sorted(p.name for p in out.iterdir()) == ["good.txt"]  # the lock is gone too
+    assert sorted(p.name for p in out.iterdir()) == ["good.txt", "transcripts.jsonl"]  # the lock is gone too
 
 
 def test_non_finite_features_fail_the_item_not_silently_empty(package, tmp_path, monkeypatch):
@@ -199,7 +199,7 @@ def test_transcribe_out_is_a_file_and_corrupt_package(package, hostile, tmp_path
     assert err.startswith("error: ") and "corrupt.asr" in err
 
 
-def test_same_named_outputs_numbered_in_input_order(package, tmp_path, capsys):
+def test_same_named_outputs_mirror_their_folders(package, tmp_path, capsys):
     for sub, seconds in (("a", 0.5), ("b", 2.0)):  # b is longer: its batch runs first
         (tmp_path / sub).mkdir()
         sf.write(tmp_path / sub / "x.wav", noise(seconds), SR)
@@ -208,8 +208,8 @@ def test_same_named_outputs_numbered_in_input_order(package, tmp_path, capsys):
                "--out", str(out), "--format", "json", "--batch-size", "1"])
     assert rc == 0
     assert_clean(capsys)
-    assert json.loads((out / "x.json").read_text())["path"].endswith("a/x.wav")
-    assert json.loads((out / "x-2.json").read_text())["path"].endswith("b/x.wav")
+    assert json.loads((out / "a" / "x.json").read_text())["path"].endswith("a/x.wav")
+    assert json.loads((out / "b" / "x.json").read_text())["path"].endswith("b/x.wav")
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ import torch
 
 import asr.files
 from asr.cli import main
+from asr.commands.transcribe import MAPPING_FILE, output_names
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.export import export
@@ -119,6 +121,111 @@ def test_atomic_write_files_is_all_or_nothing_on_a_full_disk(tmp_path, monkeypat
         asr.files.atomic_write_files({p: "new" for p in old})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "c")  # the target
     assert {p: p.read_text() for p in old} == old and sorted(tmp_path.iterdir()) == sorted(old)
+
+
+# --------------------------------------------------------------------------------------------
+# transcribe --out
+
+
+def _rerun_under_fsize_limit(package: Path, audio: Path, out: Path, limit: int) -> subprocess.CompletedProcess:
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-B", "-m", "asr", "transcribe", str(package), str(audio), "--out", str(out),
+         "--format", "json", "--quiet"],
+        capture_output=True, text=True, env=env(), timeout=300, preexec_fn=limit_file_size)
+
+
+@pytest.mark.slow
+def test_rerun_on_a_full_disk_keeps_the_earlier_transcript_and_exits_1(package, tmp_path):
+    audio = wav(tmp_path / "in" / "a.wav")
+    out = tmp_path / "out"
+    assert main(["transcribe", str(package), str(audio), "--out", str(out), "--format", "json", "--quiet"]) == 0
+    earlier = (out / "a.json").read_bytes()
+    assert json.loads(earlier)["path"] == str(audio) and len(earlier) > 100
+    # The disk "fills" 64 bytes into any file: the new transcript cannot be written.
+    p = _rerun_under_fsize_limit(package, audio, out, 64)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert (out / "a.json").read_bytes() == earlier  # not truncated
+    assert f"error: {out / 'a.json'}: writing json: File too large" in p.stderr
+    assert "transcribed 0/1 file(s)" in p.stderr and "1 file(s) failed" in p.stderr
+    assert not list(out.glob("*.tmp")) and not (out / ".lock").exists()
+
+
+def test_output_write_failures_exit_1_and_are_counted(package, tmp_path, monkeypatch, capsys):
+    """No space left (simulated) and a name too long (real) fail their file: exit 1, counted."""
+    import asr.transcripts
+
+    full = wav(tmp_path / "in" / "full.wav")
+    long_name = wav(tmp_path / "in" / ("x" * 250 + ".wav"))  # its temp file's name is too long
+    good = wav(tmp_path / "in" / "good.wav")
+    real = asr.transcripts.atomic_write_text
+
+    def disk_full_for(path: Path, text: str) -> None:
+        if path.name.startswith("full."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, text)
+
+    monkeypatch.setattr(asr.transcripts, "atomic_write_text", disk_full_for)
+    out = tmp_path / "out"
+    rc = main(["transcribe", str(package), str(full), str(long_name), str(good), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"error: {out / 'full.txt'}: writing txt: No space left on device" in err
+    assert "File name too long" in err
+    assert "transcribed 1/3 file(s)" in err and "2 file(s) failed" in err
+    listed = [json.loads(x) for x in (out / MAPPING_FILE).read_text().splitlines()]
+    assert [(x["input"], x["outputs"], "error" in x) for x in listed] == [
+        (str(full), [], True), (str(long_name), [], True), (str(good), ["good.txt"], False)]
+
+
+def test_same_named_inputs_never_share_an_output_and_the_mapping_is_listed(package, tmp_path, capsys):
+    """d1/a.wav, d1/a-2.wav and d2/a.wav: numbering duplicates (a, a-2) collided with a-2.wav."""
+    inputs = [wav(tmp_path / "d1" / "a.wav", 0.5, 1), wav(tmp_path / "d1" / "a-2.wav", 0.6, 2),
+              wav(tmp_path / "d2" / "a.wav", 0.7, 3)]
+    out = tmp_path / "out"
+    rc = main(["transcribe", str(package), *map(str, inputs), "--out", str(out), "--format", "json", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    listed = [json.loads(x) for x in (out / MAPPING_FILE).read_text().splitlines()]
+    assert [x["input"] for x in listed] == list(map(str, inputs))
+    assert [x["outputs"] for x in listed] == [["d1/a.json"], ["d1/a-2.json"], ["d2/a.json"]]
+    for x in listed:  # each output holds its own input's transcript
+        assert json.loads((out / x["outputs"][0]).read_text())["path"] == x["input"]
+
+
+def test_output_names_are_unique_by_construction(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    files = [d / n for n in ("a.wav", "a.flac", "a.wav.flac", "b.wav", "B.mp3", "c", "c.wav", "sub/x.wav")]
+    names = output_names(files, [d])
+    assert names == [PurePath(n) for n in ("a.wav", "a.flac", "a.wav.flac", "b.wav", "B.mp3", "c", "c.wav",
+                                           "sub/x")]
+    assert output_names([d / "a.wav"], [d / "a.wav"]) == [PurePath("a")]
+    # Files from several folders mirror the folder holding them all.
+    assert output_names([tmp_path / "x" / "a.wav", tmp_path / "y" / "z" / "a.wav"],
+                        [tmp_path / "x" / "a.wav", tmp_path / "y"]) == [PurePath("x/a"), PurePath("y/z/a")]
+
+
+def test_transcribe_out_is_locked_against_a_second_run(package, tmp_path, capsys):
+    out = tmp_path / "out"
+    audio = wav(tmp_path / "in" / "a.wav")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from asr.reports.lock import output_lock\n"
+         f"with output_lock({str(out)!r}, 'asr transcribe FIRST-RUN'):\n"
+         "    print('locked', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["transcribe", str(package), str(audio), "--out", str(out), "--quiet"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"pid {holder.pid}: asr transcribe FIRST-RUN" in line and str(out) in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.communicate("\n", timeout=30)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +349,7 @@ def test_hyps_from_a_pipe_are_accepted(tmp_path, capsys):
 # SIGTERM and Ctrl-C
 
 
-@pytest.mark.parametrize("command", ["evaluate"])
+@pytest.mark.parametrize("command", ["transcribe", "evaluate"])
 def test_ctrl_c_is_one_line_exit_130_and_the_lock_is_gone(command, package, tmp_path, monkeypatch, capsys):
     import asr.commands.evaluate
     import asr.commands.transcribe
@@ -300,8 +407,9 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("command", "sig", "status"), [("evaluate", signal.SIGINT, 130)],
-                         ids=["evaluate-SIGINT"])
+@pytest.mark.parametrize(("command", "sig", "status"), [("transcribe", signal.SIGTERM, 143),
+                                                         ("evaluate", signal.SIGINT, 130)],
+                         ids=["transcribe-SIGTERM", "evaluate-SIGINT"])
 def test_signal_stops_the_workers_removes_the_lock_and_exits(command, sig, status, package, tmp_path):
     audio = [wav(tmp_path / "in" / f"{i}.wav", 20.0, i) for i in range(4)]
     out = tmp_path / "out"
