@@ -204,6 +204,20 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
 DECODERS = ("greedy", "beam")
 
 
+class DecodingOptionError(ValueError):
+    """A :class:`DecodingOptions` value its rules refuse: ``fields`` name the field(s),
+    ``problem`` says what is wrong and reads after either the field names (``beam_size must
+    be >= 1 (is 0)``) or the command-line flags that set them
+    (:func:`asr.commands.decoding_flags.check_decoding_flags`), so each rule is written once."""
+
+    def __init__(self, fields: tuple[str, ...], problem: str) -> None:
+        super().__init__(f"{', '.join(fields)} {problem}")
+        self.fields, self.problem = fields, problem
+
+    def __reduce__(self) -> tuple[type, tuple[tuple[str, ...], str]]:  # pickles (worker processes)
+        return type(self), (self.fields, self.problem)
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """How emissions become text: every decoding choice, its default written here only.
@@ -245,22 +259,20 @@ class DecodingOptions:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, os.fspath(value))
         if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be 'greedy' or 'beam' (is {self.decoder!r})")
+            raise DecodingOptionError(("decoder",), f"must be 'greedy' or 'beam' (is {self.decoder!r})")
         given = self.beam_options_given()
         if self.decoder == "greedy" and given:
-            raise ValueError(
-                f"{', '.join(given)} need(s) decoder='beam' (greedy decoding has no LM or beam)"
-            )
+            raise DecodingOptionError(tuple(given), "need(s) decoder='beam' (greedy decoding has no LM or beam)")
         if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1 (is {self.beam_size})")
+            raise DecodingOptionError(("beam_size",), f"must be >= 1 (is {self.beam_size})")
         if not self.beam_threshold > 0:
-            raise ValueError(f"beam_threshold must be > 0 (is {self.beam_threshold})")
+            raise DecodingOptionError(("beam_threshold",), f"must be > 0 (is {self.beam_threshold:g})")
         if self.nbest < 1:
-            raise ValueError(f"nbest must be >= 1 (is {self.nbest})")
+            raise DecodingOptionError(("nbest",), f"must be >= 1 (is {self.nbest})")
         if self.phone_weight is not None and not 0.0 <= self.phone_weight <= 1.0:
-            raise ValueError(f"phone_weight must be in [0, 1] (is {self.phone_weight})")
+            raise DecodingOptionError(("phone_weight",), f"must be in [0, 1] (is {self.phone_weight:g})")
         if self.nbest > self.beam_size:
-            raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
+            raise DecodingOptionError(("nbest",), f"({self.nbest}) cannot exceed beam_size ({self.beam_size})")
 
     def beam_options_given(self) -> list[str]:
         """Names of the beam-only fields set to something other than their defaults."""

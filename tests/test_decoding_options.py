@@ -98,6 +98,43 @@ def test_lm_without_the_beam_decoder_is_refused(command, tmp_path, capsys):
     assert "error: --lm, --beam-threshold need --decoder beam" in capsys.readouterr().err
 
 
+_COMMANDS = {"transcribe": ["transcribe", "m.asr", "a.wav", "--decoder", "beam"],
+             "evaluate": ["evaluate", "m.asr", "dev.jsonl", "--out", "ev", "--decoder", "beam"],
+             "lm tune": ["lm", "tune", "m.asr", "dev.jsonl", "--lm", "lm.bin"]}
+_BAD_FLAGS = [(["--beam-size", "0"], "--beam-size must be >= 1 (is 0)"),
+              (["--beam-size", "-3"], "--beam-size must be >= 1 (is -3)"),
+              (["--beam-threshold", "0"], "--beam-threshold must be > 0 (is 0)"),
+              (["--beam-threshold", "-2.5"], "--beam-threshold must be > 0 (is -2.5)"),
+              (["--phone-weight", "1.5"], "--phone-weight must be in [0, 1] (is 1.5)"),
+              (["--phone-weight", "-0.1"], "--phone-weight must be in [0, 1] (is -0.1)")]
+
+
+@pytest.mark.parametrize(
+    "command, bad, message",
+    [(c, bad, m) for c in _COMMANDS for bad, m in _BAD_FLAGS
+     if not (c == "lm tune" and bad[0] == "--phone-weight")],  # lm tune takes --phone-weights, a list
+)
+def test_each_bad_flag_gives_one_line_naming_the_flag(command, bad, message):
+    # The rule is DecodingOptions' (its error names the field); the command names the flag.
+    args = _args([*_COMMANDS[command], *bad])
+    assert check_decoding_flags(args) == message
+    field = bad[0][2:].replace("-", "_")
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        decoding_options(args)  # the same rule, worded for the API
+
+
+def test_flag_errors_come_from_the_options_rules():
+    # Each flag error is the options' own message with the field names turned into flags.
+    from asr.decoding import DecodingOptionError
+
+    for kwargs in ({"beam_size": 0}, {"beam_threshold": -1.0}, {"phone_weight": 2.0}):
+        with pytest.raises(DecodingOptionError) as e:
+            DecodingOptions("beam", **kwargs)
+        assert e.value.fields == tuple(kwargs) and str(e.value) == f"{next(iter(kwargs))} {e.value.problem}"
+        assert pickle.loads(pickle.dumps(e.value)).fields == e.value.fields  # travels from workers
+    assert check_decoding_flags(_args(["transcribe", "m.asr", "a.wav"])) is None  # greedy, no beam flag
+
+
 def test_lm_tune_refuses_a_zero_beam(capsys):
     with pytest.raises(SystemExit):
         main(["lm", "tune", "m.asr", "dev.jsonl", "--lm", "lm.bin", "--beam-size", "0"])

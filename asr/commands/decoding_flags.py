@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from asr.decoding import DECODERS, DecodingOptions
+from asr.decoding import DECODERS, DecodingOptionError, DecodingOptions
 
 # Beam-only flags, as DecodingOptions field names ("--beam-size" is "beam_size").
 BEAM_FLAGS = ("lm", "lexicon", "beam_size", "beam_threshold", "lm_weight", "word_score", "phone_weight")
@@ -53,20 +53,21 @@ def beam_flags_given(args: argparse.Namespace) -> list[str]:
 
 def check_decoding_flags(args: argparse.Namespace) -> str | None:
     """The problem with the decoding flags, as one message (e.g. ``--lm needs --decoder
-    beam``), or None. Commands without ``--decoder`` (``asr lm tune``) always beam-search."""
+    beam``), or None. Commands without ``--decoder`` (``asr lm tune``) always beam-search.
+
+    The rules are :class:`DecodingOptions`' own: the options are built and their error is
+    worded with the flags' names (``--beam-size must be >= 1 (is 0)``). One rule belongs to
+    the command line alone: a beam flag typed with another decoder is refused even when it
+    repeats a default, which the options cannot tell from a flag left out.
+    """
     given = beam_flags_given(args)
     if getattr(args, "decoder", "beam") != "beam" and given:
         verb = "needs" if len(given) == 1 else "need"
         return f"{', '.join(given)} {verb} --decoder beam"
-    beam_size = getattr(args, "beam_size", None)
-    if beam_size is not None and beam_size < 1:
-        return f"--beam-size must be >= 1 (is {beam_size})"
-    phone_weight = getattr(args, "phone_weight", None)
-    if phone_weight is not None and not 0 <= phone_weight <= 1:
-        return f"--phone-weight must be in [0, 1] (is {phone_weight:g})"
-    threshold = getattr(args, "beam_threshold", None)
-    if threshold is not None and not threshold > 0:
-        return f"--beam-threshold must be > 0 (is {threshold:g})"
+    try:
+        decoding_options(args)
+    except DecodingOptionError as e:
+        return f"{', '.join(flag(name) for name in e.fields)} {e.problem}"
     return None
 
 
