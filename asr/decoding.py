@@ -36,7 +36,9 @@ frame shift times the model's subsampling).
 
 The lexicon and LM side-file helpers these decoders use (:func:`~asr.lm_files.write_lexicon`,
 :func:`~asr.lm_files.lm_vocabulary`, :func:`~asr.lm_files.load_tuned_weights`) live in
-:mod:`asr.lm_files`, below this module; the spelling rules above are why they write what they do.
+:mod:`asr.lm_files`, below this module; the spelling rules above are why they write what they do
+(:func:`~asr.lm_files.search_spellings`). :class:`DecoderError`, raised by both, is defined
+there and re-exported here as part of the decoder API (``from asr.decoding import DecoderError``).
 
 Nothing here imports the model: decoders only see log-probs, lengths and the tokenizer.
 """
@@ -56,10 +58,10 @@ from torch import Tensor
 from asr.flashlight import FlashlightSearch
 from asr.lm_files import (
     DecoderError,
-    _copy_user_lexicon,
-    _is_token_level_lm,
-    _uses_word_pieces,
+    copy_user_lexicon,
+    is_token_level_lm,
     lm_vocabulary,
+    uses_word_pieces,
     write_lexicon,
 )
 from asr.text import Tokenizer, normalize_text
@@ -129,7 +131,7 @@ def _split_words(
 ) -> list[WordSpan]:
     """Group emitted tokens into words: at "|" tokens (chars) or before "▁" pieces (BPE)."""
     d = tokenizer.word_delimiter
-    pieces = _uses_word_pieces(tokenizer)
+    pieces = uses_word_pieces(tokenizer)
     spans: list[WordSpan] = []
     cur: list[int] = []  # indices into tokens of the word being built
 
@@ -331,7 +333,7 @@ class BeamSearchDecoder:
         lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts
         self.tokenizer = tokenizer
-        self._pieces = _uses_word_pieces(tokenizer)
+        self._pieces = uses_word_pieces(tokenizer)
         blank = tokenizer.tokens[tokenizer.blank_id]
         if self._pieces:
             sil = "<unk>" if "<unk>" in tokenizer.tokens else blank
@@ -348,7 +350,7 @@ class BeamSearchDecoder:
         auto_words: list[str] | None = None
         if opts.lexicon is not None:
             self.lexicon_source: str | None = opts.lexicon
-        elif opts.lm is not None and not _is_token_level_lm(Path(opts.lm), tokenizer):
+        elif opts.lm is not None and not is_token_level_lm(Path(opts.lm), tokenizer):
             auto_words = lm_vocabulary(opts.lm)
             self.lexicon_source = f"vocabulary of {opts.lm}"
         else:
@@ -371,7 +373,7 @@ class BeamSearchDecoder:
                 self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
             elif opts.lexicon is not None:
                 lexicon_path = os.path.join(tmp, "lexicon.txt")
-                _copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
+                copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
             try:
                 # The lexicon is read into the trie here: the temporary file may then go.
                 self._search = FlashlightSearch(

@@ -1,13 +1,19 @@
 """Lexicons and language-model side files for the beam search decoder.
 
 - :func:`write_lexicon` spells words (e.g. an LM's vocabulary) with the tokenizer's tokens;
-  a user's lexicon is copied into the form the search needs. Why each word is spelled the
-  way it is (a trailing "|" for characters, the last piece doubled for word pieces) is
-  explained in :mod:`asr.decoding`, whose :class:`~asr.decoding.BeamSearchDecoder` uses them.
+  :func:`copy_user_lexicon` copies a user's lexicon into the form the search needs. Both
+  spell each word with :func:`search_spellings` (a trailing "|" for characters, the last
+  unit doubled for word pieces, and for the phone head's phones in :mod:`asr.phones`), the
+  rule's one home; why is explained in :mod:`asr.decoding`, whose
+  :class:`~asr.decoding.BeamSearchDecoder` uses them.
 - :func:`lm_vocabulary` lists a KenLM model's words: an ARPA file's unigrams, or a binary's
   ``<lm>.vocab`` side file (:data:`LM_VOCAB_SUFFIX`, written by ``asr lm build``).
 - :func:`load_tuned_weights` reads ``<lm>.tune.json`` (:data:`LM_TUNE_SUFFIX`, written by
   ``asr lm tune``).
+
+- :func:`is_token_level_lm` tells a token-level LM (lexicon-free search) from a word LM.
+- :class:`DecoderError` is raised here and by the decoders; it is defined here, the lowest
+  module that raises it, and :mod:`asr.decoding` re-exports it with the decoder API.
 
 Below :mod:`asr.decoding` in the import order: decoding imports this module, never the reverse.
 """
@@ -18,7 +24,7 @@ import functools
 import gzip
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from asr.text import Tokenizer
@@ -33,9 +39,10 @@ class DecoderError(ValueError):
     """Bad decoder input: a missing/unreadable LM or lexicon, or log-probs of the wrong shape."""
 
 
-def _uses_word_pieces(tokenizer: Tokenizer) -> bool:
-    # BPE/sentencepiece: word-initial pieces carry the delimiter as a prefix ("▁the"); for
-    # characters the delimiter is a token of its own ("|") and no other token starts with it.
+def uses_word_pieces(tokenizer: Tokenizer) -> bool:
+    """Whether the tokens are word pieces: BPE/sentencepiece word-initial pieces carry the
+    delimiter as a prefix ("▁the"); for characters the delimiter is a token of its own ("|")
+    and no other token starts with it."""
     d = tokenizer.word_delimiter
     return any(t != d and t.startswith(d) for t in tokenizer.tokens)
 
@@ -65,7 +72,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     seen: set[str] = set()
     lines: list[str] = []
     skipped: list[str] = []
-    pieces = _uses_word_pieces(tokenizer)
+    delimiter = search_delimiter(tokenizer)
     for word in words:
         if not word or word in seen or word in _LM_SPECIAL_WORDS:
             continue
@@ -81,7 +88,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
         if not ids:
             skipped.append(word)
             continue
-        for sp in _search_spellings([tokenizer.tokens[i] for i in ids], tokenizer.word_delimiter, pieces):
+        for sp in search_spellings([tokenizer.tokens[i] for i in ids], delimiter):
             lines.append(word + "\t" + " ".join(sp) + "\n")
     if not lines:
         raise DecoderError(
@@ -92,16 +99,25 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
     return skipped
 
 
-def _search_spellings(spelling: list[str], delimiter: str, pieces: bool) -> list[list[str]]:
-    """The lexicon spellings our beam search needs for one word (:mod:`asr.decoding`):
-    characters end with the word delimiter; word pieces come twice, once with the last
-    piece doubled, so the word can hold its last piece over several frames."""
-    if pieces:
-        return [spelling, spelling + spelling[-1:]]
-    return [spelling if spelling[-1] == delimiter else spelling + [delimiter]]
+def search_spellings(spelling: Sequence[str], delimiter: str | None) -> list[list[str]]:
+    """The lexicon spellings our beam search needs for one word (:mod:`asr.decoding`), the
+    one home of this rule. With a word ``delimiter`` token (characters) the spelling ends with
+    it; units without one (word pieces, the phone head's phones: ``delimiter`` None) come
+    twice, once with the last unit doubled, so the word can hold its last unit over several
+    frames."""
+    units = list(spelling)
+    if delimiter is None:
+        return [units, units + units[-1:]]
+    return [units if units[-1] == delimiter else units + [delimiter]]
 
 
-def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
+def search_delimiter(tokenizer: Tokenizer) -> str | None:
+    """The delimiter that ends each lexicon spelling of ``tokenizer``'s words (see
+    :func:`search_spellings`): its word delimiter for characters, None for word pieces."""
+    return None if uses_word_pieces(tokenizer) else tokenizer.word_delimiter
+
+
+def copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
     """Copy a user's lexicon to ``dst`` in the form our search needs (:mod:`asr.decoding`).
 
     Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
@@ -113,8 +129,7 @@ def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
     Raises:
         DecoderError: unreadable file, a line without a spelling, or an unknown token.
     """
-    d = tokenizer.word_delimiter
-    pieces = _uses_word_pieces(tokenizer)
+    delimiter = search_delimiter(tokenizer)
     known = set(tokenizer.tokens)
     out: list[str] = []
     seen: set[tuple[str, ...]] = set()  # "cat: c a t" and "cat: c a t |" become one entry
@@ -134,7 +149,7 @@ def _copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
             raise DecoderError(
                 f"{src}:{lineno}: spelling of {word!r} uses tokens the tokenizer lacks: {unknown}"
             )
-        for sp in _search_spellings(spelling, d, pieces):
+        for sp in search_spellings(spelling, delimiter):
             key = (word, *sp)
             if key not in seen:
                 seen.add(key)
@@ -224,7 +239,7 @@ def load_tuned_weights(lm_path: str | os.PathLike) -> dict[str, float] | None:
         raise DecoderError(f"{side}: malformed tuning file: {e}") from e
 
 
-def _is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
+def is_token_level_lm(lm_path: Path, tokenizer: Tokenizer) -> bool:
     """Whether the LM's words are the tokenizer's tokens (a char/piece LM for lexicon-free)."""
     units = [t for t in tokenizer.tokens[1:] if t not in _LM_SPECIAL_WORDS]
     try:

@@ -51,6 +51,7 @@ from asr.decoding import (
     _runs,
     _split_words,
 )
+from asr.lm_files import search_spellings
 from asr.text import Tokenizer, TokenizerError
 
 BLANK = "<blank>"
@@ -62,11 +63,11 @@ RESCORE_NBEST = 10  # hypotheses each beam contributes to the pool (TwoHeadDecod
 
 
 def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) -> None:
-    """flashlight lexicon: ``word<TAB>phones`` and the same with the last phone doubled."""
+    """flashlight lexicon: ``word<TAB>phones`` and the same with the last phone doubled
+    (phones have no word delimiter: :func:`asr.lm_files.search_spellings`)."""
     lines = []
     for word, ps in sorted(prons.items()):
-        lines.append(f"{word}\t{' '.join(ps)}\n")
-        lines.append(f"{word}\t{' '.join((*ps, ps[-1]))}\n")
+        lines += [f"{word}\t{' '.join(sp)}\n" for sp in search_spellings(ps, delimiter=None)]
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
