@@ -34,15 +34,14 @@ CMVN_MAX_UTTERANCES = 3000  # without a feature cache, CMVN stats come from a sa
 
 
 def read_manifest_or_fail(path: str) -> list[Utterance]:
-    """The manifest's utterances, or :class:`ConfigError` in one ``path[:line]: problem`` line."""
+    """The manifest's utterances, or :class:`ConfigError` in one ``path[:line]: problem`` line
+    (bytes that are not UTF-8 are a ManifestError naming the line: :func:`asr.data.manifest.utf8_lines`)."""
     try:
         utts = read_manifest(path)
     except ManifestError as e:
         raise ConfigError(str(e)) from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: manifest not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read manifest ({e.strerror or e})") from None
     if not utts:

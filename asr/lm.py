@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asr.data.manifest import read_manifest, utf8_lines
 from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
 from asr.files import atomic_write_text
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
@@ -114,20 +115,12 @@ def _run_tool(cmd: list[str], what: str) -> None:
 def _read_texts(source: str | os.PathLike) -> Iterable[str]:
     path = Path(source)
     if path.suffix == ".jsonl":  # a manifest: use its transcripts
-        from asr.data.manifest import read_manifest
-
         return [u.text for u in read_manifest(path)]
     try:
-        data = path.read_bytes()
+        # utf8_lines names the line of any bytes that are not UTF-8 and drops a byte-order mark.
+        return [text for _, line in utf8_lines(path, LMError) for text in line.splitlines()]
     except OSError as e:
         raise LMError(f"{path}: cannot read text: {e.strerror or e}") from e
-    try:
-        return data.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise LMError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8"
-        ) from None
 
 
 def build_lm(

@@ -90,3 +90,31 @@ def test_write_refuses_invalid(tmp_path):
     with pytest.raises(ManifestError, match="duplicate id"):
         write_manifest(path, [Utterance("u", "a.wav", 1.0, "x", "s", 16000)] * 2)
     assert not path.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_text_readers_word_bytes_that_are_not_utf8_alike(tmp_path):
+    # One wording (asr.data.manifest.utf8_lines) for every text file a user hands in.
+    from asr.config import ConfigError
+    from asr.data.lexicon import LexiconError, read_lexicon
+    from asr.datamodule import read_manifest_or_fail
+    from asr.lm import LMError, _read_texts
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xef\xbb\xbfYES Y EH S\nCAF\xc3\xa9 K AE F\nNO N \xe9\n")
+    expected = f"{bad}:3: not UTF-8 text (byte 0xe9 at column 6); save the file as UTF-8"
+    for call, error in ((read_lexicon, LexiconError), (_read_texts, LMError)):
+        with pytest.raises(error) as e:
+            call(str(bad))
+        assert str(e.value) == expected, call
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_bytes(b'{"id": "caf\xe9"}\n')
+    expected = f"{manifest}:1: not UTF-8 text (byte 0xe9 at column 12); save the file as UTF-8"
+    for call, error in ((read_manifest_or_fail, ConfigError), (read_manifest, ManifestError)):
+        with pytest.raises(error) as e:
+            call(str(manifest))
+        assert str(e.value) == expected, call
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"\xef\xbb\xbfyes we\r\n\ncaf\xc3\xa9\n")
+    assert _read_texts(good) == ["yes we", "", "café"]  # byte-order mark and CRLF dropped
+    good.write_bytes(b"\xef\xbb\xbfYES Y EH1 S\r\n\nCAF\xc3\xa9 K AE F\n")
+    assert read_lexicon(good) == {"yes": ("Y", "EH", "S"), "café": ("K", "AE", "F")}

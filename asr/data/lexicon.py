@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr.data.manifest import utf8_lines
+
 _STRESS = re.compile(r"(?<=[A-Za-z])[0-2]$")  # the ARPAbet stress digit of a vowel
 _VARIANT = re.compile(r"\(\d+\)$")  # CMUdict's alternative pronunciations: WORD(2)
 
@@ -45,26 +47,23 @@ def read_lexicon(path: str | Path, keep_stress: bool = False) -> dict[str, tuple
     Blank lines and ``;;;`` comments (CMUdict) are skipped; a word without phones is an error
     that names the line.
     """
+    prons: dict[str, tuple[str, ...]] = {}
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        for n, line in utf8_lines(path, LexiconError):
+            fields = line.split()
+            if not fields or fields[0].startswith(";;;"):
+                continue
+            if len(fields) < 2:
+                raise LexiconError(f"{path}:{n}: word {fields[0]!r} has no phones (expected WORD PHONE PHONE ...)")
+            word = fields[0].casefold()
+            if _VARIANT.search(word):
+                continue
+            phones = tuple(fields[1:]) if keep_stress else tuple(strip_stress(p) for p in fields[1:])
+            prons.setdefault(word, phones)
     except FileNotFoundError:
         raise LexiconError(f"{path}: lexicon not found") from None
-    except UnicodeDecodeError as e:
-        raise LexiconError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise LexiconError(f"{path}: cannot read lexicon ({e.strerror or e})") from None
-    prons: dict[str, tuple[str, ...]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith(";;;"):
-            continue
-        if len(fields) < 2:
-            raise LexiconError(f"{path}:{n}: word {fields[0]!r} has no phones (expected WORD PHONE PHONE ...)")
-        word = fields[0].casefold()
-        if _VARIANT.search(word):
-            continue
-        phones = tuple(fields[1:]) if keep_stress else tuple(strip_stress(p) for p in fields[1:])
-        prons.setdefault(word, phones)
     if not prons:
         raise LexiconError(f"{path}: lexicon has no entries")
     return prons
