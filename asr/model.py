@@ -83,13 +83,24 @@ class ModelConfig:
         if self.proj < 0 or self.conv_channels < 1 or self.attention_heads < 1:
             raise ConfigError("model.proj must be >= 0, model.conv_channels and model.attention_heads >= 1")
         if self.attention:
-            width = self.proj or self.hidden * (2 if self.bidirectional else 1)
+            width = self.layer_width
             if width % self.attention_heads:
                 raise ConfigError(
                     f"attention width {width} is not divisible by model.attention_heads="
                     f"{self.attention_heads}; change model.attention_heads or model.hidden"
                 )
         self.spec_augment.validate()
+
+    @property
+    def rnn_width(self) -> int:
+        """Width of each recurrent layer's own output: ``hidden`` per direction."""
+        return self.hidden * (2 if self.bidirectional else 1)
+
+    @property
+    def layer_width(self) -> int:
+        """Width of each recurrent layer's output after its projection (``proj``, if any):
+        what the next layer, the attention block, the output layer and the phone head read."""
+        return self.proj or self.rnn_width
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
@@ -178,12 +189,12 @@ class AcousticModel(nn.Module):
         self.rnns = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.projs = nn.ModuleList()
-        width = cfg.hidden * (2 if cfg.bidirectional else 1)
+        width = cfg.rnn_width
         for _ in range(cfg.num_layers):
             self.rnns.append(RecurrentLayer(cfg.cell, dim, cfg.hidden, cfg.bidirectional, cfg.rnn_impl))
             self.norms.append(nn.LayerNorm(width) if cfg.layer_norm else nn.Identity())
             self.projs.append(nn.Linear(width, cfg.proj) if cfg.proj else nn.Identity())
-            dim = cfg.proj or width
+            dim = cfg.layer_width
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn: nn.MultiheadAttention | None = None
         if cfg.attention:
@@ -215,25 +226,20 @@ class AcousticModel(nn.Module):
 
     @property
     def layer_dim(self) -> int:
-        """Width of each recurrent layer's output (after its projection)."""
-        return self.cfg.proj or self.cfg.hidden * (2 if self.cfg.bidirectional else 1)
+        """Width of each recurrent layer's output (after its projection): ``cfg.layer_width``."""
+        return self.cfg.layer_width
 
     def forward(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         out = self.forward_outputs(feats, feat_lens)
         return out.log_probs, out.lens
 
-    def forward_with_intermediate(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Like :meth:`forward`, plus the middle layer's CTC log-probs when
-        ``inter_ctc_weight > 0`` (Lee & Watanabe 2021: the same output layer applied to an
-        intermediate layer, as an auxiliary loss that regularises the lower layers)."""
-        out = self.forward_outputs(feats, feat_lens)
-        return out.log_probs, out.lens, out.inter
-
     def forward_outputs(self, feats: Tensor, feat_lens: Tensor, tap: int | None = None) -> ModelOutputs:
         """The final log-probs and lengths; the intermediate CTC log-probs (training mode with
-        ``inter_ctc_weight > 0``); and, when ``tap`` is a layer index, that recurrent layer's
-        output, zero past each length (what a training-only head such as the phone CTC head
-        reads: it is not part of this module, so model packages never hold it)."""
+        ``inter_ctc_weight > 0``: Lee & Watanabe 2021, the same output layer applied to the
+        middle layer, as an auxiliary loss that regularises the lower layers); and, when
+        ``tap`` is a layer index, that recurrent layer's output, zero past each length (what
+        the phone CTC head reads: the head is not part of this module; a package exported
+        from a run with one holds it beside the model, :class:`asr.package.PhoneHead`)."""
         assert feats.ndim == 3, f"expected (N, T, F) features, got {tuple(feats.shape)}"
         feat_lens = feat_lens.to(feats.device)
         x = self.cmvn(feats, feat_lens)

@@ -434,7 +434,7 @@ def load_package(
             phones, prons = parse_phone_metadata(meta)
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise PackageError(f"{path}: bad package metadata: phone head: {e}") from e
-        width = cfg.model.proj or cfg.model.hidden * (2 if cfg.model.bidirectional else 1)
+        width = cfg.model.layer_width
         want = {PHONE_HEAD_PREFIX + "weight": (len(phones) + 1, width), PHONE_HEAD_PREFIX + "bias": (len(phones) + 1,)}
         if head_shapes != want:
             raise PackageError(f"{path}: phone head tensors {head_shapes} do not fit {len(phones)} phones on "
@@ -479,7 +479,6 @@ def load_package(
     info = {
         "path": str(path.resolve()),
         "sha256": _file_sha256(path),
-        "version": meta.get("toolkit_version"),
         "toolkit_version": meta.get("toolkit_version"),
         "format_version": int(meta["format_version"]),
         **extra,

@@ -21,7 +21,6 @@ from asr.checkpoint import TAIL_DIR
 from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, to_dict
 from asr.data.dataset import Skipped
 from asr.files import atomic_write_text, remove_stale_temp_files
-from asr.log import is_rank_zero as log_is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +178,6 @@ def prepare_exp_dir(exp: Path, resume: bool, overwrite: bool) -> None:
     if removed:
         log.info("removed %d temp file(s) left by an interrupted write: %s",
                  len(removed), ", ".join(p.name for p in removed))
-
-
-def is_rank_zero() -> bool:
-    """Before the Trainer exists: may this process clear the exp dir and name the run?
-    (Only global rank zero: see :func:`asr.log.is_rank_zero`.)"""
-    return log_is_rank_zero()
 
 
 def run_id(exp: Path, resumed: dict[str, Any] | None, lead: bool = True) -> str:

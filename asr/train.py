@@ -42,12 +42,12 @@ from asr.datamodule import CTCDataModule, read_manifest_or_fail
 from asr.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text, os_error_of
+from asr.log import is_rank_zero
 from asr.model import AcousticModel
 from asr.reports.lock import output_lock
 from asr.resume import (
     check_resume_config,
     find_resume_checkpoint,
-    is_rank_zero,
     prepare_exp_dir,
     run_id,
     write_skipped,
@@ -240,11 +240,6 @@ class CTCModule(pl.LightningModule):
         if aux:
             loss = (1 - sum(w for w, _ in aux)) * final + sum(w * x for w, x in aux)
         return Losses(loss, out.log_probs, out.lens, phone, n)
-
-    def ctc_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first three of :meth:`losses`: the loss to optimise, log-probs and lengths."""
-        out = self.losses(batch)
-        return out.loss, out.log_probs, out.out_lens
 
     def _skip_step(self):
         if self.trainer.world_size == 1:

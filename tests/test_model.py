@@ -69,14 +69,14 @@ def test_intermediate_ctc_taps_the_middle_layer_in_training_only():
     assert make(num_layers=4, inter_ctc_weight=0.3).inter_layer == 1
     feats, lens = torch.randn(2, 16, 10), torch.tensor([16, 9])
     with torch.no_grad():
-        lp, out, inter = model.forward_with_intermediate(feats, lens)
+        lp, out, _, inter, _ = model.forward_outputs(feats, lens)
         assert inter is None  # eval: nothing extra is computed
         model.train()
-        lp, out, inter = model.forward_with_intermediate(feats, lens)
+        lp, out, _, inter, _ = model.forward_outputs(feats, lens)
     assert inter.shape == lp.shape
     torch.testing.assert_close(inter.exp().sum(-1)[0], torch.ones(out[0].item()))
     assert inter[1, out[1] :].abs().sum() == 0  # masked past the length like the final output
-    assert make(num_layers=3).train().forward_with_intermediate(feats, lens)[2] is None
+    assert make(num_layers=3).train().forward_outputs(feats, lens).inter is None
     with pytest.raises(ValueError, match="num_layers >= 2"):
         ModelConfig(num_layers=1, inter_ctc_weight=0.3).validate()
     with pytest.raises(ValueError, match="model.cmvn"):

@@ -146,7 +146,7 @@ def test_inter_and_phone_weights_share_the_final_layer_weight():
     batch = _batch(tok, [[1, 2], [3]])
     module.train()
     out = module.losses(batch)
-    inter = module.model.forward_with_intermediate(batch.feats, batch.feat_lens)[2]
+    inter = module.model.forward_outputs(batch.feats, batch.feat_lens).inter
     want = 0.55 * module._ctc(out.log_probs, out.out_lens, batch) + 0.25 * module._ctc(inter, out.out_lens, batch)
     torch.testing.assert_close(out.loss, want + 0.2 * out.phone)
 

@@ -249,14 +249,14 @@ def test_intermediate_ctc_loss_mixes_final_and_middle_layers_in_training_only():
     batch = Batch(torch.randn(2, 30, 10), torch.tensor([30, 22]),
                   torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), torch.tensor([2, 3]), ["u1", "u2"])
     module.train()
-    loss, lp, lens = module.ctc_loss(batch)
-    _, _, inter = module.model.forward_with_intermediate(batch.feats, batch.feat_lens)
+    loss, lp, lens, *_ = module.losses(batch)
+    inter = module.model.forward_outputs(batch.feats, batch.feat_lens).inter
     final, middle = module._ctc(lp, lens, batch), module._ctc(inter, lens, batch)
     torch.testing.assert_close(loss, 0.75 * final + 0.25 * middle)
     assert not torch.isclose(final, middle)
     module.eval()
     with torch.no_grad():
-        eval_loss, lp, lens = module.ctc_loss(batch)
+        eval_loss, lp, lens, *_ = module.losses(batch)
     torch.testing.assert_close(eval_loss, module._ctc(lp, lens, batch))  # dev loss: final layer only
 
 
