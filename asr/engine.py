@@ -12,8 +12,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,8 @@ from asr.phones import TwoHeadDecoder
 from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines (stderr not a terminal)
 
@@ -129,10 +131,22 @@ class LogProgress:
 # decoding
 
 
-def make_decoder(
-    package: ModelPackage, options: DecodingOptions | None = None
-) -> tuple[Callable[[Tensor, Tensor], list[Hypothesis]], dict[str, Any]]:
-    """A function (log_probs (N, T, V), lengths (N,)) -> [Hypothesis] (best only) and its settings.
+@dataclass(frozen=True)
+class Decoder:
+    """What :func:`make_decoder` builds: called like a decoder, (log_probs (N, T, V), lengths
+    (N,)) -> [Hypothesis] (the best one per utterance), and saying which emissions it reads."""
+
+    decode: Callable[[Tensor, Tensor], list[Hypothesis]]
+    # True: it reads joint emissions, the character log-probs followed by the phone head's
+    # (asr.phones.TwoHeadDecoder): run forward_batch with phones=True.
+    joint_emissions: bool = False
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[Hypothesis]:
+        return self.decode(log_probs, lengths)
+
+
+def make_decoder(package: ModelPackage, options: DecodingOptions | None = None) -> tuple[Decoder, dict[str, Any]]:
+    """A :class:`Decoder` (best hypothesis only) and its settings.
 
     ``options`` default to greedy decoding. Beam weights left as None take, in order: the
     weights ``asr lm tune`` saved beside the LM (``<lm>.tune.json``), then the
@@ -144,7 +158,7 @@ def make_decoder(
     options = options or DecodingOptions()
     tokenizer = package.tokenizer
     if options.decoder == "greedy":
-        return (lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
+        return Decoder(lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
     tuned = load_tuned_weights(options.lm) if options.lm is not None else None
     opts = options.with_weights(tuned)
     head = package.phone_head
@@ -165,35 +179,15 @@ def make_decoder(
     settings = beam.settings()
     if tuned is not None:
         settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
-    return JointDecode(beam) if isinstance(beam, TwoHeadDecoder) else _first(beam), settings
-
-
-def _first(beam: BeamSearchDecoder) -> Callable[[Tensor, Tensor], list[Hypothesis]]:
-    return lambda lp, lens: [h[0] for h in beam(lp, lens)]
-
-
-class JointDecode:
-    """The best hypothesis of a :class:`TwoHeadDecoder`; its ``joint_emissions`` tells the
-    callers of :func:`make_decoder` to run :func:`forward_batch` with ``phones=True``."""
-
-    joint_emissions = True
-
-    def __init__(self, beam: TwoHeadDecoder) -> None:
-        self.beam = beam
-
-    def __call__(self, lp: Tensor, lens: Tensor) -> list[Hypothesis]:
-        return [h[0] for h in self.beam(lp, lens)]
-
-
-def wants_phones(decode: Callable[[Tensor, Tensor], list[Hypothesis]]) -> bool:
-    """Whether ``decode`` (from :func:`make_decoder`) reads joint (character + phone) emissions."""
-    return bool(getattr(decode, "joint_emissions", False))
+    return Decoder(lambda lp, lens: [h[0] for h in beam(lp, lens)],
+                   joint_emissions=isinstance(beam, TwoHeadDecoder)), settings
 
 
 def decode_emissions(
-    decode: Callable[[Tensor, Tensor], list[Hypothesis]], emissions_list: Sequence[Tensor], batch: int = 64
-) -> Iterator[Hypothesis]:
-    """Decode [(T_i, V)] emissions in padded groups of ``batch``; yields one Hypothesis each."""
+    decode: Callable[[Tensor, Tensor], Sequence[_Result]], emissions_list: Sequence[Tensor], batch: int = 64
+) -> Iterator[_Result]:
+    """Run ``decode`` on [(T_i, V)] emissions in padded groups of ``batch``; yields its
+    per-utterance results (a :class:`Decoder`'s Hypothesis, a beam's n-best list, ...) in order."""
     for s in range(0, len(emissions_list), batch):
         group = list(emissions_list[s : s + batch])
         lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)

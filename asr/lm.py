@@ -24,16 +24,16 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from asr.data.manifest import read_manifest, utf8_lines
 from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
+from asr.engine import decode_emissions
 from asr.files import atomic_write_text
 from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.package import PhoneHead
@@ -289,20 +289,11 @@ def _write_words(path: Path, words: Sequence[str]) -> Path:
 # tuning
 
 
-def _batched(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> Iterator[Any]:
-    """``decode(padded (n, T, V), lengths)`` over ``emissions`` in padded batches of
-    ``batch``; yields its per-utterance results in order."""
-    for s in range(0, len(emissions), batch):
-        group = list(emissions[s : s + batch])
-        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
-        yield from decode(torch.nn.utils.rnn.pad_sequence(group, batch_first=True), lens)
-
-
 def decode_texts(decode: Any, emissions: Sequence[Tensor], batch: int = 32) -> list[str]:
     """Best text per utterance of ``decode(padded (n, T, V), lengths)``, run over ``emissions``
     in padded batches of ``batch``; ``decode`` returns per utterance a hypothesis with
     ``.text`` or a best-first list of them."""
-    return [h[0].text if isinstance(h, list) else h.text for h in _batched(decode, emissions, batch)]
+    return [h[0].text if isinstance(h, list) else h.text for h in decode_emissions(decode, emissions, batch)]
 
 
 def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: Tokenizer, head: PhoneHead,
@@ -320,7 +311,7 @@ def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: 
     except DecoderError as e:  # e.g. a character LM: two-head decoding needs a word LM
         log.info("phone weight not tuned: %s", e)
         return {}
-    pools = list(_batched(dec.pool, joint))
+    pools = list(decode_emissions(dec.pool, joint, batch=32))
     grid = [{"phone_weight": 0.0, "wer": char_wer}]
     for w in weights:
         texts = [dec.pick(p, w, align=False).text for p in pools]

@@ -220,13 +220,12 @@ class TwoHeadDecoder:
 
     Called like the other decoders, but on *joint* emissions: (N, T, V + 1 + P), the
     character log-probs followed by the phone head's (what
-    :func:`asr.engine.forward_batch` returns with ``phones=True``; ``joint_emissions`` tells
-    callers to ask for them). Returns, per utterance, the best text as a one-item list.
+    :func:`asr.engine.forward_batch` returns with ``phones=True``; the
+    :class:`asr.engine.Decoder` built around it says so in its ``joint_emissions`` field).
+    Returns, per utterance, the best text as a one-item list.
     :meth:`pool` and :meth:`pick` are the two halves, so that ``asr lm tune`` searches the
     phone weight without running the beams again.
     """
-
-    joint_emissions = True
 
     def __init__(self, tokenizer: Tokenizer, phones: Sequence[str], prons: dict[str, tuple[str, ...]],
                  options: DecodingOptions) -> None:

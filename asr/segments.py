@@ -25,10 +25,10 @@ from asr.engine import (
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     NON_FINITE,
+    Decoder,
     decode_emissions,
     forward_batch,
     progress_bar,
-    wants_phones,
 )
 from asr.package import ModelPackage
 from asr.windows import SEGMENT_METHODS, find_pauses, plan_pause_windows, plan_windows
@@ -70,7 +70,7 @@ class _Piece:
 
 def transcribe_segments(
     package: ModelPackage,
-    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
+    decode: Decoder,
     segments: Sequence[Segment],
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
@@ -191,7 +191,7 @@ def _plan(
 
 def _run_pieces(
     package: ModelPackage,
-    decode: Callable[[Tensor, Tensor], list[Hypothesis]],
+    decode: Decoder,
     pieces: list[_Piece],
     waves: list[Tensor],
     errors: dict[int, str],
@@ -202,7 +202,7 @@ def _run_pieces(
     if not pieces:
         return []
     try:
-        ems = forward_batch(package, waves, phones=wants_phones(decode))
+        ems = forward_batch(package, waves, phones=decode.joint_emissions)
         finite = [bool(torch.isfinite(e).all()) for e in ems]
         for p, ok in zip(pieces, finite, strict=True):
             if not ok:

@@ -15,7 +15,7 @@ import torch
 
 from asr.config import ExperimentConfig, to_dict
 from asr.decoding import DecoderError, DecodingOptions, greedy_decode
-from asr.engine import forward_batch, make_decoder, wants_phones
+from asr.engine import forward_batch, make_decoder
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, PhoneHead, load_package, read_metadata, write_package
@@ -181,8 +181,8 @@ def test_two_heads_pick_the_word_the_phone_head_hears_and_time_it_on_the_charact
 def test_make_decoder_asks_for_joint_emissions_only_with_a_phone_weight(tmp_path):
     pkg = load_package(export([_ckpt(tmp_path / "p.ckpt")], tmp_path / "m.asr"))
     decode, settings = make_decoder(pkg, DecodingOptions(decoder="beam", phone_weight=0.5))
-    assert wants_phones(decode) and settings["phone_weight"] == 0.5
-    assert not wants_phones(make_decoder(pkg, DecodingOptions(decoder="beam"))[0])
+    assert decode.joint_emissions and settings["phone_weight"] == 0.5
+    assert not make_decoder(pkg, DecodingOptions(decoder="beam"))[0].joint_emissions
     waves = [torch.randn(8000), torch.randn(5000)]
     joint = forward_batch(pkg, waves, phones=True)
     chars = forward_batch(pkg, waves)
@@ -246,12 +246,12 @@ def test_lm_tune_finds_the_phone_weight_and_decoding_takes_it_from_the_tuning_fi
     # A package without a head decodes with the same tuning file, without the phone weight.
     plain = load_package(export([_ckpt(tmp_path / "plain.ckpt", phones=())], tmp_path / "plain.asr"))
     decode, settings = make_decoder(plain, DecodingOptions(decoder="beam", lm=str(lm)))
-    assert not wants_phones(decode) and settings["phone_weight"] == 0.0
+    assert not decode.joint_emissions and settings["phone_weight"] == 0.0
     pkg = load_package(export([_ckpt(tmp_path / "p.ckpt")], tmp_path / "m.asr"))
     decode, settings = make_decoder(pkg, DecodingOptions(decoder="beam", lm=str(lm)))
-    assert wants_phones(decode) and settings["phone_weight"] == result["phone_weight"]
+    assert decode.joint_emissions and settings["phone_weight"] == result["phone_weight"]
     decode, settings = make_decoder(pkg, DecodingOptions(decoder="beam", lm=str(lm), phone_weight=0.0))
-    assert not wants_phones(decode)  # given on the command line: it wins over the tuned value
+    assert not decode.joint_emissions  # given on the command line: it wins over the tuned value
 
 
 def test_lm_tune_with_a_character_lm_leaves_the_phone_weight_alone(tmp_path):
