@@ -42,51 +42,35 @@ def carve_dev(
     speakers = sorted({it.speaker for it in train})
     if not train:
         return items, "dev: none (no train items)"
-    rng = random.Random(seed)
-    # Defaults that cannot apply to a tiny corpus give no dev; explicit requests are errors.
-    explicit = dev_speakers is not None or dev_fraction is not None
-    if len(speakers) >= 2:
-        if dev_speakers is not None:
-            n = dev_speakers
-        elif dev_fraction is None and default.speakers is not None:
-            n = default.speakers
-        else:
-            fraction = dev_fraction if dev_fraction is not None else (default.fraction or 0.0)
-            n = 0 if fraction == 0 else max(1, _round_half_up(len(speakers) * fraction))
-        if n == 0:
-            return items, "dev: none (disabled)"
-        if n >= len(speakers):
-            if not explicit:
-                return items, f"dev: none (only {len(speakers)} train speakers)"
-            raise PrepareError(f"cannot move {n} of {len(speakers)} train speakers to dev")
-        chosen = set(rng.sample(speakers, n))
-        moved = [
-            replace(it, split="dev") if it.split == "train" and it.speaker in chosen else it
-            for it in items
-        ]
-        return (
-            moved,
-            f"dev: {n} of {len(speakers)} train speakers (seed {seed}): {', '.join(sorted(chosen))}",
-        )
-    if dev_speakers is not None:
+    # Whole speakers when train has several; else utterances (a dev set that shares the
+    # speaker, said so in the note). One rule for both: sample n of the sorted units.
+    by_speaker = len(speakers) >= 2
+    if not by_speaker and dev_speakers is not None:
         raise PrepareError(
             f"train has a single speaker ({speakers[0]!r}): a speaker-disjoint dev set is "
             "impossible; use --dev-fraction to carve utterances instead"
         )
-    fraction = dev_fraction if dev_fraction is not None else (default.fraction or 0.0)
-    n = 0 if fraction == 0 else max(1, _round_half_up(len(train) * fraction))
+    units = speakers if by_speaker else sorted(it.id for it in train)
+    what = "train speakers" if by_speaker else "train utterances"
+    if by_speaker and dev_speakers is not None:
+        n = dev_speakers
+    elif by_speaker and dev_fraction is None and default.speakers is not None:
+        n = default.speakers
+    else:
+        fraction = dev_fraction if dev_fraction is not None else (default.fraction or 0.0)
+        n = 0 if fraction == 0 else max(1, _round_half_up(len(units) * fraction))
     if n == 0:
         return items, "dev: none (disabled)"
-    if n >= len(train):
-        if not explicit:
-            return items, f"dev: none (only {len(train)} train utterances)"
-        raise PrepareError(f"cannot move {n} of {len(train)} train utterances to dev")
-    chosen_ids = set(rng.sample(sorted(it.id for it in train), n))
+    # Defaults that cannot apply to a tiny corpus give no dev; explicit requests are errors.
+    if n >= len(units):
+        if dev_speakers is None and dev_fraction is None:
+            return items, f"dev: none (only {len(units)} {what})"
+        raise PrepareError(f"cannot move {n} of {len(units)} {what} to dev")
+    chosen = set(random.Random(seed).sample(units, n))
     moved = [
-        replace(it, split="dev") if it.split == "train" and it.id in chosen_ids else it
+        replace(it, split="dev") if it.split == "train" and (it.speaker if by_speaker else it.id) in chosen else it
         for it in items
     ]
-    return moved, (
-        f"dev: {n} of {len(train)} train utterances (seed {seed}); single speaker, so dev is "
-        "NOT speaker-disjoint"
-    )
+    if by_speaker:
+        return moved, f"dev: {n} of {len(units)} {what} (seed {seed}): {', '.join(sorted(chosen))}"
+    return moved, f"dev: {n} of {len(units)} {what} (seed {seed}); single speaker, so dev is NOT speaker-disjoint"
