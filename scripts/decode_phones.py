@@ -6,8 +6,8 @@
 
 CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 0`` (or an
 experiment directory: its best checkpoint by dev WER); several CKPTs of one run are averaged
-(network and phone head), as ``asr export --average`` does. The phone head lives only in
-checkpoints (packages hold the character network alone), so this reads one with
+(network and phone head), as ``asr export --average`` does. It reads checkpoints, not a
+package (an exported package holds the phone head too, see the end of this docstring), with
 :func:`asr.checkpoint.read_lightning_checkpoint` (weights-only, nothing unpickled), runs the
 network over MANIFEST (the toolkit's features, model and inference batching), takes the phone
 head's log-probs on the layer it was trained on, and decodes them with flashlight's lexicon
@@ -23,9 +23,10 @@ listed in ``DIR/summary.json`` (they cannot be output).
 Tokens: blank (id 0, as the head was trained), the checkpoint's phones, and a word-boundary
 token the model never emits (its log-prob is fixed very low), the way NeMo decodes BPE.
 Without a boundary token a word ends with its last phone, and flashlight's search, back at
-the trie root, could not hold that phone over several frames; so, as :mod:`asr.decoding`
-does for word pieces, each word is also spelled with its last phone doubled ("K AE T T"):
-a repeat without a blank cannot enter a trie node but can complete a word there.
+the trie root, could not hold that phone over several frames; so, as for word pieces
+(:func:`asr.lm_files.search_spellings`, explained in :mod:`asr.decoding`), each word is also
+spelled with its last phone doubled ("K AE T T"): a repeat without a blank cannot enter a
+trie node but can complete a word there.
 
 With several LM weights / word scores, each grid point decodes MANIFEST and is scored
 (corpus WER against the manifest's text); ``DIR/hyps.jsonl`` ({"id", "text"}, one line per
