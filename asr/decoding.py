@@ -97,7 +97,7 @@ _EMPTY = Hypothesis(text="", tokens=[], timesteps=[], score=0.0, words=[])
 
 
 # --------------------------------------------------------------------------------------------
-# shared helpers
+# shared helpers (label_runs, split_words, make_hypothesis: asr.phones builds its hypotheses with them too)
 
 
 def _check_inputs(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> list[int]:
@@ -117,7 +117,7 @@ def _check_inputs(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
     return lens
 
 
-def _runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]:
+def label_runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]:
     """Non-blank runs of a frame-level label path (T,): (token ids, start frames, end frames)."""
     ids, counts = torch.unique_consecutive(path, return_counts=True)
     ends = torch.cumsum(counts, 0)
@@ -126,7 +126,7 @@ def _runs(path: Tensor, blank_id: int) -> tuple[list[int], list[int], list[int]]
     return ids[keep].tolist(), starts[keep].tolist(), ends[keep].tolist()
 
 
-def _split_words(
+def split_words(
     tokens: list[int], starts: list[int], ends: list[int], tokenizer: Tokenizer
 ) -> list[WordSpan]:
     """Group emitted tokens into words: at "|" tokens (chars) or before "▁" pieces (BPE)."""
@@ -158,9 +158,11 @@ def _split_words(
     return spans
 
 
-def _hypothesis(
+def make_hypothesis(
     tokens: list[int], starts: list[int], words: list[WordSpan], score: float
 ) -> Hypothesis:
+    """The Hypothesis of emitted ``tokens`` (starting at output frames ``starts``) grouped
+    into ``words`` (:func:`split_words`)."""
     return Hypothesis(
         text=" ".join(w.word for w in words),
         tokens=tokens,
@@ -193,9 +195,9 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
     best, idx = best.double().cpu(), idx.cpu()
     out = []
     for i, n in enumerate(lens):
-        tokens, starts, ends = _runs(idx[i, :n], tokenizer.blank_id)
-        words = _split_words(tokens, starts, ends, tokenizer)
-        out.append(_hypothesis(tokens, starts, words, best[i, :n].sum().item()))
+        tokens, starts, ends = label_runs(idx[i, :n], tokenizer.blank_id)
+        words = split_words(tokens, starts, ends, tokenizer)
+        out.append(make_hypothesis(tokens, starts, words, best[i, :n].sum().item()))
     return out
 
 
@@ -462,7 +464,7 @@ class BeamSearchDecoder:
         # Only the n real frames describe the path: the closing frame, if any, is raw[n + 1].
         raw = list(result.tokens)
         path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
-        tokens, starts, ends = _runs(path, self.tokenizer.blank_id)
+        tokens, starts, ends = label_runs(path, self.tokenizer.blank_id)
         score = float(result.score)
         if self._closing_frame is not None:
             # Take the closing frame's share back out of the score: its emission (0 for "|")
@@ -473,10 +475,10 @@ class BeamSearchDecoder:
             if last == self._sil_id:
                 score -= self._sil_score
         if not self._lexicon_mode:
-            words = _split_words(tokens, starts, ends, self.tokenizer)
+            words = split_words(tokens, starts, ends, self.tokenizer)
         else:
             words = self._lexicon_words(list(result.words), tokens, starts, ends)
-        return _hypothesis(tokens, starts, words, score)
+        return make_hypothesis(tokens, starts, words, score)
 
     def _lexicon_words(
         self, word_ids: list[int], tokens: list[int], starts: list[int], ends: list[int]

@@ -47,9 +47,9 @@ from asr.decoding import (
     DecoderError,
     DecodingOptions,
     Hypothesis,
-    _hypothesis,
-    _runs,
-    _split_words,
+    label_runs,
+    make_hypothesis,
+    split_words,
 )
 from asr.lm_files import search_spellings
 from asr.text import Tokenizer, TokenizerError
@@ -199,11 +199,11 @@ def aligned_hypothesis(text: str, log_probs: Tensor, tokenizer: Tokenizer, score
 
     ids = tokenizer.encode(text)
     if not ids:
-        return _hypothesis([], [], [], score)
+        return make_hypothesis([], [], [], score)
     path, _ = taf.forced_align(log_probs[None].float().contiguous(), torch.tensor([ids], dtype=torch.int32),
                                blank=tokenizer.blank_id)
-    tokens, starts, ends = _runs(path[0].long(), tokenizer.blank_id)
-    return _hypothesis(tokens, starts, _split_words(tokens, starts, ends, tokenizer), score)
+    tokens, starts, ends = label_runs(path[0].long(), tokenizer.blank_id)
+    return make_hypothesis(tokens, starts, split_words(tokens, starts, ends, tokenizer), score)
 
 
 @dataclass
