@@ -15,6 +15,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 RECIPE_HELP="  stage 7: beam + the task's closed-vocabulary LM (etc/an4.lm; lists test-only words)"
 parse_recipe_args an4 "$@"
+# On AN4's dev set the best LM weight sat at the default grid's edge (2.0): a wider grid.
+LM_TUNE_ARGS=(--lm-weights "0.5,1,1.5,2,2.5,3,4" "--word-scores=-1,0,1,2,3")
 if ((STOP_STAGE == 6)) && [[ "${AN4_NO_CLOSED_LM:-0}" == 0 ]]; then STOP_STAGE=7; fi
 
 if stage 0 "prepare an4 from $DATA -> $MANIFESTS"; then
