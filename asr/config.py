@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from asr.features import ConfigError, FeatureConfig
+from asr.files import atomic_write_text
 from asr.model import ModelConfig
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "save_config", "to_dict"]
@@ -280,5 +281,4 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

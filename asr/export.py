@@ -25,6 +25,7 @@ from asr.checkpoint import (
     latest_checkpoints,
     read_lightning_checkpoint,
 )
+from asr.files import TMP_SUFFIX, atomic_write
 from asr.model import AcousticModel
 from asr.package import PhoneHead, check_model_config, weights_mismatch, write_package
 from asr.text import Tokenizer, TokenizerError
@@ -230,7 +231,7 @@ def export_torchscript(model: AcousticModel, out: Path, n_mels: int) -> Path:
         except Exception as e:
             raise CheckpointError(f"{out}: torch.jit.trace failed: {e}") from e
         _check_same("TorchScript", traced(*b), model(*b), out)
-    traced.save(str(out))
+    atomic_write(out, lambda f: torch.jit.save(traced, f))
     return out
 
 
@@ -251,24 +252,32 @@ def export_onnx(model: AcousticModel, out: Path, n_mels: int, opset: int = 17) -
     a, b = _example_inputs(n_mels)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Exported to a scratch file beside ``out``, checked from memory, and written to ``out``
+        # atomically only once it passed: a failed export or check never replaces an earlier graph.
+        scratch = out.with_name(f"{out.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
             torch.onnx.export(
-                model, a, str(out), dynamo=False, opset_version=opset,
+                model, a, str(scratch), dynamo=False, opset_version=opset,
                 input_names=["feats", "feat_lens"], output_names=["log_probs", "out_lens"],
                 dynamic_axes={"feats": {0: "batch", 1: "time"}, "feat_lens": {0: "batch"},
                               "log_probs": {0: "batch", 1: "frames"}, "out_lens": {0: "batch"}},
             )
+            blob = scratch.read_bytes()
         except Exception as e:
             raise CheckpointError(f"{out}: torch.onnx.export failed: {e}") from e
+        finally:
+            scratch.unlink(missing_ok=True)
         try:
-            onnx.checker.check_model(str(out))
+            onnx.checker.check_model(onnx.load_from_string(blob))
         except Exception as e:
             raise CheckpointError(f"{out}: the exported ONNX graph is invalid: {e}") from e
         try:
             import onnxruntime as ort
         except ImportError:
-            return out  # checked structurally only; nothing in the toolkit needs onnxruntime
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {"feats": b[0].numpy(), "feat_lens": b[1].numpy()})
-        _check_same("ONNX", got, model(*b), out)
+            pass  # checked structurally only; nothing in the toolkit needs onnxruntime
+        else:
+            sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+            got = sess.run(None, {"feats": b[0].numpy(), "feat_lens": b[1].numpy()})
+            _check_same("ONNX", got, model(*b), out)
+    atomic_write(out, lambda f: f.write(blob))
     return out

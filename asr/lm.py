@@ -205,7 +205,10 @@ def build_lm(
         raise LMError(f"{bin_dir} lacks {' and '.join(tools)}; {_BUILD_HINT}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Temporary files next to the output: the final rename stays on one filesystem.
+    # Scratch files for lmplz / build_binary (the corpus, the vocabulary limit, the ARPA and
+    # binary files) are plain writes in a temporary folder next to the output: the finished
+    # LM is renamed into place from there (one filesystem, so the rename is atomic), and its
+    # vocabulary side file is written atomically.
     with tempfile.TemporaryDirectory(prefix=".lm-", dir=out.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
@@ -236,8 +239,7 @@ def build_lm(
         if out.suffix == ".bin":
             binary = Path(tmp) / "lm.bin"
             _run_tool([str(bin_dir / "build_binary"), str(arpa), str(binary)], "build_binary")
-            Path(tmp, "vocab").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-            os.replace(Path(tmp, "vocab"), str(out) + LM_VOCAB_SUFFIX)
+            atomic_write_text(Path(str(out) + LM_VOCAB_SUFFIX), "\n".join(vocab) + "\n")
             os.replace(binary, out)
         else:
             os.replace(arpa, out)

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from asr.files import atomic_write_text
 from asr.text import Tokenizer
 
 LM_VOCAB_SUFFIX = ".vocab"  # "lm.bin.vocab": one word per line, written by `asr lm build`
@@ -95,7 +96,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
             f"{path}: none of the {len(seen)} words can be spelled with the tokenizer's tokens "
             f"(e.g. {sorted(seen)[:5]}); is the word list in the same script/normalisation?"
         )
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(Path(path), "".join(lines))
     return skipped
 
 
@@ -156,7 +157,7 @@ def copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
                 out.append(word + "\t" + " ".join(sp) + "\n")
     if not out:
         raise DecoderError(f"{src}: lexicon has no entries")
-    Path(dst).write_text("".join(out), encoding="utf-8")
+    atomic_write_text(Path(dst), "".join(out))
 
 
 def _is_kenlm_binary(path: Path) -> bool:

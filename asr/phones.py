@@ -51,6 +51,7 @@ from asr.decoding import (
     make_hypothesis,
     split_words,
 )
+from asr.files import atomic_write_text
 from asr.lm_files import search_spellings
 from asr.text import Tokenizer, TokenizerError
 
@@ -68,7 +69,7 @@ def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) ->
     lines = []
     for word, ps in sorted(prons.items()):
         lines += [f"{word}\t{' '.join(sp)}\n" for sp in search_spellings(ps, delimiter=None)]
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(Path(path), "".join(lines))
 
 
 class PhoneHyp(NamedTuple):

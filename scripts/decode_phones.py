@@ -80,6 +80,7 @@ from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
 from asr.decoding import DecoderError, DecodingOptions
 from asr.features import LogMel
+from asr.files import atomic_write_text
 from asr.lm import decode_texts
 from asr.model import AcousticModel
 from asr.phones import (
@@ -342,9 +343,8 @@ def _run(args: argparse.Namespace) -> int:
             if len(grid) == 1 or wer < min(g["wer"] for g in grid[:-1]):
                 best_texts = texts  # the first of equal WERs, as `asr lm tune` picks
     best = min(grid, key=lambda g: g["wer"])
-    with open(args.out / "hyps.jsonl", "w", encoding="utf-8") as f:
-        for u, t in zip(utts, best_texts):
-            f.write(json.dumps({"id": u.id, "text": t}) + "\n")
+    atomic_write_text(args.out / "hyps.jsonl", "".join(json.dumps({"id": u.id, "text": t}) + "\n"
+                                                       for u, t in zip(utts, best_texts)))
     summary = {"checkpoint": net.ident, "manifest": str(args.manifest), "lm": str(args.lm),
                "beam_size": args.beam_size, "best": best, "grid": grid, "phones": list(net.phones),
                "lexicon_words": len(lex.prons), "training_words": len(words),
@@ -352,7 +352,7 @@ def _run(args: argparse.Namespace) -> int:
                "training_words_with_unknown_phones": lex.foreign_phones,
                "training_utterances_covered": f"{lex.coverage.covered} of {lex.coverage.utterances}",
                "failed_utterances": failed}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"best: lm_weight {best['lm_weight']:g} word_score {best['word_score']:g} WER {100 * best['wer']:.2f}% "
           f"-> {args.out / 'hyps.jsonl'}")
     if args.combine:
@@ -402,16 +402,15 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
           + "; ".join(f"{k}: {'n/a (one speaker)' if v is None else f'{100 * v:.2f}%'}" for k, v in held_out.items()))
     out = args.out / "combined"
     out.mkdir(exist_ok=True)
-    with open(out / "hyps.jsonl", "w", encoding="utf-8") as f:
-        for u, t in zip(utts, texts):
-            f.write(json.dumps({"id": u.id, "text": t}) + "\n")
+    atomic_write_text(out / "hyps.jsonl", "".join(json.dumps({"id": u.id, "text": t}) + "\n"
+                                                  for u, t in zip(utts, texts)))
     per_weight = {w: min(g["wer"] for g, _ in grid if g["phone_weight"] == w) for w in _PHONE_WEIGHTS}
-    (out / "summary.json").write_text(json.dumps({
+    atomic_write_text(out / "summary.json", json.dumps({
         "char_beam": {"lm_weight": args.char_lm_weight, "word_score": args.char_word_score,
                       "wer": score_corpus(refs, char_top).wer},
         "phone_beam": phone_best, "nbest": args.nbest, "candidates": sum(map(len, cands)),
         "candidates_without_phone_score": unscored, "best": best, "cross_validated_wer": held_out,
-        "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n", encoding="utf-8")
+        "best_by_phone_weight": per_weight, "grid": [g for g, _ in grid]}, indent=2) + "\n")
     print("combined, best WER by phone weight: "
           + ", ".join(f"{w:g}: {100 * v:.2f}%" for w, v in per_weight.items()))
     print(f"combined best: {best} -> {out / 'hyps.jsonl'}")

@@ -17,6 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from asr.files import atomic_write
+
 PANELS = (("val_wer", "dev WER %", 100.0), ("val_cer", "dev CER %", 100.0),
           ("val/loss", "dev loss", 1.0), ("train/loss", "train loss (epoch mean)", 1.0))
 
@@ -61,8 +63,8 @@ def plot(exps: list[Path], labels: list[str], out: Path) -> None:
         ax.set_xlabel("epoch")
     axes[0][0].legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    # format from the name's suffix, as savefig(path) would pick it
+    atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or None, dpi=110))
     plt.close(fig)
 
 

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asr.files import atomic_write_text
+
 # Rows and columns in this order; anything else found is appended alphabetically.
 SYSTEM_ORDER = ("greedy", "beam", "beam-lm", "beam-lm-chars")
 SPLIT_ORDER = ("dev", "test")
@@ -161,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {ts}: {e}", file=sys.stderr)
     text = render(results, train, args.title or args.exp_dir.name)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        atomic_write_text(args.out, text)
     else:
         print(text)
     return 1 if errors else 0

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asr.files import atomic_write_text
+
 
 class ManifestError(ValueError):
     """A bad manifest entry; ``str(e) == "path:line: problem"`` when read from a file."""
@@ -180,26 +182,28 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     return utts
 
 
-def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
-    """Write ``utts`` as JSONL (UTF-8, one object per line), replacing ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name unique to this process: two writers never interleave into one file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def manifest_text(utts: Iterable[Utterance], path: str | os.PathLike | None = None) -> str:
+    """``utts`` as manifest JSONL (one object per line), each line checked as
+    :func:`read_manifest` would check it; a problem is a ManifestError naming ``path``."""
     seen: set[str] = set()
-    with open(tmp, "w", encoding="utf-8") as f:
-        for index, u in enumerate(utts):
-            d = u.to_dict()
-            # Never write a line that read_manifest would refuse.
-            try:
-                Utterance.from_dict(d)
-                if u.id in seen:
-                    raise ManifestError(f"duplicate id {u.id!r}")
-            except ManifestError as e:
-                f.close()
-                tmp.unlink()
-                raise ManifestError(f"utterance #{index}: {e.problem}", path) from None
-            seen.add(u.id)
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    # A reader never sees a half-written manifest, even if the writer is interrupted.
-    os.replace(tmp, path)
+    lines = []
+    for index, u in enumerate(utts):
+        d = u.to_dict()
+        # Never write a line that read_manifest would refuse.
+        try:
+            Utterance.from_dict(d)
+            if u.id in seen:
+                raise ManifestError(f"duplicate id {u.id!r}")
+        except ManifestError as e:
+            raise ManifestError(f"utterance #{index}: {e.problem}", path) from None
+        seen.add(u.id)
+        lines.append(json.dumps(d, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
+    """Write ``utts`` as JSONL (UTF-8, one object per line), replacing ``path`` atomically
+    (:func:`asr.files.atomic_write_text`): a reader never sees a half-written manifest, even
+    if the writer is interrupted or the disk fills."""
+    path = Path(path)
+    atomic_write_text(path, manifest_text(utts, path))

@@ -124,6 +124,47 @@ def test_atomic_write_files_is_all_or_nothing_on_a_full_disk(tmp_path, monkeypat
 
 
 # --------------------------------------------------------------------------------------------
+# asr prepare --out
+
+
+def test_prepare_rerun_on_a_full_disk_keeps_the_earlier_files_whole(tmp_path, monkeypatch, capsys):
+    """A rerun into an existing --out (other options, so every file changes) whose disk fills
+    while writing summary.json: the earlier manifests, rejected.jsonl and summary.json are all
+    still there, byte for byte, and no temp file is left; an `error:` line naming the file,
+    exit 2."""
+    src = tmp_path / "src"
+    for spk in ("ann", "bob", "cat", "dan"):
+        for i in range(3):
+            wav(src / spk / f"{spk}{i}.wav", seed=i)
+            (src / spk / f"{spk}{i}.txt").write_text(f"{spk} said {i}")
+    (src / "ann" / "bad.wav").write_bytes(b"")  # one rejected item: rejected.jsonl is not empty
+    (src / "ann" / "bad.txt").write_text("bad")
+    out = tmp_path / "out"
+    argv = ["prepare", "folder", "--src", str(src), "--out", str(out), "--allow-rejected", "--workers", "1"]
+    assert main([*argv, "--dev-speakers", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"train.jsonl", "dev.jsonl", "rejected.jsonl", "summary.json"} <= set(before)
+    capsys.readouterr()
+    real_open = open
+
+    def disk_full_at_summary(file, mode="r", *a, **kw):
+        f = real_open(file, mode, *a, **kw)
+        if any(c in mode for c in "wax") and PurePath(file).name.startswith("summary.json"):
+            f.close()  # created (truncated), then nothing more fits
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return f
+
+    monkeypatch.setattr("builtins.open", disk_full_at_summary)
+    rc = main([*argv, "--dev-speakers", "2"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err  # after the progress lines, one error line naming the target
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"error: {out / 'summary.json'}: {os.strerror(errno.ENOSPC)}"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    json.loads(before["summary.json"])
+
+
+# --------------------------------------------------------------------------------------------
 # transcribe --out
 
 

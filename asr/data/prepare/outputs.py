@@ -1,4 +1,6 @@
-"""What `asr prepare` writes: ``{train,dev,test}.jsonl``, ``rejected.jsonl`` and ``summary.json``."""
+"""What `asr prepare` writes: ``{train,dev,test}.jsonl``, ``rejected.jsonl`` and ``summary.json``,
+as one set (:func:`asr.files.atomic_write_files`): a rerun that fails (no space left) keeps the
+earlier files whole."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from asr.data.corpora import SPLITS
-from asr.data.manifest import Utterance, write_manifest
+from asr.data.manifest import Utterance, manifest_text
 from asr.data.prepare.options import PrepareOptions
 from asr.data.prepare.validate import PrepareResult
+from asr.files import atomic_write_files
 
 
 def manifest_stats(utts: list[Utterance]) -> dict[str, Any]:
@@ -32,18 +35,16 @@ def write_outputs(
     out: Path, result: PrepareResult, present: list[str], corpus: str, src: Path, options: PrepareOptions
 ) -> None:
     """Write the manifests of the ``present`` splits, ``rejected.jsonl`` and ``summary.json``
-    into ``out``, and fill ``result.summary``. A manifest of a split not present is removed:
-    left from an earlier run with other options, it would mislead."""
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    into ``out`` as one set, and fill ``result.summary``. A manifest of a split not present is
+    removed once the new set is in place: left from an earlier run with other options, it would
+    mislead."""
+    contents: dict[Path, str] = {}
+    for split in present:
         path = out / f"{split}.jsonl"
-        if split in present:
-            write_manifest(path, result.splits[split])
-        elif path.exists():
-            path.unlink()
-    with open(out / "rejected.jsonl", "w", encoding="utf-8") as f:
-        for r in result.rejected:
-            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        contents[path] = manifest_text(result.splits[split], path)
+    contents[out / "rejected.jsonl"] = "".join(
+        json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in result.rejected
+    )
     result.summary = {
         "corpus": corpus,
         "src": str(Path(src).resolve()),
@@ -57,6 +58,8 @@ def write_outputs(
             "by_split": dict(Counter(r.split for r in result.rejected)),
         },
     }
-    with open(out / "summary.json", "w", encoding="utf-8") as f:
-        json.dump(result.summary, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    contents[out / "summary.json"] = json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_files(contents)
+    for split in SPLITS:
+        if split not in present:
+            (out / f"{split}.jsonl").unlink(missing_ok=True)
