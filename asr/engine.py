@@ -1,9 +1,9 @@
-"""The inference engine: one batch of waveforms through features and model, decoders, threads.
+"""The inference engine: one batch of waveforms through features and model, threads, progress.
 
 The pieces every way of transcribing shares (:mod:`asr.segments` for files of any length,
 :mod:`asr.parallel` for several devices, :mod:`asr.inference` for manifests): default batch
-limits, CPU thread settings, :func:`forward_batch`, building a decoder from its options
-(:func:`make_decoder`) and decoding emissions in padded groups, and the progress display.
+limits, CPU thread settings, :func:`forward_batch` and the progress display. Decoders are
+built by :func:`asr.decode.factory.make_decoder`.
 """
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, Hypothesis, greedy_decode
-from asr.lm_files import LM_TUNE_SUFFIX, load_tuned_weights
 from asr.package import ModelPackage
-from asr.phones import TwoHeadDecoder
 from asr.threads import default_threads, set_threads  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-_Result = TypeVar("_Result")
 
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines (stderr not a terminal)
 
@@ -45,7 +38,7 @@ def forward_batch(package: ModelPackage, waves: Sequence[Tensor], phones: bool =
     """Emissions of one batch: waves [(S_i,)] at ``package.sample_rate`` -> [(T'_i, V)] float32 on CPU.
 
     ``phones=True`` (a package with a phone head): joint emissions [(T'_i, V + 1 + P)], the
-    character log-probs followed by the phone head's, for :class:`asr.phones.TwoHeadDecoder`.
+    character log-probs followed by the phone head's, for :class:`asr.decode.phones.TwoHeadDecoder`.
     """
     if not waves:
         return []
@@ -125,70 +118,3 @@ class LogProgress:
             pct = f" ({100 * t[2] / t[1]:.0f}%)" if t[1] > 0 else ""
             log.info("%s: %.0f/%.0f s of audio%s", t[0], t[2], t[1], pct)
             t[3], t[4] = now, True
-
-
-# --------------------------------------------------------------------------------------------
-# decoding
-
-
-@dataclass(frozen=True)
-class Decoder:
-    """What :func:`make_decoder` builds: called like a decoder, (log_probs (N, T, V), lengths
-    (N,)) -> [Hypothesis] (the best one per utterance), and saying which emissions it reads."""
-
-    decode: Callable[[Tensor, Tensor], list[Hypothesis]]
-    # True: it reads joint emissions, the character log-probs followed by the phone head's
-    # (asr.phones.TwoHeadDecoder): run forward_batch with phones=True.
-    joint_emissions: bool = False
-
-    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        return self.decode(log_probs, lengths)
-
-
-def make_decoder(package: ModelPackage, options: DecodingOptions | None = None) -> tuple[Decoder, dict[str, Any]]:
-    """A :class:`Decoder` (best hypothesis only) and its settings.
-
-    ``options`` default to greedy decoding. Beam weights left as None take, in order: the
-    weights ``asr lm tune`` saved beside the LM (``<lm>.tune.json``), then the
-    :class:`asr.decoding.DecodingOptions` defaults.
-
-    Raises:
-        DecoderError: a missing/unusable LM or lexicon.
-    """
-    options = options or DecodingOptions()
-    tokenizer = package.tokenizer
-    if options.decoder == "greedy":
-        return Decoder(lambda lp, lens: greedy_decode(lp, lens, tokenizer)), {"decoder": "greedy"}
-    tuned = load_tuned_weights(options.lm) if options.lm is not None else None
-    opts = options.with_weights(tuned)
-    head = package.phone_head
-    if opts.phone_weight and head is None:
-        if options.phone_weight is not None:  # asked for on the command line
-            raise DecoderError(f"{package.info.get('path', 'this package')}: --phone-weight needs a package with a "
-                               "phone head (export a run trained with model.phone_ctc_weight > 0 and data.lexicon)")
-        # Tuned with another (phone-head) package on the same LM: this one decodes without.
-        log.info("%s%s: phone_weight %g was tuned for a package with a phone head; this one has none",
-                 options.lm, LM_TUNE_SUFFIX, opts.phone_weight)
-        opts = replace(opts, phone_weight=0.0)
-    beam: BeamSearchDecoder | TwoHeadDecoder
-    if opts.phone_weight:
-        assert head is not None
-        beam = TwoHeadDecoder(tokenizer, head.phones, head.pronunciations, opts)
-    else:
-        beam = BeamSearchDecoder(tokenizer, opts)
-    settings = beam.settings()
-    if tuned is not None:
-        settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
-    return Decoder(lambda lp, lens: [h[0] for h in beam(lp, lens)],
-                   joint_emissions=isinstance(beam, TwoHeadDecoder)), settings
-
-
-def decode_emissions(
-    decode: Callable[[Tensor, Tensor], Sequence[_Result]], emissions_list: Sequence[Tensor], batch: int = 64
-) -> Iterator[_Result]:
-    """Run ``decode`` on [(T_i, V)] emissions in padded groups of ``batch``; yields its
-    per-utterance results (a :class:`Decoder`'s Hypothesis, a beam's n-best list, ...) in order."""
-    for s in range(0, len(emissions_list), batch):
-        group = list(emissions_list[s : s + batch])
-        lens = torch.tensor([e.shape[0] for e in group], dtype=torch.long)
-        yield from decode(pad_sequence(group, batch_first=True), lens)  # (n, T, V)

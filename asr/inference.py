@@ -25,7 +25,8 @@ from torch import Tensor
 from asr.audio import AudioError, load_audio
 from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.data.sampler import plan_batches
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
+from asr.decode.factory import make_decoder
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
@@ -34,7 +35,6 @@ from asr.engine import (
     NON_FINITE,
     default_threads,
     forward_batch,
-    make_decoder,
     progress_bar,
     set_threads,
 )
@@ -166,7 +166,7 @@ def transcribe_manifest(
     ``utterances``: the manifest's utterances when the caller has read it already; then
     ``manifest_path`` is not read again (it may be a pipe, which can be read only once).
 
-    ``options`` say how to decode (default greedy; see :func:`asr.engine.make_decoder`).
+    ``options`` say how to decode (default greedy; see :func:`asr.decode.factory.make_decoder`).
     Unreadable utterances and duration mismatches are logged as warnings and counted.
 
     Returns:

@@ -13,7 +13,7 @@ MODEL (safetensors)
 
 A package exported from a run with a phone CTC head (``model.phone_ctc_weight > 0``) also
 holds that head (tensors ``phone_head.weight`` / ``phone_head.bias``), its phones and the
-pronunciations of the training words, for :mod:`asr.phones`' decoders; it is written as
+pronunciations of the training words, for :mod:`asr.decode.phones`' decoders; it is written as
 format version 3, which older toolkits refuse with a clear "newer" message. A package
 without a phone head stays version 2.
 
@@ -172,7 +172,7 @@ def _numel(shape: Sequence[int]) -> int:
 class PhoneHead:
     """The auxiliary phone CTC head of a package: ``linear`` maps the output of recurrent layer
     ``model.phone_layer`` to 1 + len(phones) logits (0 = blank, i + 1 = phones[i]);
-    ``pronunciations`` are the training words' (the decoding lexicon of :mod:`asr.phones`)."""
+    ``pronunciations`` are the training words' (the decoding lexicon of :mod:`asr.decode.phones`)."""
 
     linear: nn.Linear
     phones: tuple[str, ...]

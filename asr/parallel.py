@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from asr.audio import AudioError, audio_info
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
+from asr.decode.factory import make_decoder
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     default_threads,
-    make_decoder,
     progress_bar,
 )
 from asr.package import load_package

@@ -18,15 +18,14 @@ from torch import Tensor
 
 from asr.audio import AudioError, audio_info, load_audio
 from asr.data.sampler import plan_batches
-from asr.decoding import Hypothesis
+from asr.decode.decoding import Hypothesis
+from asr.decode.factory import Decoder, decode_emissions
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     NON_FINITE,
-    Decoder,
-    decode_emissions,
     forward_batch,
     progress_bar,
 )

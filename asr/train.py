@@ -39,7 +39,7 @@ from asr.data.lexicon import LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import Utterance
 from asr.data.shards import ShardError, open_shard_set, read_texts
 from asr.datamodule import CTCDataModule, read_manifest_or_fail
-from asr.decoding import greedy_decode
+from asr.decode.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text, os_error_of
 from asr.log import is_rank_zero
@@ -155,7 +155,7 @@ class CTCModule(pl.LightningModule):
         if phones:
             hparams["phones"] = list(phones)
             # The training words' pronunciations: `asr export` puts them in the package with
-            # the phone head, as the lexicon of its phone beam search (asr.phones).
+            # the phone head, as the lexicon of its phone beam search (asr.decode.phones).
             hparams["pronunciations"] = {w: list(ps) for w, ps in sorted((pronunciations or {}).items())}
         self.save_hyperparameters(hparams)
         self.val_wer = WordErrorRate()  # corpus-level, synced across DDP ranks
@@ -163,7 +163,7 @@ class CTCModule(pl.LightningModule):
         # The auxiliary phone CTC head (model.phone_ctc_weight > 0): a linear layer on one
         # recurrent layer's output to the phones + blank (id 0). It lives here, not in the
         # AcousticModel, so checkpoints hold it (resume); `asr export` copies it into the
-        # package beside the network, for `--phone-weight` decoding (asr.phones).
+        # package beside the network, for `--phone-weight` decoding (asr.decode.phones).
         self.phone_head: nn.Linear | None = None
         if cfg.model.phone_ctc_weight > 0:
             assert phones, "model.phone_ctc_weight > 0 needs the phone inventory"

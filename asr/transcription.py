@@ -27,13 +27,13 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
+from asr.decode.factory import make_decoder
 from asr.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
-    make_decoder,
     set_threads,
 )
 from asr.package import ModelPackage, load_package
@@ -107,7 +107,7 @@ def transcribe(
     Args:
         model: a package path or a loaded :class:`ModelPackage`.
         options: how to decode (default greedy); beam weights left unset come from the
-            LM's tuned weights, see :func:`asr.engine.make_decoder`. (:func:`asr.transcribe`
+            LM's tuned weights, see :func:`asr.decode.factory.make_decoder`. (:func:`asr.transcribe`
             also takes its fields as keywords.)
         chunk_seconds, overlap_seconds: long-file windowing, see :mod:`asr.windows`.
         segment: where files longer than ``chunk_seconds`` are cut: ``"pauses"`` (in the

@@ -181,7 +181,7 @@ step() {  # step [--after INPUT]... OUTPUT CMD...: run CMD unless OUTPUT was mad
 }
 
 have_kenlm() {
-  "$PYTHON" -c "from asr.lm import find_kenlm_bin; find_kenlm_bin()" 2>/dev/null
+  "$PYTHON" -c "from asr.decode.lm import find_kenlm_bin; find_kenlm_bin()" 2>/dev/null
 }
 
 TRAIN_RESUME=()  # set by train_stage for _train
@@ -260,7 +260,7 @@ _evaluate() {  # _evaluate SYSTEM SPLIT DECODER-ARGS...: one evaluation into $EX
   fi
 }
 
-_has_phone_head() {  # whether $EXP/model.asr carries a phone CTC head (asr.phones)
+_has_phone_head() {  # whether $EXP/model.asr carries a phone CTC head (asr.decode.phones)
   # An unreadable package says so in one line and counts as "no head"; the stage's own
   # evaluations report it too.
   "$PYTHON" -c '

@@ -11,9 +11,9 @@ speechocean762 utterances (synthetic noise when the corpus is absent).
 Rows:
 - greedy fp32 / int8: RTF = (log-mel + model + greedy decoding) wall time / audio seconds,
   audio already in memory; best of ``--repeats`` runs.
-- beam: flashlight-text (asr.flashlight) per-utterance time on the fp32 emissions,
+- beam: flashlight-text (asr.decode.flashlight) per-utterance time on the fp32 emissions,
   lexicon-free without LM; with a word bigram LM over the corpus transcripts (built with
-  ``asr.lm.build_lm`` when KenLM's lmplz is installed, else written here in ARPA format).
+  ``asr.decode.lm.build_lm`` when KenLM's lmplz is installed, else written here in ARPA format).
 - flashlight vs pyctcdecode: same log-probs, same beam width, no LM; time ratio and how often
   both return the same text, on the random model's emissions (near-uniform: a stress case)
   and on synthetic peaky emissions that look like a trained model's.
@@ -37,7 +37,7 @@ import torch
 
 from asr.audio import load_audio
 from asr.config import ExperimentConfig, to_dict
-from asr.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
+from asr.decode.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.export import export
 from asr.inference import emissions
 from asr.model import AcousticModel, ModelConfig
@@ -96,10 +96,10 @@ def write_bigram_arpa(texts: list[str], path: Path) -> None:
 
 def make_lm(texts: list[str], tmp: Path) -> tuple[Path, str]:
     try:
-        from asr.lm import LMError, build_lm
+        from asr.decode.lm import LMError, build_lm
 
         built = build_lm(texts, 3, tmp / "lm.arpa")
-        return built.path, f"3-gram, asr.lm.build_lm (lmplz), {built.vocabulary} words"
+        return built.path, f"3-gram, asr.decode.lm.build_lm (lmplz), {built.vocabulary} words"
     except (ImportError, LMError) as e:
         path = tmp / "bigram.arpa"
         write_bigram_arpa(texts, path)

@@ -24,7 +24,7 @@ Tokens: blank (id 0, as the head was trained), the checkpoint's phones, and a wo
 token the model never emits (its log-prob is fixed very low), the way NeMo decodes BPE.
 Without a boundary token a word ends with its last phone, and flashlight's search, back at
 the trie root, could not hold that phone over several frames; so, as for word pieces
-(:func:`asr.lm_files.search_spellings`, explained in :mod:`asr.decoding`), each word is also
+(:func:`asr.decode.lm_files.search_spellings`, explained in :mod:`asr.decode.decoding`), each word is also
 spelled with its last phone doubled ("K AE T T"): a repeat without a blank cannot enter a
 trie node but can complete a word there.
 
@@ -44,7 +44,7 @@ weights on the set it scores, a 2-fold cross-validation by speaker is printed to
 and for w = 0 (the same rescoring without the phone head: the fair control).
 
 This script is the experiment bench behind ``asr``'s ``--phone-weight`` decoding
-(:mod:`asr.phones`, which holds the decoders and the rescoring used here): it reads
+(:mod:`asr.decode.phones`, which holds the decoders and the rescoring used here): it reads
 checkpoints rather than packages, tunes every weight on a grid, and reports the
 cross-validated and phone-only numbers. Users decode with ``asr evaluate / transcribe
 MODEL --decoder beam --lm LM --phone-weight W`` on a package exported from such a run.
@@ -78,18 +78,18 @@ from asr.checkpoint import (
 from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
-from asr.decoding import DecoderError, DecodingOptions
-from asr.features import LogMel
-from asr.files import atomic_write_text
-from asr.lm import decode_texts
-from asr.model import AcousticModel
-from asr.phones import (
+from asr.decode.decoding import DecoderError, DecodingOptions
+from asr.decode.lm import decode_texts
+from asr.decode.phones import (
     BLANK,
     PhoneDecoder,
     candidates,
     combine,
     write_search_lexicon,
 )
+from asr.features import LogMel
+from asr.files import atomic_write_text
+from asr.model import AcousticModel
 from asr.text import Tokenizer, normalize_text
 
 
@@ -368,7 +368,7 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
     """Union of the character beam's and the phone beam's n-best; grid over the combination."""
     import kenlm
 
-    from asr.decoding import BeamSearchDecoder
+    from asr.decode.decoding import BeamSearchDecoder
     from asr.metrics import score_corpus
 
     char_dec = BeamSearchDecoder(net.tokenizer, lm=str(args.lm), lm_weight=args.char_lm_weight,

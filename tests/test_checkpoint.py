@@ -21,7 +21,7 @@ from asr.checkpoint import (
 )
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
-from asr.decoding import greedy_decode
+from asr.decode.decoding import greedy_decode
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import (

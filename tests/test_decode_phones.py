@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr import phones as asr_phones
 from asr.config import ExperimentConfig, to_dict
 from asr.data.lexicon import read_lexicon
-from asr.decoding import DecoderError
+from asr.decode import phones as asr_phones
+from asr.decode.decoding import DecoderError
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ctc_frames import frames as ctc_frames
 
-from asr.decoding import BeamSearchDecoder, DecoderError, Hypothesis, WordSpan, greedy_decode
-from asr.lm_files import (
+from asr.decode.decoding import BeamSearchDecoder, DecoderError, Hypothesis, WordSpan, greedy_decode
+from asr.decode.lm_files import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,
     lm_vocabulary,

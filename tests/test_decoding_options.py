@@ -12,7 +12,7 @@ import pytest
 
 from asr.cli import _parse, build_parser, main
 from asr.commands.decoding_flags import check_decoding_flags, decoding_options
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_each_bad_flag_gives_one_line_naming_the_flag(command, bad, message):
 
 def test_flag_errors_come_from_the_options_rules():
     # Each flag error is the options' own message with the field names turned into flags.
-    from asr.decoding import DecodingOptionError
+    from asr.decode.decoding import DecodingOptionError
 
     for kwargs in ({"beam_size": 0}, {"beam_threshold": -1.0}, {"phone_weight": 2.0}):
         with pytest.raises(DecodingOptionError) as e:
@@ -168,4 +168,4 @@ def test_the_beam_defaults_are_written_once():
     pattern = re.compile(r"(beam[_-]size|beam[_-]threshold|lm[_-]weight|word[_-]score)\b[^=\n]*[=:]\s*(50|25(\.0)?|0\.5)\b", re.I)
     hits = [f"{p.relative_to(REPO)}:{i}" for p in sorted(REPO.glob("asr/**/*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
-    assert [h.split(":")[0] for h in hits] == ["asr/decoding.py"] * 3, hits
+    assert [h.split(":")[0] for h in hits] == ["asr/decode/decoding.py"] * 3, hits

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr.flashlight import FlashlightSearch
+from asr.decode.flashlight import FlashlightSearch
 from asr.text import CharTokenizer
 
 TOK = CharTokenizer("abcnostuy")  # tokens: <blank> | a b c n o s t u y

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.lm import LMError, find_kenlm_bin
+from asr.decode.lm import LMError, find_kenlm_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from ctc_frames import frames as ctc_frames
 
-from asr import lm as lm_mod
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
-from asr.decoding import BeamSearchDecoder, DecodingOptions
-from asr.lm import LMError, build_lm, find_kenlm_bin, tune_lm
-from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
+from asr.decode import lm as lm_mod
+from asr.decode.decoding import BeamSearchDecoder, DecodingOptions
+from asr.decode.lm import LMError, build_lm, find_kenlm_bin, tune_lm
+from asr.decode.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
 from asr.text import CharTokenizer
 
 TOK = CharTokenizer("abcnostuy")
@@ -138,11 +138,11 @@ def test_vocabulary_limit_keeps_the_most_frequent_words_ties_alphabetical(caplog
     from collections import Counter
 
     counts = Counter("b a c a b d".split())  # a 2, b 2, c 1, d 1
-    with caplog.at_level("INFO", logger="asr.lm"):
+    with caplog.at_level("INFO", logger="asr.decode.lm"):
         assert lm_mod._vocabulary_limit(counts, 3) == ["a", "b", "c"]
     assert "capped at 3 of 4 words: OOV rate 16.67%" in caplog.text
     caplog.clear()
-    with caplog.at_level("INFO", logger="asr.lm"):
+    with caplog.at_level("INFO", logger="asr.decode.lm"):
         assert lm_mod._vocabulary_limit(counts, 4) is None  # no cap needed
     assert "all 4 words of the text fit the cap of 4 (OOV rate 0.00%)" in caplog.text
     assert lm_mod._vocabulary_limit(counts, None) is None
@@ -280,7 +280,7 @@ def test_tune_lm_keeps_the_defaults_when_every_point_ties(tmp_path, caplog):
     # Clear acoustics the LM agrees with: every grid point decodes the dev set perfectly.
     lm = _arpa(tmp_path / "lm.arpa", {"cat": -0.3, "not": -0.3, "so": -0.3})
     ems = [frames(["-", "c", "a", "t", "-"]), frames(["n", "o", "t", "|", "s", "o"])]
-    with caplog.at_level("WARNING", logger="asr.lm"):
+    with caplog.at_level("WARNING", logger="asr.decode.lm"):
         res = tune_lm(
             ems, ["cat", "not so"], TOK, lm, lm_weights=(2.0, 0.0), word_scores=(1.0, 0.0),
             options=DecodingOptions("beam", beam_size=5), save=True,

@@ -14,7 +14,7 @@ import torch
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.parallel import split_by_duration, transcribe_segments_parallel, worker_devices

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr.decoding import greedy_decode
+from asr.decode.decoding import greedy_decode
 from asr.text import CharTokenizer
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks/peers/speechbrain/decode_lm.py"

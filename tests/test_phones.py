@@ -1,4 +1,4 @@
-"""The phone head in packages and ``--phone-weight`` decoding (asr.phones, asr.export,
+"""The phone head in packages and ``--phone-weight`` decoding (asr.decode.phones, asr.export,
 asr.package, asr.engine): hand-built tensors and tiny random models, milliseconds each."""
 
 import json
@@ -14,12 +14,13 @@ import soundfile as sf
 import torch
 
 from asr.config import ExperimentConfig, to_dict
-from asr.decoding import DecoderError, DecodingOptions, greedy_decode
-from asr.engine import forward_batch, make_decoder
+from asr.decode.decoding import DecoderError, DecodingOptions, greedy_decode
+from asr.decode.factory import make_decoder
+from asr.decode.phones import Pool, TwoHeadDecoder, candidates
+from asr.engine import forward_batch
 from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, PhoneHead, load_package, read_metadata, write_package
-from asr.phones import Pool, TwoHeadDecoder, candidates
 from asr.text import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def test_two_heads_pick_the_word_the_phone_head_hears_and_time_it_on_the_charact
     with pytest.raises(DecoderError, match="joint emissions must be"):
         both(char[None], lens)
     with pytest.raises(DecoderError, match="phone_weight needs the package's phone head"):
-        from asr.decoding import BeamSearchDecoder
+        from asr.decode.decoding import BeamSearchDecoder
 
         BeamSearchDecoder(TOK, DecodingOptions(decoder="beam", phone_weight=0.5))
     with pytest.raises(ValueError, match="need.* decoder='beam'"):
@@ -224,8 +225,8 @@ ARPA = ("\\data\\\nngram 1=6\nngram 2=1\n\n\\1-grams:\n"
 
 
 def test_lm_tune_finds_the_phone_weight_and_decoding_takes_it_from_the_tuning_file(tmp_path):
-    from asr.lm import tune_lm
-    from asr.lm_files import load_tuned_weights
+    from asr.decode.lm import tune_lm
+    from asr.decode.lm_files import load_tuned_weights
 
     lm = tmp_path / "lm.arpa"
     lm.write_text(ARPA)
@@ -255,7 +256,7 @@ def test_lm_tune_finds_the_phone_weight_and_decoding_takes_it_from_the_tuning_fi
 
 
 def test_lm_tune_with_a_character_lm_leaves_the_phone_weight_alone(tmp_path):
-    from asr.lm import tune_lm
+    from asr.decode.lm import tune_lm
 
     lm = tmp_path / "chars.arpa"
     units = ["<s>", "</s>", "<unk>", "|", "a", "b", "c", "t"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.lm_files import lm_vocabulary
+from asr.decode.lm_files import lm_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "an4"))

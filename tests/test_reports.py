@@ -19,7 +19,7 @@ import pytest
 from asr.cli import main
 from asr.compare import CompareError, compare_reports
 from asr.data.manifest import Utterance, read_manifest, write_manifest
-from asr.decoding import DecodingOptions
+from asr.decode.decoding import DecodingOptions
 from asr.evaluate import (
     HypothesisFileError,
     HypothesisWarning,

@@ -37,7 +37,7 @@ def test_overfit_single_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
-    from asr.decoding import greedy_decode
+    from asr.decode.decoding import greedy_decode
 
     model.eval()
     with torch.no_grad():

@@ -17,7 +17,7 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.data.sampler import plan_batches
-from asr.decoding import DecodingOptions, greedy_decode
+from asr.decode.decoding import DecodingOptions, greedy_decode
 from asr.export import export
 from asr.features import LogMel
 from asr.inference import emissions, emissions_for_manifest, transcribe_manifest
@@ -343,7 +343,7 @@ ngram 2=3
 
 
 def test_beam_with_a_word_lm_and_its_tuned_weights(tmp_path):
-    from asr.engine import make_decoder
+    from asr.decode.factory import make_decoder
 
     lm = tmp_path / "lm.arpa"
     lm.write_text(BIGRAM_ARPA)

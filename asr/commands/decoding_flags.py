@@ -3,7 +3,7 @@
 Every beam flag defaults to None ("not given"), so a command can tell what the user asked
 for (beam flags with the greedy decoder are refused; unset LM weights come from the LM's
 tuned weights); the defaults themselves are written only in
-:class:`asr.decoding.DecodingOptions`, which :func:`decoding_options` builds from the flags
+:class:`asr.decode.decoding.DecodingOptions`, which :func:`decoding_options` builds from the flags
 given, and which the help texts quote.
 """
 
@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from asr.decoding import DECODERS, DecodingOptionError, DecodingOptions
+from asr.decode.decoding import DECODERS, DecodingOptionError, DecodingOptions
 
 # Beam-only flags, as DecodingOptions field names ("--beam-size" is "beam_size").
 BEAM_FLAGS = ("lm", "lexicon", "beam_size", "beam_threshold", "lm_weight", "word_score", "phone_weight")

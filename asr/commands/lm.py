@@ -3,7 +3,7 @@
     asr lm build TEXT... --order 3 --out lm.bin [--vocab-size N] [--memory 1G] [--kenlm-bin DIR]
     asr lm tune MODEL DEV_MANIFEST --lm lm.bin [--lm-weights ...] [--word-scores ...]
 
-Parses the command line and calls :func:`asr.lm.build_lm` / :func:`asr.lm.tune_lm`; prints
+Parses the command line and calls :func:`asr.decode.lm.build_lm` / :func:`asr.decode.lm.tune_lm`; prints
 the product to stdout (the "wrote ..." line, the tuning table). ``asr lm TEXT ...`` means
 ``build`` (see :func:`asr.cli.main`).
 """
@@ -21,7 +21,7 @@ from asr.commands.decoding_flags import (
     check_decoding_flags,
     decoding_options,
 )
-from asr.lm import (
+from asr.decode.lm import (
     DEFAULT_LM_WEIGHTS,
     DEFAULT_PHONE_WEIGHTS,
     DEFAULT_WORD_SCORES,

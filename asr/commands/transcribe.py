@@ -33,7 +33,7 @@ from asr.commands.decoding_flags import (
     check_decoding_flags,
     decoding_options,
 )
-from asr.decoding import DecoderError
+from asr.decode.decoding import DecoderError
 from asr.engine import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
 from asr.package import ModelPackage, load_package
 from asr.parallel import worker_devices

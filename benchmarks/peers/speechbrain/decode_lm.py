@@ -12,7 +12,7 @@ The peer's columns are reordered into our character tokenizer's ids (:func:`to_t
 its blank to our blank, its space to our word delimiter "|", every character to our id for
 it. The decoder is the one ``asr evaluate --decoder beam --lm LM`` builds: lexicon from the
 LM's vocabulary, beam 50, weights from the command line, else from ``LM.tune.json``, else
-:class:`asr.decoding.DecodingOptions` defaults.
+:class:`asr.decode.decoding.DecodingOptions` defaults.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decoding import BeamSearchDecoder, DecodingOptions
-from asr.engine import decode_emissions
-from asr.lm_files import load_tuned_weights
+from asr.decode.decoding import BeamSearchDecoder, DecodingOptions
+from asr.decode.factory import decode_emissions
+from asr.decode.lm_files import load_tuned_weights
 from asr.text import BLANK, CharTokenizer, Tokenizer
 
 

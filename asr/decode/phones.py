@@ -19,7 +19,7 @@ Tokens of the phone search: blank (id 0, as the head was trained), the head's ph
 word-boundary token the model never emits (its log-prob is fixed very low), the way NeMo
 decodes BPE. Without a boundary token a word ends with its last phone, and flashlight's
 search, back at the trie root, could not hold that phone over several frames; so, as
-:mod:`asr.decoding` does for word pieces, each word is also spelled with its last phone
+:mod:`asr.decode.decoding` does for word pieces, each word is also spelled with its last phone
 doubled ("K AE T T"): a repeat without a blank cannot enter a trie node but can complete a
 word there.
 
@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from asr.decoding import (
+from asr.decode.decoding import (
     BeamSearchDecoder,
     DecoderError,
     DecodingOptions,
@@ -51,21 +51,21 @@ from asr.decoding import (
     make_hypothesis,
     split_words,
 )
+from asr.decode.lm_files import search_spellings
 from asr.files import atomic_write_text
-from asr.lm_files import search_spellings
 from asr.text import Tokenizer, TokenizerError
 
 BLANK = "<blank>"
 BOUNDARY = "<sil>"  # flashlight's silence token: a word boundary the model never emits
 UNK = "<unk>"
 _BEAM = DecodingOptions(decoder="beam")  # the toolkit's beam size / threshold defaults
-_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decoding's closing frame)
+_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decode.decoding's closing frame)
 RESCORE_NBEST = 10  # hypotheses each beam contributes to the pool (TwoHeadDecoder)
 
 
 def write_search_lexicon(prons: dict[str, tuple[str, ...]], path: str | Path) -> None:
     """flashlight lexicon: ``word<TAB>phones`` and the same with the last phone doubled
-    (phones have no word delimiter: :func:`asr.lm_files.search_spellings`)."""
+    (phones have no word delimiter: :func:`asr.decode.lm_files.search_spellings`)."""
     lines = []
     for word, ps in sorted(prons.items()):
         lines += [f"{word}\t{' '.join(sp)}\n" for sp in search_spellings(ps, delimiter=None)]
@@ -222,7 +222,7 @@ class TwoHeadDecoder:
     Called like the other decoders, but on *joint* emissions: (N, T, V + 1 + P), the
     character log-probs followed by the phone head's (what
     :func:`asr.engine.forward_batch` returns with ``phones=True``; the
-    :class:`asr.engine.Decoder` built around it says so in its ``joint_emissions`` field).
+    :class:`asr.decode.factory.Decoder` built around it says so in its ``joint_emissions`` field).
     Returns, per utterance, the best text as a one-item list.
     :meth:`pool` and :meth:`pick` are the two halves, so that ``asr lm tune`` searches the
     phone weight without running the beams again.

@@ -5,10 +5,10 @@ where each token starts, score, word spans in output frames):
 
 - :func:`greedy_decode`: best path (argmax -> collapse repeats -> drop blanks).
 - :class:`BeamSearchDecoder`: flashlight-text's CTC prefix beam search
-  (:class:`asr.flashlight.FlashlightSearch`, built as torchaudio's ``ctc_decoder`` builds
+  (:class:`asr.decode.flashlight.FlashlightSearch`, built as torchaudio's ``ctc_decoder`` builds
   it), optionally with a KenLM n-gram model and a lexicon. With a word-level LM and no
   lexicon given, the lexicon is written on the fly from the LM's vocabulary (see
-  :func:`asr.lm_files.lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")`` just
+  :func:`asr.decode.lm_files.lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")`` just
   works for LMs built by ``asr lm build``. Every choice either makes is one
   :class:`DecodingOptions`, whose defaults are written only there.
 
@@ -34,11 +34,11 @@ Frames are OUTPUT frames of the acoustic model: :meth:`Hypothesis.word_times` tu
 seconds given the time between output frames, ``ModelPackage.frame_shift`` (the features'
 frame shift times the model's subsampling).
 
-The lexicon and LM side-file helpers these decoders use (:func:`~asr.lm_files.write_lexicon`,
-:func:`~asr.lm_files.lm_vocabulary`, :func:`~asr.lm_files.load_tuned_weights`) live in
-:mod:`asr.lm_files`, below this module; the spelling rules above are why they write what they do
-(:func:`~asr.lm_files.search_spellings`). :class:`DecoderError`, raised by both, is defined
-there and re-exported here as part of the decoder API (``from asr.decoding import DecoderError``).
+The lexicon and LM side-file helpers these decoders use (:func:`~asr.decode.lm_files.write_lexicon`,
+:func:`~asr.decode.lm_files.lm_vocabulary`, :func:`~asr.decode.lm_files.load_tuned_weights`) live in
+:mod:`asr.decode.lm_files`, below this module; the spelling rules above are why they write what they do
+(:func:`~asr.decode.lm_files.search_spellings`). :class:`DecoderError`, raised by both, is defined
+there and re-exported here as part of the decoder API (``from asr.decode.decoding import DecoderError``).
 
 Nothing here imports the model: decoders only see log-probs, lengths and the tokenizer.
 """
@@ -55,8 +55,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from asr.flashlight import FlashlightSearch
-from asr.lm_files import (
+from asr.decode.flashlight import FlashlightSearch
+from asr.decode.lm_files import (
     DecoderError,
     copy_user_lexicon,
     is_token_level_lm,
@@ -97,7 +97,7 @@ _EMPTY = Hypothesis(text="", tokens=[], timesteps=[], score=0.0, words=[])
 
 
 # --------------------------------------------------------------------------------------------
-# shared helpers (label_runs, split_words, make_hypothesis: asr.phones builds its hypotheses with them too)
+# shared helpers (label_runs, split_words, make_hypothesis: asr.decode.phones builds its hypotheses with them too)
 
 
 def _check_inputs(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> list[int]:
@@ -227,9 +227,9 @@ class DecodingOptions:
     """How emissions become text: every decoding choice, its default written here only.
 
     A command builds one from its flags (:mod:`asr.commands.decoding_flags`), a caller from
-    keywords; it travels unchanged through :func:`asr.engine.make_decoder`,
+    keywords; it travels unchanged through :func:`asr.decode.factory.make_decoder`,
     :func:`asr.inference.transcribe_manifest`, :func:`asr.transcription.transcribe`,
-    :func:`asr.lm.tune_lm` and into worker processes (it pickles). Beam-only fields left at
+    :func:`asr.decode.lm.tune_lm` and into worker processes (it pickles). Beam-only fields left at
     their defaults are ignored by the greedy decoder; set to anything else with
     ``decoder="greedy"`` they are refused, so a forgotten ``decoder="beam"`` is not silently
     decoded greedily.
@@ -250,7 +250,7 @@ class DecodingOptions:
     unk_word: str = "<unk>"  # LM/lexicon entry for unknown words
     # > 0: also decode the package's phone head and rescore both heads' n-best lists, the
     # phone head's CTC log-likelihood weighted w, the character head's 1 - w
-    # (asr.phones.TwoHeadDecoder; needs a package exported from a run with a phone head).
+    # (asr.decode.phones.TwoHeadDecoder; needs a package exported from a run with a phone head).
     # None: the value `asr lm tune` saved beside the LM (for such a package), else 0 (off).
     phone_weight: float | None = None
 
@@ -284,7 +284,7 @@ class DecodingOptions:
 
     def with_weights(self, tuned: dict[str, float] | None = None) -> DecodingOptions:
         """These options with ``lm_weight``/``word_score``/``phone_weight`` filled in: the
-        value given, else ``tuned`` (from :func:`asr.lm_files.load_tuned_weights`), else the
+        value given, else ``tuned`` (from :func:`asr.decode.lm_files.load_tuned_weights`), else the
         defaults."""
         tuned = tuned or {}
         weight = self.lm_weight if self.lm_weight is not None else tuned.get("lm_weight", self.DEFAULT_LM_WEIGHT)
@@ -325,12 +325,12 @@ class BeamSearchDecoder:
     def __init__(self, tokenizer: Tokenizer, options: DecodingOptions | None = None, **overrides: Any) -> None:
         """``options`` (default: :class:`DecodingOptions`' defaults) with ``overrides`` (its
         field names: ``beam_size=10, lm="lm.bin"``) replaced; weights left unset take the
-        defaults (the LM's tuned weights are :func:`asr.engine.make_decoder`'s business)."""
+        defaults (the LM's tuned weights are :func:`asr.decode.factory.make_decoder`'s business)."""
         opts = replace(options or DecodingOptions(), decoder="beam", **overrides).with_weights()
         opts.check_files()
         if opts.phone_weight:
             raise DecoderError("phone_weight needs the package's phone head: build the decoder with "
-                               "asr.engine.make_decoder(package, options)")
+                               "asr.decode.factory.make_decoder(package, options)")
         assert opts.lm_weight is not None and opts.word_score is not None  # with_weights()
         lm_weight, word_score = opts.lm_weight, opts.word_score
         self.options = opts

@@ -4,11 +4,11 @@
     Normalises the text exactly like transcripts (:func:`asr.text.normalize_text`), runs
     KenLM's ``lmplz`` (modified Kneser-Ney) and, for a ``.bin`` output, ``build_binary``.
     A binary LM gets a ``lm.bin.vocab`` side file: KenLM binaries cannot list their words,
-    and the beam decoder builds its lexicon from them (:func:`asr.lm_files.lm_vocabulary`).
+    and the beam decoder builds its lexicon from them (:func:`asr.decode.lm_files.lm_vocabulary`).
 ``asr lm tune MODEL DEV_MANIFEST --lm lm.bin``
     Grid search over ``lm_weight`` x ``word_score`` by corpus WER; the best pair is saved as
     ``lm.bin.tune.json``, which decoders pick up as their defaults
-    (:func:`asr.lm_files.load_tuned_weights`).
+    (:func:`asr.decode.lm_files.load_tuned_weights`).
 
 The KenLM tools are not part of the ``kenlm`` pip package; ``scripts/build_kenlm.sh``
 compiles them into ``tools/kenlm/bin`` (see :func:`find_kenlm_bin`). The command line is
@@ -32,10 +32,10 @@ from typing import Any
 from torch import Tensor
 
 from asr.data.manifest import read_manifest, utf8_lines
-from asr.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
-from asr.engine import decode_emissions
+from asr.decode.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
+from asr.decode.factory import decode_emissions
+from asr.decode.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.files import atomic_write_text
-from asr.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.package import PhoneHead
 from asr.text import Tokenizer, normalize_text
 
@@ -302,8 +302,8 @@ def _tune_phone_weight(joint: Sequence[Tensor], refs: Sequence[str], tokenizer: 
                        weights: Sequence[float], options: DecodingOptions, char_wer: float) -> dict[str, Any]:
     """The phone weight (0 = off, scoring ``char_wer``) with the lowest WER; the beams run
     once, each weight only re-picks from the pooled n-best lists."""
+    from asr.decode.phones import TwoHeadDecoder
     from asr.metrics import score_corpus
-    from asr.phones import TwoHeadDecoder
 
     weights = [float(w) for w in weights if w > 0]
     if not weights:
@@ -337,7 +337,7 @@ def tune_lm(
     phone_weights: Sequence[float] = DEFAULT_PHONE_WEIGHTS,
 ) -> dict[str, Any]:
     """Grid-search LM weight and word insertion score by corpus WER on a dev set; with a
-    package's phone head, then the phone weight of two-head decoding (:mod:`asr.phones`).
+    package's phone head, then the phone weight of two-head decoding (:mod:`asr.decode.phones`).
 
     Args:
         emissions: [(T_i, V)] log-probs of the dev utterances (a (0, V) tensor decodes to "").

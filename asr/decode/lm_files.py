@@ -3,9 +3,9 @@
 - :func:`write_lexicon` spells words (e.g. an LM's vocabulary) with the tokenizer's tokens;
   :func:`copy_user_lexicon` copies a user's lexicon into the form the search needs. Both
   spell each word with :func:`search_spellings` (a trailing "|" for characters, the last
-  unit doubled for word pieces, and for the phone head's phones in :mod:`asr.phones`), the
-  rule's one home; why is explained in :mod:`asr.decoding`, whose
-  :class:`~asr.decoding.BeamSearchDecoder` uses them.
+  unit doubled for word pieces, and for the phone head's phones in :mod:`asr.decode.phones`), the
+  rule's one home; why is explained in :mod:`asr.decode.decoding`, whose
+  :class:`~asr.decode.decoding.BeamSearchDecoder` uses them.
 - :func:`lm_vocabulary` lists a KenLM model's words: an ARPA file's unigrams, or a binary's
   ``<lm>.vocab`` side file (:data:`LM_VOCAB_SUFFIX`, written by ``asr lm build``).
 - :func:`load_tuned_weights` reads ``<lm>.tune.json`` (:data:`LM_TUNE_SUFFIX`, written by
@@ -13,9 +13,9 @@
 
 - :func:`is_token_level_lm` tells a token-level LM (lexicon-free search) from a word LM.
 - :class:`DecoderError` is raised here and by the decoders; it is defined here, the lowest
-  module that raises it, and :mod:`asr.decoding` re-exports it with the decoder API.
+  module that raises it, and :mod:`asr.decode.decoding` re-exports it with the decoder API.
 
-Below :mod:`asr.decoding` in the import order: decoding imports this module, never the reverse.
+Below :mod:`asr.decode.decoding` in the import order: decoding imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
 
     Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
     was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
-    |``: flashlight needs the delimiter to end a word, see :mod:`asr.decoding`), word pieces
+    |``: flashlight needs the delimiter to end a word, see :mod:`asr.decode.decoding`), word pieces
     starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
     "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
-    word can hold its last piece over several frames (:mod:`asr.decoding`).
+    word can hold its last piece over several frames (:mod:`asr.decode.decoding`).
 
     Args:
         words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
@@ -101,7 +101,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
 
 
 def search_spellings(spelling: Sequence[str], delimiter: str | None) -> list[list[str]]:
-    """The lexicon spellings our beam search needs for one word (:mod:`asr.decoding`), the
+    """The lexicon spellings our beam search needs for one word (:mod:`asr.decode.decoding`), the
     one home of this rule. With a word ``delimiter`` token (characters) the spelling ends with
     it; units without one (word pieces, the phone head's phones: ``delimiter`` None) come
     twice, once with the last unit doubled, so the word can hold its last unit over several
@@ -119,7 +119,7 @@ def search_delimiter(tokenizer: Tokenizer) -> str | None:
 
 
 def copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
-    """Copy a user's lexicon to ``dst`` in the form our search needs (:mod:`asr.decoding`).
+    """Copy a user's lexicon to ``dst`` in the form our search needs (:mod:`asr.decode.decoding`).
 
     Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
     "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would
@@ -209,7 +209,7 @@ def lm_vocabulary(lm_path: str | os.PathLike) -> list[str]:
 
     ARPA files (plain or gzip) are read directly. KenLM binary files store a hashed
     vocabulary that cannot be listed, so they need the ``<lm>.vocab`` side file written by
-    :func:`asr.lm.build_lm`.
+    :func:`asr.decode.lm.build_lm`.
 
     Raises:
         DecoderError: the file is missing, not ARPA, or a binary without its side file.
