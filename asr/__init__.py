@@ -4,17 +4,17 @@ __version__ = "0.1.0"
 
 
 def transcribe(model, paths, options=None, **kw):
-    """Transcribe audio files with a model package; see :func:`asr.transcription.transcribe`.
+    """Transcribe audio files with a model package; see :func:`asr.infer.transcription.transcribe`.
 
     For convenience, keywords naming :class:`asr.decode.decoding.DecodingOptions` fields
     (``decoder="beam", lm="lm.bin"``) are gathered into ``options``; the rest go to
-    :func:`asr.transcription.transcribe`. Imported lazily so that ``import asr`` (and
+    :func:`asr.infer.transcription.transcribe`. Imported lazily so that ``import asr`` (and
     ``asr --help``) stays free of torch.
     """
     from dataclasses import fields, replace
 
     from asr.decode.decoding import DecodingOptions
-    from asr.transcription import transcribe as _transcribe
+    from asr.infer.transcription import transcribe as _transcribe
 
     names = {f.name for f in fields(DecodingOptions)}
     decoding = {k: kw.pop(k) for k in list(kw) if k in names}

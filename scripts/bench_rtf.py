@@ -39,7 +39,7 @@ from asr.audio import load_audio
 from asr.config import ExperimentConfig, to_dict
 from asr.decode.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
 from asr.export import export
-from asr.inference import emissions
+from asr.infer.inference import emissions
 from asr.model import AcousticModel, ModelConfig
 from asr.package import load_package
 from asr.text import CharTokenizer, normalize_text

@@ -4,7 +4,7 @@
     python scripts/bench_segmentation.py MODEL MANIFEST [--n 30] [--chunk 4] [--overlap 1] [--work DIR]
 
 Concatenates ``--n`` utterances of MANIFEST (random, fixed seed) with 0.3-0.8 s of faint noise
-between them into one recording, transcribes it with ``asr.transcription.transcribe`` once
+between them into one recording, transcribes it with ``asr.infer.transcription.transcribe`` once
 per ``--segment`` method, and scores the transcript against the concatenated references
 (one long utterance: a word lost or doubled at a seam shows up as a deletion or insertion).
 "Utterances cut" counts source utterances whose span contains a window boundary (the end of
@@ -22,11 +22,11 @@ import soundfile as sf
 
 from asr.audio import load_audio
 from asr.data.manifest import read_manifest
+from asr.infer.transcription import transcribe
+from asr.infer.windows import find_pauses, plan_pause_windows, plan_windows
 from asr.metrics import score_corpus
 from asr.package import load_package
 from asr.text import normalize_text
-from asr.transcription import transcribe
-from asr.windows import find_pauses, plan_pause_windows, plan_windows
 
 SR = 16000
 

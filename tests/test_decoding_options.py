@@ -142,10 +142,10 @@ def test_lm_tune_refuses_a_zero_beam(capsys):
 
 
 def test_asr_transcribe_gathers_decoding_keywords(monkeypatch):
-    import asr.transcription
+    import asr.infer.transcription
 
     seen = {}
-    monkeypatch.setattr(asr.transcription, "transcribe", lambda model, paths, options, **kw: seen.update(
+    monkeypatch.setattr(asr.infer.transcription, "transcribe", lambda model, paths, options, **kw: seen.update(
         options=options, kw=kw))
     asr.transcribe("m.asr", ["a.wav"], decoder="beam", lm="lm.bin", beam_size=8, chunk_seconds=10.0)
     assert seen == {"options": DecodingOptions("beam", lm="lm.bin", beam_size=8), "kw": {"chunk_seconds": 10.0}}

@@ -1,5 +1,5 @@
 """The phone head in packages and ``--phone-weight`` decoding (asr.decode.phones, asr.export,
-asr.package, asr.engine): hand-built tensors and tiny random models, milliseconds each."""
+asr.package, asr.infer.engine): hand-built tensors and tiny random models, milliseconds each."""
 
 import json
 import math
@@ -17,8 +17,8 @@ from asr.config import ExperimentConfig, to_dict
 from asr.decode.decoding import DecoderError, DecodingOptions, greedy_decode
 from asr.decode.factory import make_decoder
 from asr.decode.phones import Pool, TwoHeadDecoder, candidates
-from asr.engine import forward_batch
 from asr.export import export
+from asr.infer.engine import forward_batch
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, PhoneHead, load_package, read_metadata, write_package
 from asr.text import CharTokenizer

@@ -1,5 +1,5 @@
 """Progress of inference: a rich bar on a terminal, plain logged lines otherwise
-(asr.engine.progress_bar is the one place that decides)."""
+(asr.infer.progress.progress_bar is the one place that decides)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from asr.engine import LogProgress, progress_bar
+from asr.infer.progress import LogProgress, progress_bar
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def _propagate(monkeypatch):
 
 def test_redirected_stderr_gets_plain_progress_lines(caplog, capsys):
     assert not sys.stderr.isatty()  # captured by pytest, like a log file
-    with caplog.at_level(logging.INFO, logger="asr.engine"):
+    with caplog.at_level(logging.INFO, logger="asr.infer.progress"):
         with progress_bar(True, interval=0.0) as bar:
             assert isinstance(bar, LogProgress)
             task = bar.add_task("transcribing 3 file(s)", total=260.0)
@@ -36,7 +36,7 @@ def test_redirected_stderr_gets_plain_progress_lines(caplog, capsys):
 
 
 def test_plain_progress_is_rate_limited(caplog):
-    with caplog.at_level(logging.INFO, logger="asr.engine"):
+    with caplog.at_level(logging.INFO, logger="asr.infer.progress"):
         with progress_bar(True) as bar:  # default: a line every 10 s
             task = bar.add_task("inference", total=3.0)
             for _ in range(3):
@@ -50,7 +50,7 @@ def test_terminal_gets_a_rich_bar_and_disabled_gets_nothing(monkeypatch, caplog)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert isinstance(progress_bar(True), Progress)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    with caplog.at_level(logging.INFO, logger="asr.engine"), progress_bar(False, interval=0.0) as bar:
+    with caplog.at_level(logging.INFO, logger="asr.infer.progress"), progress_bar(False, interval=0.0) as bar:
         task = bar.add_task("x", total=2.0)
         bar.advance(task, 1.0)
     assert caplog.records == []

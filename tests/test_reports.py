@@ -1,6 +1,6 @@
 """asr.reports / asr.evaluate / asr.compare (and their commands): evaluation directories,
 hypothesis files, comparison, HTML self-containment, plots, and the transcript writers
-(asr.transcripts)."""
+(asr.infer.transcripts)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from asr.evaluate import (
     package_sha256,
     read_hypotheses,
 )
+from asr.infer.transcription import TranscriptionResult
+from asr.infer.transcripts import WRITERS, format_timestamp, group_cues
 from asr.reports.analysis import GroupStat, analyse
 from asr.reports.data import ReportError, read_report
 from asr.reports.plots import group_figure
-from asr.transcription import TranscriptionResult
-from asr.transcripts import WRITERS, format_timestamp, group_cues
 
 TEXTS = {
     "u1": ("the cat sat on the mat", "s1", 2.5),
@@ -268,11 +268,11 @@ def test_cli_beam_options_without_beam_say_so(tmp_path, manifest, capsys, option
     assert f"error: {message}" in capsys.readouterr().err
 
 def _fake_inference(monkeypatch, result: Callable[[dict[str, Any]], tuple]) -> dict[str, Any]:
-    """Replace asr.inference by a module whose transcribe_manifest checks every call against
+    """Replace asr.infer.inference by a module whose transcribe_manifest checks every call against
     the real function's signature (a renamed or removed parameter fails the test, as it would
     fail the real call) and returns ``result(arguments)``. Returns the recorded arguments:
     those the command passed, by parameter name."""
-    from asr.inference import transcribe_manifest as real
+    from asr.infer.inference import transcribe_manifest as real
 
     signature = inspect.signature(real)
     calls: dict[str, Any] = {}
@@ -282,16 +282,16 @@ def _fake_inference(monkeypatch, result: Callable[[dict[str, Any]], tuple]) -> d
         calls.update(bound.arguments)
         return result(bound.arguments)
 
-    fake = types.ModuleType("asr.inference")
+    fake = types.ModuleType("asr.infer.inference")
     fake.transcribe_manifest = transcribe_manifest
-    monkeypatch.setitem(sys.modules, "asr.inference", fake)
+    monkeypatch.setitem(sys.modules, "asr.infer.inference", fake)
     return calls
 
 
 def test_fake_inference_rejects_a_call_the_real_function_would_reject(monkeypatch):
     _fake_inference(monkeypatch, lambda a: ())
     with pytest.raises(TypeError):
-        sys.modules["asr.inference"].transcribe_manifest("m", "x.jsonl", no_such_option=1)
+        sys.modules["asr.infer.inference"].transcribe_manifest("m", "x.jsonl", no_such_option=1)
 
 
 def test_cli_model_mode_calls_transcribe_manifest(tmp_path, manifest, monkeypatch, capsys):

@@ -20,11 +20,11 @@ from asr.data.sampler import plan_batches
 from asr.decode.decoding import DecodingOptions, greedy_decode
 from asr.export import export
 from asr.features import LogMel
-from asr.inference import emissions, emissions_for_manifest, transcribe_manifest
+from asr.infer.inference import emissions, emissions_for_manifest, transcribe_manifest
+from asr.infer.transcription import find_audio_files, plan_windows, transcribe
 from asr.model import AcousticModel, ModelConfig
 from asr.package import ModelPackage, load_package
 from asr.text import CharTokenizer
-from asr.transcription import find_audio_files, plan_windows, transcribe
 
 SR = 16000
 TOKENIZER = CharTokenizer("abcdefgh")
@@ -103,7 +103,7 @@ def test_transcribe_manifest_scores_unreadable_audio_as_empty(package_path, tmp_
     assert set(failed) == {"u2"} and "bad.wav: not a readable audio file" in failed["u2"]
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="asr.inference"):
+    with caplog.at_level("WARNING", logger="asr.infer.inference"):
         hyps, rtf, settings, info = transcribe_manifest(package_path, manifest, progress=False)
     assert set(hyps) == {"u1", "u2", "u3"} and hyps["u2"] == ""
     assert hyps["u1"] == greedy_decode(ems[0][None], torch.tensor([ems[0].shape[0]]), pkg.tokenizer)[0].text
@@ -111,7 +111,7 @@ def test_transcribe_manifest_scores_unreadable_audio_as_empty(package_path, tmp_
     assert settings["decoder"] == "greedy"
     assert rtf > 0 and info["sha256"] == pkg.info["sha256"]
     # Logged (asr.log: "warning: ..." on stderr under the CLI), not printed.
-    [warning] = [r for r in caplog.records if r.name == "asr.inference"]
+    [warning] = [r for r in caplog.records if r.name == "asr.infer.inference"]
     assert warning.levelname == "WARNING"
     assert warning.getMessage().startswith("utterance u2: ") and "scored as an empty hypothesis" in warning.getMessage()
 

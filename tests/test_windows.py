@@ -1,4 +1,4 @@
-"""Where long recordings are cut: at pauses (asr.windows.find_pauses + plan_pause_windows),
+"""Where long recordings are cut: at pauses (asr.infer.windows.find_pauses + plan_pause_windows),
 with fixed overlapping windows only across stretches that have no pause."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.windows import find_pauses, plan_pause_windows, plan_windows
+from asr.infer.windows import find_pauses, plan_pause_windows, plan_windows
 
 SR = 16000
 

@@ -6,7 +6,7 @@
     asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]
 
 Parses and validates the command line, calls :func:`asr.evaluate.evaluate` (and, in MODEL
-mode, :func:`asr.inference.transcribe_manifest`), prints the summary table to stdout.
+mode, :func:`asr.infer.inference.transcribe_manifest`), prints the summary table to stdout.
 Counted problems (missing/extra hypotheses, blank lines) are logged as warnings; bad input
 raises the library's error types, which ``asr.cli.main`` turns into one ``error:`` line, exit 2.
 """
@@ -96,7 +96,7 @@ def _validate(args: argparse.Namespace) -> None:
     if args.lm is not None and not args.lm.exists():
         parser.error(f"--lm {args.lm}: no such file")
     if args.devices != 1 and args.hyps is None:
-        from asr.parallel import worker_devices
+        from asr.infer.parallel import worker_devices
 
         try:
             worker_devices(args.device, args.devices)
@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
             log.warning("%s: skipped %d empty line(s)", args.hyps, parsed.empty_lines)
     else:
         # Imported here: decoding needs torch and the model stack, scoring files does not.
-        from asr.inference import transcribe_manifest
+        from asr.infer.inference import transcribe_manifest
 
         # The manifest read above, not read again: it may be a pipe (/dev/stdin), already drained.
         hyps, rtf, settings, info = transcribe_manifest(

@@ -140,7 +140,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         print(f"error: {args.lm}: language model not found", file=sys.stderr)
         return 1
     # Imported here: loading a model needs the whole model stack, building an LM does not.
-    from asr.inference import emissions_for_manifest
+    from asr.infer.inference import emissions_for_manifest
     from asr.package import load_package
 
     failed: dict[str, str] = {}

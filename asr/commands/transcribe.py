@@ -3,7 +3,7 @@
     asr transcribe MODEL FILE_OR_DIR... [--decoder greedy|beam] [--lm FILE] [--format txt|json|srt|vtt|all]
                    [--out DIR] [--device cpu|cuda] [--devices N] [--chunk-seconds 30]
 
-Parses and validates the command line and calls :func:`asr.transcription.transcribe`. The
+Parses and validates the command line and calls :func:`asr.infer.transcription.transcribe`. The
 transcripts are the product: printed to stdout (unless ``--quiet``) and, with ``--out`` or
 ``--format``, written to files. A file that fails, or whose transcript cannot be written
 (no space left, name too long), is an ``error:`` line on stderr and exit 1 at the end;
@@ -34,12 +34,17 @@ from asr.commands.decoding_flags import (
     decoding_options,
 )
 from asr.decode.decoding import DecoderError
-from asr.engine import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+from asr.infer.engine import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+from asr.infer.parallel import worker_devices
+from asr.infer.transcription import (
+    AUDIO_EXTENSIONS,
+    TranscriptionResult,
+    find_audio_files,
+    transcribe,
+)
+from asr.infer.windows import DEFAULT_SEGMENT, SEGMENT_METHODS
 from asr.package import ModelPackage, load_package
-from asr.parallel import worker_devices
 from asr.signals import run_interruptible
-from asr.transcription import AUDIO_EXTENSIONS, TranscriptionResult, find_audio_files, transcribe
-from asr.windows import SEGMENT_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="files longer than this are read in windows of this many seconds")
     parser.add_argument("--overlap-seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                         help="context added on each side of a window")
-    parser.add_argument("--segment", choices=SEGMENT_METHODS, default="pauses",
+    parser.add_argument("--segment", choices=SEGMENT_METHODS, default=DEFAULT_SEGMENT,
                         help="cut files longer than --chunk-seconds at pauses (fixed windows only where "
-                             "there is none) or in fixed overlapping windows (default pauses)")
+                             f"there is none) or in fixed overlapping windows (default {DEFAULT_SEGMENT})")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files/windows per batch at most")
     parser.add_argument("--threads", type=int,
                         help="CPU threads, shared by the workers (default: all cores, or OMP_NUM_THREADS)")
@@ -95,7 +100,7 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 
 def _print_transcript(r: TranscriptionResult, header: bool) -> None:
-    from asr.transcripts import format_timestamp, group_cues
+    from asr.infer.transcripts import format_timestamp, group_cues
 
     if header:
         print(f"# {r.path}")
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from asr.transcripts import WRITERS
+    from asr.infer.transcripts import WRITERS
 
     formats = [] if args.format is None else list(WRITERS) if args.format == "all" else [args.format]
     out_dir: Path | None = args.out
@@ -199,7 +204,7 @@ def _transcribe(
     args: argparse.Namespace, package: ModelPackage, files: list[Path], formats: list[str], out_dir: Path | None,
     names: Sequence[PurePath],
 ) -> int:
-    from asr.transcripts import WRITERS
+    from asr.infer.transcripts import WRITERS
 
     index = {str(f): i for i, f in enumerate(files)}
     listed: list[dict[str, object]] = []  # the mapping written to MAPPING_FILE

@@ -228,7 +228,7 @@ class DecodingOptions:
 
     A command builds one from its flags (:mod:`asr.commands.decoding_flags`), a caller from
     keywords; it travels unchanged through :func:`asr.decode.factory.make_decoder`,
-    :func:`asr.inference.transcribe_manifest`, :func:`asr.transcription.transcribe`,
+    :func:`asr.infer.inference.transcribe_manifest`, :func:`asr.infer.transcription.transcribe`,
     :func:`asr.decode.lm.tune_lm` and into worker processes (it pickles). Beam-only fields left at
     their defaults are ignored by the greedy decoder; set to anything else with
     ``decoder="greedy"`` they are refused, so a forgotten ``decoder="beam"`` is not silently

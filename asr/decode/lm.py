@@ -348,7 +348,7 @@ def tune_lm(
             ``word_score`` are replaced by ``lm_path`` and each grid point.
         save: also write the result to ``<lm_path>.tune.json``.
         phone_head: the package's phone head; ``emissions`` are then joint, (T_i, V + 1 + P)
-            (:func:`asr.engine.forward_batch` with ``phones=True``). At the best LM weight and
+            (:func:`asr.infer.engine.forward_batch` with ``phones=True``). At the best LM weight and
             word score, each of ``phone_weights`` rescores both heads' n-best lists; the best
             (0, the character beam alone, unless one is strictly better) is ``"phone_weight"``.
 

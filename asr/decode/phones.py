@@ -221,7 +221,7 @@ class TwoHeadDecoder:
 
     Called like the other decoders, but on *joint* emissions: (N, T, V + 1 + P), the
     character log-probs followed by the phone head's (what
-    :func:`asr.engine.forward_batch` returns with ``phones=True``; the
+    :func:`asr.infer.engine.forward_batch` returns with ``phones=True``; the
     :class:`asr.decode.factory.Decoder` built around it says so in its ``joint_emissions`` field).
     Returns, per utterance, the best text as a one-item list.
     :meth:`pool` and :meth:`pick` are the two halves, so that ``asr lm tune`` searches the

@@ -20,7 +20,7 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.export import export
-from asr.inference import NON_FINITE, transcribe_manifest
+from asr.infer.inference import NON_FINITE, transcribe_manifest
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
 
@@ -178,7 +178,7 @@ def test_transcribe_reports_every_bad_file_and_keeps_the_good_one(package, hosti
 
 def test_non_finite_features_fail_the_item_not_silently_empty(package, tmp_path, monkeypatch):
     """Even past load_audio's bound (lifted here), non-finite emissions fail the item."""
-    from asr.transcription import transcribe
+    from asr.infer.transcription import transcribe
 
     monkeypatch.setattr(asr.audio, "MAX_SAMPLE_MAGNITUDE", float("inf"))
     write_huge(tmp_path / "huge.wav")
@@ -294,7 +294,7 @@ def test_evaluate_warns_duration_mismatch_and_empty_references(package, tmp_path
 
 
 def test_evaluate_reads_long_utterances_in_windows(package, tmp_path, monkeypatch):
-    import asr.segments as inf
+    import asr.infer.segments as inf
 
     sf.write(tmp_path / "long.wav", noise(20.0), SR)
     m = tmp_path / "m.jsonl"

@@ -198,19 +198,19 @@ def test_rerun_on_a_full_disk_keeps_the_earlier_transcript_and_exits_1(package, 
 
 def test_output_write_failures_exit_1_and_are_counted(package, tmp_path, monkeypatch, capsys):
     """No space left (simulated) and a name too long (real) fail their file: exit 1, counted."""
-    import asr.transcripts
+    import asr.infer.transcripts
 
     full = wav(tmp_path / "in" / "full.wav")
     long_name = wav(tmp_path / "in" / ("x" * 250 + ".wav"))  # its temp file's name is too long
     good = wav(tmp_path / "in" / "good.wav")
-    real = asr.transcripts.atomic_write_text
+    real = asr.infer.transcripts.atomic_write_text
 
     def disk_full_for(path: Path, text: str) -> None:
         if path.name.startswith("full."):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, text)
 
-    monkeypatch.setattr(asr.transcripts, "atomic_write_text", disk_full_for)
+    monkeypatch.setattr(asr.infer.transcripts, "atomic_write_text", disk_full_for)
     out = tmp_path / "out"
     rc = main(["transcribe", str(package), str(full), str(long_name), str(good), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

@@ -28,11 +28,12 @@ import os
 import numpy as np
 
 from asr.audio import load_audio
-from asr.engine import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
+from asr.infer.engine import DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS
 
 Window = tuple[float, float | None, float, float]  # (offset, read_seconds | None, own_start, own_end)
 
 SEGMENT_METHODS = ("pauses", "fixed")
+DEFAULT_SEGMENT = "pauses"  # where long files are cut unless asked otherwise (`asr transcribe --segment`)
 
 # Pause detection (16 kHz speech; scaled with the sample rate):
 # - 25 ms frames every 10 ms, the ASR features' own framing: a frame spans at least two pitch

@@ -1,7 +1,7 @@
 """Transcript writers for ``asr transcribe --format``: txt, json, srt, vtt, in a registry
 keyed by format (:data:`WRITERS`), as whisper does.
 
-A writer takes one file's transcript (an :class:`asr.transcription.TranscriptionResult`, or
+A writer takes one file's transcript (an :class:`asr.infer.transcription.TranscriptionResult`, or
 anything with the same ``path``, ``text`` and ``words`` attributes) and an output path. Subtitles
 are cut from the word timings (:func:`group_cues`). Every file is written atomically
 (:func:`asr.files.atomic_write_text`): a rerun on a full disk keeps the earlier transcript

@@ -20,16 +20,17 @@ import torch
 from asr.audio import AudioError, audio_info
 from asr.decode.decoding import DecodingOptions
 from asr.decode.factory import make_decoder
-from asr.engine import (
+from asr.infer.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     default_threads,
-    progress_bar,
 )
+from asr.infer.progress import progress_bar
+from asr.infer.segments import Segment, SegmentResult, transcribe_segments
+from asr.infer.windows import DEFAULT_SEGMENT
 from asr.package import load_package
-from asr.segments import Segment, SegmentResult, transcribe_segments
 
 
 def worker_devices(device: str | torch.device, devices: int) -> list[str]:
@@ -110,7 +111,7 @@ def transcribe_segments_parallel(
     progress: bool = False,
     description: str | None = None,
     on_result: Callable[[int, SegmentResult], None] | None = None,
-    segment: str = "fixed",
+    segment: str = DEFAULT_SEGMENT,
 ) -> list[SegmentResult]:
     """:func:`transcribe_segments` on several devices: one spawned process per entry of
     ``devices`` (e.g. from :func:`worker_devices`), each loading the package there and

@@ -5,9 +5,9 @@ audio seconds, so little compute goes to padding; the model is padding-invariant
 and every layer mask past each length), so an utterance's emissions do not depend on its
 batch mates, and results are returned in the caller's order.
 
-Manifests (:func:`transcribe_manifest`) go through :func:`asr.segments.transcribe_segments`
-(long recordings window by window) or, on several devices, :mod:`asr.parallel`; the shared
-engine (batch forward, decoders, threads, progress) is :mod:`asr.engine`.
+Manifests (:func:`transcribe_manifest`) go through :func:`asr.infer.segments.transcribe_segments`
+(long recordings window by window) or, on several devices, :mod:`asr.infer.parallel`; the shared
+engine (batch forward, decoders, threads, progress) is :mod:`asr.infer.engine`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from asr.data.manifest import Utterance, duration_mismatch, read_manifest
 from asr.data.sampler import plan_batches
 from asr.decode.decoding import DecodingOptions
 from asr.decode.factory import make_decoder
-from asr.engine import (
+from asr.infer.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
@@ -35,14 +35,19 @@ from asr.engine import (
     NON_FINITE,
     default_threads,
     forward_batch,
-    progress_bar,
     set_threads,
 )
+from asr.infer.parallel import transcribe_segments_parallel, worker_devices
+from asr.infer.progress import progress_bar
+from asr.infer.segments import Segment, transcribe_segments
 from asr.package import ModelPackage, load_package
-from asr.parallel import transcribe_segments_parallel, worker_devices
-from asr.segments import Segment, transcribe_segments
 
 log = logging.getLogger(__name__)
+
+# How `asr evaluate` (transcribe_manifest) cuts utterances longer than chunk_seconds: fixed
+# overlapping windows, as every reported evaluation did; `asr transcribe` cuts files at pauses
+# by default (asr.infer.windows.DEFAULT_SEGMENT).
+MANIFEST_SEGMENT = "fixed"
 
 
 def emissions(
@@ -88,7 +93,7 @@ def emissions_for_manifest(
     phones: bool = False,
 ) -> tuple[list[Tensor], list[Utterance]]:
     """CTC log-probs of every utterance of a manifest, in manifest order (``phones``: joint
-    character + phone-head log-probs, see :func:`asr.engine.forward_batch`).
+    character + phone-head log-probs, see :func:`asr.infer.engine.forward_batch`).
 
     Audio is read batch by batch (batches planned from the manifest durations), so memory
     holds one batch of audio plus the emissions. An utterance whose audio cannot be read
@@ -149,8 +154,9 @@ def transcribe_manifest(
     devices: int = 1,
     utterances: Sequence[Utterance] | None = None,
 ) -> tuple[dict[str, str], float, dict[str, Any], dict[str, Any]]:
-    """Transcribe every utterance of a manifest, long ones window by window (see
-    :func:`transcribe_segments`), so memory stays flat in the utterance length.
+    """Transcribe every utterance of a manifest, long ones window by window in fixed
+    overlapping windows (:data:`MANIFEST_SEGMENT`, see :func:`transcribe_segments`), so memory
+    stays flat in the utterance length.
 
     An utterance without ``offset`` is the whole file: it is read to the file's end, and a
     manifest duration that disagrees with the file's real length (beyond
@@ -196,14 +202,16 @@ def transcribe_manifest(
     worker_threads = None
     if devices == 1:
         results = transcribe_segments(package, decode, segments, chunk_seconds, overlap_seconds, batch_size,
-                                      max_batch_seconds, progress=progress, description=description)
+                                      max_batch_seconds, progress=progress, description=description,
+                                      segment=MANIFEST_SEGMENT)
     else:
         path = package.info.get("path") if isinstance(package_path, ModelPackage) else package_path
         if not path:
             raise ValueError("several devices need the package's path (workers load it themselves)")
         results = transcribe_segments_parallel(
             path, segments, targets, options, [u.duration for u in utts], chunk_seconds, overlap_seconds,
-            batch_size, max_batch_seconds, num_threads, progress=progress, description=description)
+            batch_size, max_batch_seconds, num_threads, progress=progress, description=description,
+            segment=MANIFEST_SEGMENT)
         if "cpu" in targets:
             worker_threads = max(1, (num_threads or default_threads()) // len(targets))
     elapsed = time.perf_counter() - start

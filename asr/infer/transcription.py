@@ -29,17 +29,17 @@ import soundfile as sf
 
 from asr.decode.decoding import DecodingOptions
 from asr.decode.factory import make_decoder
-from asr.engine import (
+from asr.infer.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     set_threads,
 )
+from asr.infer.parallel import transcribe_segments_parallel, worker_devices
+from asr.infer.segments import Segment, transcribe_segments
+from asr.infer.windows import DEFAULT_SEGMENT, plan_windows
 from asr.package import ModelPackage, load_package
-from asr.parallel import transcribe_segments_parallel, worker_devices
-from asr.segments import Segment, transcribe_segments
-from asr.windows import plan_windows
 
 __all__ = ["AUDIO_EXTENSIONS", "TranscriptionResult", "find_audio_files", "plan_windows", "transcribe"]
 
@@ -59,14 +59,14 @@ AUDIO_EXTENSIONS = frozenset(
 
 @dataclass
 class TranscriptionResult:
-    """The transcript of one file (what the writers in :data:`asr.transcripts.WRITERS` take)."""
+    """The transcript of one file (what the writers in :data:`asr.infer.transcripts.WRITERS` take)."""
 
     path: str  # the file, as given or found
     text: str  # words joined by single spaces ("" when the file failed)
     words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
     duration: float = 0.0  # seconds of audio (from the header; 0 when unreadable)
     error: str | None = None  # why the file could not be transcribed, else None
-    segmentation: str = "single"  # how a long file was cut: pauses, fixed, pauses+fixed (asr.windows)
+    segmentation: str = "single"  # how a long file was cut: pauses, fixed, pauses+fixed (asr.infer.windows)
 
     @property
     def ok(self) -> bool:
@@ -100,7 +100,7 @@ def transcribe(
     progress: bool = False,
     on_result: Callable[[TranscriptionResult], None] | None = None,
     devices: int = 1,
-    segment: str = "pauses",
+    segment: str = DEFAULT_SEGMENT,
 ) -> list[TranscriptionResult]:
     """Transcribe audio files (directories are walked, see :func:`find_audio_files`).
 
@@ -109,12 +109,12 @@ def transcribe(
         options: how to decode (default greedy); beam weights left unset come from the
             LM's tuned weights, see :func:`asr.decode.factory.make_decoder`. (:func:`asr.transcribe`
             also takes its fields as keywords.)
-        chunk_seconds, overlap_seconds: long-file windowing, see :mod:`asr.windows`.
+        chunk_seconds, overlap_seconds: long-file windowing, see :mod:`asr.infer.windows`.
         segment: where files longer than ``chunk_seconds`` are cut: ``"pauses"`` (in the
             silences, fixed windows only across stretches without one) or ``"fixed"``.
         on_result: called with each result in file order, as soon as the file and every
             file before it are finished.
-        devices: worker processes (see :func:`asr.parallel.worker_devices`): ``device``
+        devices: worker processes (see :func:`asr.infer.parallel.worker_devices`): ``device``
             ``cuda`` -> cuda:0..N-1, ``cpu`` -> N processes splitting ``num_threads``; each
             loads the package from its path (a loaded ``model`` only lends its path) and
             transcribes a share of the files balanced by duration. Same results as one.

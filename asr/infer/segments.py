@@ -20,17 +20,23 @@ from asr.audio import AudioError, audio_info, load_audio
 from asr.data.sampler import plan_batches
 from asr.decode.decoding import Hypothesis
 from asr.decode.factory import Decoder, decode_emissions
-from asr.engine import (
+from asr.infer.engine import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
     NON_FINITE,
     forward_batch,
-    progress_bar,
+)
+from asr.infer.progress import progress_bar
+from asr.infer.windows import (
+    DEFAULT_SEGMENT,
+    SEGMENT_METHODS,
+    find_pauses,
+    plan_pause_windows,
+    plan_windows,
 )
 from asr.package import ModelPackage
-from asr.windows import SEGMENT_METHODS, find_pauses, plan_pause_windows, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ class SegmentResult:
     words: list[tuple[str, float, float]] = field(default_factory=list)  # (word, start s, end s)
     duration: float = 0.0  # seconds of audio in the segment (0 when unreadable)
     error: str | None = None  # why it could not be transcribed (without the path), else None
-    segmentation: str = "single"  # how it was cut: single, pauses, fixed, pauses+fixed (asr.windows)
+    segmentation: str = "single"  # how it was cut: single, pauses, fixed, pauses+fixed (asr.infer.windows)
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,14 @@ def transcribe_segments(
     progress: bool = False,
     description: str | None = None,
     on_result: Callable[[int, SegmentResult], None] | None = None,
-    segment: str = "fixed",
+    segment: str = DEFAULT_SEGMENT,
 ) -> list[SegmentResult]:
     """Transcribe segments of audio files, each on its own (a bad one never stops the rest).
 
     Work is cut into *pieces*: a segment up to ``chunk_seconds`` long is one piece; a longer
     one is read window by window, never whole: cut at pauses (``segment="pauses"``,
-    :func:`asr.windows.plan_pause_windows`, falling back to fixed windows where there is no
-    pause) or in fixed overlapping windows (``"fixed"``, :func:`asr.windows.plan_windows`). Pieces of all segments
+    :func:`asr.infer.windows.plan_pause_windows`, falling back to fixed windows where there is no
+    pause) or in fixed overlapping windows (``"fixed"``, :func:`asr.infer.windows.plan_windows`). Pieces of all segments
     are sorted by length and batched. Each window is decoded on its own, and a word is kept
     only from the window whose owned region contains the word's start time, so words at the
     seams are neither lost nor doubled, and memory stays flat in the segment length.
@@ -175,7 +181,7 @@ def transcribe_segments(
 def _plan(
     package: ModelPackage, seg: Segment, duration: float, segment: str, chunk_seconds: float, overlap_seconds: float
 ) -> tuple[list[tuple[float, float | None, float, float]], str]:
-    """The windows of one segment and how they were cut (see :mod:`asr.windows`)."""
+    """The windows of one segment and how they were cut (see :mod:`asr.infer.windows`)."""
     if segment == "pauses" and duration > chunk_seconds:
         pauses = find_pauses(seg.path, package.sample_rate, duration, seg.offset)
         plan, method = plan_pause_windows(duration, pauses, chunk_seconds, overlap_seconds,
