@@ -29,10 +29,10 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.resume", "CheckpointLoadError"),
     ("asr.decode.lm_files", "DecoderError"),
     ("asr.decode.lm", "LMError"),
-    ("asr.reports.data", "ReportError"),
-    ("asr.evaluate", "HypothesisFileError"),
-    ("asr.evaluate", "MissingHypothesesError"),
-    ("asr.compare", "CompareError"),
+    ("asr.evaluate.reports.data", "ReportError"),
+    ("asr.evaluate.evaluation", "HypothesisFileError"),
+    ("asr.evaluate.evaluation", "MissingHypothesesError"),
+    ("asr.evaluate.compare", "CompareError"),
 )
 
 # OSErrors that say what is wrong with the machine, not with the program: no space left, a

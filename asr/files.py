@@ -11,6 +11,7 @@ one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -79,7 +80,7 @@ def atomic_write_files(contents: Mapping[Path, str]) -> None:
     all of them are on disk are they renamed over their targets, one after the other. A
     write that fails (no space left) therefore leaves every old file in place and no temp
     file; only a kill in the microseconds between the renames can mix two sets, which is
-    why such sets also carry a run id (see :mod:`asr.reports.data`).
+    why such sets also carry a run id (see :mod:`asr.evaluate.reports.data`).
     """
     staged: list[tuple[Path, Path]] = []
     try:
@@ -107,6 +108,22 @@ def atomic_write_files(contents: Mapping[Path, str]) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def sha256_digest(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file, read in 1 MiB blocks: the one home of this digest (model
+    packages, downloaded archives, ``asr evaluate``'s model identity). For a directory, of its
+    sorted relative file names and contents (so a renamed or edited member changes it)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        if path.is_dir():
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:

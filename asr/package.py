@@ -29,7 +29,6 @@ stored tensor shapes are checked before anything is allocated.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from torch import nn
 from asr import __version__
 from asr.config import ExperimentConfig, drop_retired_keys, from_dict, to_dict
 from asr.features import FeatureConfig, LogMel
-from asr.files import atomic_write
+from asr.files import atomic_write, sha256_digest
 from asr.model import AcousticModel, ModelConfig
 from asr.text import Tokenizer
 
@@ -299,14 +298,6 @@ def _sorted_metadata(blob: bytes) -> bytes:
 # reading
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _not_a_package(path: Path, why: str) -> PackageError:
     return PackageError(f"{path}: not an asr model package ({why}); create one with `asr export CKPT --out MODEL`")
 
@@ -478,7 +469,7 @@ def load_package(
 
     info = {
         "path": str(path.resolve()),
-        "sha256": _file_sha256(path),
+        "sha256": sha256_digest(path),
         "toolkit_version": meta.get("toolkit_version"),
         "format_version": int(meta["format_version"]),
         **extra,

@@ -3,7 +3,7 @@
 :func:`run_interruptible` turns both signals into an :class:`Interrupted` exception raised in
 the main thread, so every ``finally`` on the way out runs: worker processes are stopped
 (:mod:`asr.infer.parallel`), temp files of atomic writes removed (:mod:`asr.files`), the output
-lock released and its file removed (:mod:`asr.reports.lock`). Without it, SIGTERM kills the
+lock released and its file removed (:mod:`asr.lock`). Without it, SIGTERM kills the
 process outright (its workers live on, adopted by init) and Ctrl-C ends in a traceback.
 """
 

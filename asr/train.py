@@ -42,9 +42,9 @@ from asr.datamodule import CTCDataModule, read_manifest_or_fail
 from asr.decode.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text, os_error_of
+from asr.lock import output_lock
 from asr.log import is_rank_zero
 from asr.model import AcousticModel
-from asr.reports.lock import output_lock
 from asr.resume import (
     check_resume_config,
     find_resume_checkpoint,
@@ -380,7 +380,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     :class:`CheckpointLoadError` when ``resume`` finds only unreadable checkpoints, and
     :class:`DivergedError` when most steps have a non-finite loss. Another run training into
     the same exp dir (it holds the exp dir's lock), or an exp dir that cannot be created or
-    written, is a :class:`~asr.reports.data.ReportError`; a checkpoint or other file that
+    written, is a :class:`~asr.evaluate.reports.data.ReportError`; a checkpoint or other file that
     cannot be written (no space left) an OSError that names it.
     """
     start, cpu_start = time.time(), _cpu_seconds()

@@ -23,6 +23,7 @@ from asr.data.prepare import PrepareError, PrepareOptions, carve_dev, prepare_co
 from asr.data.prepare.options import ENGLISH_VOCAB
 from asr.data.prepare.validate import ctc_problem, validate_items
 from asr.features import FeatureConfig
+from asr.files import sha256_digest
 from asr.model import ConvSubsampling
 from asr.text import CharTokenizer
 
@@ -369,7 +370,7 @@ def test_fetch_checksum_and_extract(tmp_path):
     with pytest.raises(dl.DownloadError, match="sha256 mismatch") as e:
         dl.fetch(dl.Archive(url, sha256="0" * 64), tmp_path / "dest")
     assert e.value.url == url and not list((tmp_path / "dest").iterdir())
-    digest = dl._sha256(tgz)
+    digest = sha256_digest(tgz)
     dl.fetch_and_extract(dl.Archive(url, sha256=digest), tmp_path / "dest")
     assert (tmp_path / "dest" / "waves_yesno" / "0_1.wav").is_file()
     assert not (tmp_path / "dest" / "waves_yesno.tar.gz").exists()

@@ -1,4 +1,4 @@
-"""asr.reports / asr.evaluate / asr.compare (and their commands): evaluation directories,
+"""asr.evaluate.reports / asr.evaluate.evaluation / asr.evaluate.compare (and their commands): evaluation directories,
 hypothesis files, comparison, HTML self-containment, plots, and the transcript writers
 (asr.infer.transcripts)."""
 
@@ -17,22 +17,22 @@ import jiwer
 import pytest
 
 from asr.cli import main
-from asr.compare import CompareError, compare_reports
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.decode.decoding import DecodingOptions
-from asr.evaluate import (
+from asr.evaluate.compare import CompareError, compare_reports
+from asr.evaluate.evaluation import (
     HypothesisFileError,
     HypothesisWarning,
     MissingHypothesesError,
     evaluate,
-    package_sha256,
     read_hypotheses,
 )
+from asr.evaluate.reports.analysis import GroupStat, analyse
+from asr.evaluate.reports.data import ReportError, read_report
+from asr.evaluate.reports.plots import group_figure
+from asr.files import sha256_digest as package_sha256
 from asr.infer.transcription import TranscriptionResult
 from asr.infer.transcripts import WRITERS, format_timestamp, group_cues
-from asr.reports.analysis import GroupStat, analyse
-from asr.reports.data import ReportError, read_report
-from asr.reports.plots import group_figure
 
 TEXTS = {
     "u1": ("the cat sat on the mat", "s1", 2.5),

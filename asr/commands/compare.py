@@ -1,7 +1,7 @@
 """`asr compare REPORT_A REPORT_B [--out DIR]`: paired comparison of two evaluation directories.
 
-Unreadable directories (:class:`asr.reports.data.ReportError`) and reports that cannot be
-compared (:class:`asr.compare.CompareError`) reach ``asr.cli.main``: one ``error:`` line, exit 2.
+Unreadable directories (:class:`asr.evaluate.reports.data.ReportError`) and reports that cannot be
+compared (:class:`asr.evaluate.compare.CompareError`) reach ``asr.cli.main``: one ``error:`` line, exit 2.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from asr.compare import compare_reports, format_pp, write_comparison
-from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from asr.evaluate.compare import compare_reports, format_pp, write_comparison
+from asr.evaluate.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@
                                           [--word-score S]
     asr evaluate --hyps HYP_FILE MANIFEST --out DIR [--allow-missing]
 
-Parses and validates the command line, calls :func:`asr.evaluate.evaluate` (and, in MODEL
+Parses and validates the command line, calls :func:`asr.evaluate.evaluation.evaluate` (and, in MODEL
 mode, :func:`asr.infer.inference.transcribe_manifest`), prints the summary table to stdout.
 Counted problems (missing/extra hypotheses, blank lines) are logged as warnings; bad input
 raises the library's error types, which ``asr.cli.main`` turns into one ``error:`` line, exit 2.
@@ -28,16 +28,16 @@ from asr.commands.decoding_flags import (
     decoding_options,
 )
 from asr.data.manifest import read_manifest
-from asr.evaluate import (
+from asr.evaluate.evaluation import (
     HypothesisWarning,
     MissingHypothesesError,
     ReferenceWarning,
     evaluate,
-    package_sha256,
     read_hypotheses,
 )
-from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ReportError
-from asr.reports.lock import output_lock
+from asr.evaluate.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ReportError
+from asr.files import sha256_digest
+from asr.lock import output_lock
 from asr.signals import run_interruptible
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
         model_info = dict(info or {})
         model_info.setdefault("path", str(Path(args.inputs[0]).resolve()))
         if not model_info.get("sha256"):
-            model_info["sha256"] = package_sha256(args.inputs[0])
+            model_info["sha256"] = sha256_digest(args.inputs[0])
         hyp_info = {"source": "model"}
 
     with warnings.catch_warnings(record=True) as caught:

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is None:
         return run_interruptible("asr transcribe", lambda: _transcribe(args, package, files, formats, None, []))
     names = output_names(files, args.inputs)
-    from asr.reports.lock import LOCK_FILE, output_lock
+    from asr.lock import LOCK_FILE, output_lock
 
     reserved = {MAPPING_FILE.casefold(), LOCK_FILE.casefold()}
     clash = next((n for n in names if len(n.parts) > 1 and n.parts[0].casefold() in reserved), None)

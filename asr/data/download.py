@@ -8,7 +8,6 @@ Every failure is a :class:`DownloadError` naming the URL.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -27,7 +26,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-_CHUNK = 1 << 20  # bytes per read while downloading/hashing
+from asr.files import sha256_digest
+
+_CHUNK = 1 << 20  # bytes per read while downloading
 _TIMEOUT = 60  # seconds without data before giving up on a connection
 
 
@@ -61,7 +62,7 @@ def fetch(archive: Archive, dest_dir: Path) -> Path:
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / archive.filename
-    if target.exists() and archive.sha256 and _sha256(target) == archive.sha256:
+    if target.exists() and archive.sha256 and sha256_digest(target) == archive.sha256:
         return target
     part = target.with_name(target.name + ".part")
     try:
@@ -93,7 +94,7 @@ def fetch(archive: Archive, dest_dir: Path) -> Path:
         part.unlink(missing_ok=True)
         raise
     if archive.sha256:
-        digest = _sha256(part)
+        digest = sha256_digest(part)
         if digest != archive.sha256:
             part.unlink()
             raise DownloadError(
@@ -101,14 +102,6 @@ def fetch(archive: Archive, dest_dir: Path) -> Path:
             )
     os.replace(part, target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extract(

@@ -22,7 +22,7 @@ from tone_corpus import make_corpus
 
 from asr.cli import main
 from asr.data.manifest import read_manifest, write_manifest
-from asr.reports.data import ReportError
+from asr.evaluate.reports.data import ReportError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,7 +154,7 @@ def test_unusable_exp_dir_is_one_line_exit_2(tmp_path, capsys, monkeypatch, case
 
 def test_lock_that_cannot_be_written_on_a_full_disk_is_a_report_error(tmp_path, monkeypatch):
     from asr.cli import known_error_message
-    from asr.reports.lock import output_lock
+    from asr.lock import output_lock
 
     def pwrite(fd, data, offset):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

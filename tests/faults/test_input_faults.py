@@ -319,7 +319,7 @@ def test_second_writer_into_one_out_dir_exits_2_naming_the_first(tmp_path, capsy
     out = tmp_path / "ev"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from asr.reports.lock import output_lock\n"
+         "import sys; from asr.lock import output_lock\n"
          f"with output_lock({str(out)!r}, 'asr evaluate FIRST-RUN'):\n"
          "    print('locked', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -255,7 +255,7 @@ def test_transcribe_out_is_locked_against_a_second_run(package, tmp_path, capsys
     audio = wav(tmp_path / "in" / "a.wav")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from asr.reports.lock import output_lock\n"
+         "import sys; from asr.lock import output_lock\n"
          f"with output_lock({str(out)!r}, 'asr transcribe FIRST-RUN'):\n"
          "    print('locked', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env())

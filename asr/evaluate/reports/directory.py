@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asr.files import atomic_write_files
-from asr.reports.analysis import analyse
-from asr.reports.data import (
+from asr.evaluate.reports.analysis import analyse
+from asr.evaluate.reports.data import (
     BOOTSTRAP_CONFIDENCE,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -16,8 +15,9 @@ from asr.reports.data import (
     UTTERANCES_FILE,
     data_texts,
 )
-from asr.reports.html_page import HTML_FILE, render_html
-from asr.reports.markdown import MARKDOWN_FILE, render_markdown
+from asr.evaluate.reports.html_page import HTML_FILE, render_html
+from asr.evaluate.reports.markdown import MARKDOWN_FILE, render_markdown
+from asr.files import atomic_write_files
 
 
 def write_report(
@@ -28,7 +28,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write summary.json, utterances.jsonl, report.md, report.html into ``out_dir``, as
     one set (:func:`asr.files.atomic_write_files`) stamped with ``summary["run_id"]``;
-    ``summary`` gets the digest of utterances.jsonl (:func:`asr.reports.data.data_texts`).
+    ``summary`` gets the digest of utterances.jsonl (:func:`asr.evaluate.reports.data.data_texts`).
 
     The per-speaker and per-duration CIs use the bootstrap settings recorded in
     ``summary["ci"]`` (resamples, confidence, seed), so the report states them once and a

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from asr.reports.analysis import Analysis, GroupStat
-from asr.reports.data import MARKDOWN_RUN_STAMP
-from asr.reports.formatting import ci_header, ci_text, pct, setup_rows, visible
+from asr.evaluate.reports.analysis import Analysis, GroupStat
+from asr.evaluate.reports.data import MARKDOWN_RUN_STAMP
+from asr.evaluate.reports.formatting import ci_header, ci_text, pct, setup_rows, visible
 
 MARKDOWN_FILE = "report.md"
 

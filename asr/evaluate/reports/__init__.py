@@ -12,5 +12,5 @@ The directory holds:
 Modules: :mod:`.data` (records, summary, reading/writing the two data files),
 :mod:`.analysis` (per-speaker / per-duration statistics), :mod:`.formatting`,
 :mod:`.markdown`, :mod:`.plots`, :mod:`.html_page` (rendering), :mod:`.directory` (writes the
-whole directory), :mod:`.lock` (one writer per output directory).
+whole directory); one writer per output directory is :mod:`asr.lock`.
 """

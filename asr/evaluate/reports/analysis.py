@@ -2,7 +2,7 @@
 duration bucket with bootstrap CIs, frequent error words, worst utterances.
 
 Group CIs use the bootstrap settings of the summary's headline CI (see
-:func:`asr.reports.data.build_summary`), so a group holding every utterance gets exactly the
+:func:`asr.evaluate.reports.data.build_summary`), so a group holding every utterance gets exactly the
 headline interval.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from asr.evaluate.reports.data import BOOTSTRAP_CONFIDENCE, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from asr.metrics import bootstrap_ci
-from asr.reports.data import BOOTSTRAP_CONFIDENCE, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 # Upper edges (seconds) of the duration buckets; the last bucket is open-ended.
 DURATION_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)

@@ -20,6 +20,7 @@ from typing import Any
 from asr import __version__
 from asr.data.manifest import utf8_lines
 from asr.files import atomic_write_files
+from asr.lock import ReportError  # defined at the ground floor: the output lock raises it too
 from asr.metrics import CorpusScore, UtteranceScore, bootstrap_ci
 
 SUMMARY_FILE = "summary.json"
@@ -45,10 +46,6 @@ _RECORD_KEYS = (
     "char_errors",
     "ref_chars",
 )
-
-
-class ReportError(ValueError):
-    """An evaluation directory or one of its files is missing or malformed (names the file)."""
 
 
 def utterance_record(
@@ -181,8 +178,8 @@ def check_one_run(report_dir: str | Path, summary: Mapping[str, Any]) -> None:
     saying so. summary.json names the run and the utterances file's digest, each report
     carries the run id. Directories written before run ids existed carry none and pass.
     """
-    from asr.reports.html_page import HTML_FILE
-    from asr.reports.markdown import MARKDOWN_FILE
+    from asr.evaluate.reports.html_page import HTML_FILE
+    from asr.evaluate.reports.markdown import MARKDOWN_FILE
 
     d = Path(report_dir)
     run = summary.get("run_id")

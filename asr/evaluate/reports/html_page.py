@@ -8,10 +8,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asr.reports.analysis import Analysis, GroupStat
-from asr.reports.data import HTML_RUN_STAMP
-from asr.reports.formatting import ci_header, ci_text, pct, settings_line, setup_rows, visible
-from asr.reports.plots import plot_groups
+from asr.evaluate.reports.analysis import Analysis, GroupStat
+from asr.evaluate.reports.data import HTML_RUN_STAMP
+from asr.evaluate.reports.formatting import (
+    ci_header,
+    ci_text,
+    pct,
+    settings_line,
+    setup_rows,
+    visible,
+)
+from asr.evaluate.reports.plots import plot_groups
 
 HTML_FILE = "report.html"
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from asr.evaluate.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, read_report
+from asr.evaluate.reports.formatting import visible
+from asr.evaluate.reports.markdown import md_escape
 from asr.files import atomic_write_text
 from asr.metrics import paired_bootstrap
-from asr.reports.data import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, read_report
-from asr.reports.formatting import visible
-from asr.reports.markdown import md_escape
 
 _EXAMPLES = 5
 

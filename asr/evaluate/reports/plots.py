@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from asr.reports.analysis import GroupStat
-from asr.reports.formatting import visible
+from asr.evaluate.reports.analysis import GroupStat
+from asr.evaluate.reports.formatting import visible
 
 
 def _png_data_uri(fig: Any) -> str:

@@ -7,7 +7,7 @@
 
 Both references and hypotheses go through :func:`asr.text.normalize_text`, so a system is
 not penalised for casing or punctuation and two systems are always scored alike. The
-evaluation directory layout is described in :mod:`asr.reports`.
+evaluation directory layout is described in :mod:`asr.evaluate.reports`.
 
 Hypothesis files are JSONL (``{"id": ..., "text": ...}`` per line) or Kaldi-style text
 (``id word word ...`` per line; an id alone is an empty hypothesis). The format is taken from
@@ -19,7 +19,6 @@ duplicate ids are an error.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import re
@@ -30,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from asr.data.manifest import Utterance, utf8_lines
+from asr.evaluate.reports.data import build_summary, utterance_record
+from asr.evaluate.reports.directory import write_report
 from asr.metrics import score_corpus
-from asr.reports.data import build_summary, utterance_record
-from asr.reports.directory import write_report
 from asr.text import normalize_text
 
 # How many ids an error or warning message lists before "...".
@@ -133,21 +132,6 @@ def read_hypotheses(path: str | Path) -> Hypotheses:
         first_line[uid] = lineno
         texts[uid] = text
     return Hypotheses(str(path), fmt or "kaldi", texts, empty)
-
-
-def package_sha256(path: str | Path) -> str:
-    """sha256 of a model package file; for a package directory, of its sorted relative file
-    names and contents (so a renamed or edited member changes the digest)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        if path.is_dir():
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def evaluate(

@@ -1,5 +1,5 @@
-"""One writer per output directory: :func:`output_lock` (used by ``asr evaluate`` and
-``asr transcribe --out``)."""
+"""One writer per output directory: :func:`output_lock` (used by ``asr evaluate``,
+``asr transcribe --out`` and ``asr train``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from asr.reports.data import ReportError
+
+class ReportError(ValueError):
+    """An evaluation directory or one of its files is missing or malformed (names the file).
+
+    Defined here, at the bottom of the import order, because the output lock raises it too;
+    :mod:`asr.evaluate.reports.data` re-exports it with the report API."""
 
 
 class OutputLockedError(ReportError):
