@@ -38,11 +38,11 @@ import torch
 from asr.audio import load_audio
 from asr.config import ExperimentConfig, to_dict
 from asr.decode.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
-from asr.export import export
 from asr.infer.inference import emissions
 from asr.model import AcousticModel, ModelConfig
 from asr.package import load_package
 from asr.text import CharTokenizer, normalize_text
+from asr.train.export import export
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "speechocean762"
 

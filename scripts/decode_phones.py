@@ -8,7 +8,7 @@ CKPT is a Lightning checkpoint of ``asr train`` with ``model.phone_ctc_weight > 
 experiment directory: its best checkpoint by dev WER); several CKPTs of one run are averaged
 (network and phone head), as ``asr export --average`` does. It reads checkpoints, not a
 package (an exported package holds the phone head too, see the end of this docstring), with
-:func:`asr.checkpoint.read_lightning_checkpoint` (weights-only, nothing unpickled), runs the
+:func:`asr.train.checkpoint.read_lightning_checkpoint` (weights-only, nothing unpickled), runs the
 network over MANIFEST (the toolkit's features, model and inference batching), takes the phone
 head's log-probs on the layer it was trained on, and decodes them with flashlight's lexicon
 beam search (``torchaudio.models.decoder.ctc_decoder``) and a word KenLM.
@@ -68,13 +68,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from asr.audio import AudioError, load_audio
-from asr.checkpoint import (
-    CheckpointError,
-    average_state_dicts,
-    best_checkpoints,
-    check_compatible,
-    read_lightning_checkpoint,
-)
 from asr.data.lexicon import Coverage, LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import ManifestError, Utterance, read_manifest
 from asr.data.sampler import plan_batches
@@ -91,6 +84,13 @@ from asr.features import LogMel
 from asr.files import atomic_write_text
 from asr.model import AcousticModel
 from asr.text import Tokenizer, normalize_text
+from asr.train.checkpoint import (
+    CheckpointError,
+    average_state_dicts,
+    best_checkpoints,
+    check_compatible,
+    read_lightning_checkpoint,
+)
 
 
 class UsageError(ValueError):
@@ -151,7 +151,7 @@ def load_network(ckpts: Sequence[Path]) -> PhoneNetwork:
     """The checkpoints' network and phone head (eval mode, CPU); refuses one without a head.
 
     An experiment directory stands for its best checkpoint by dev WER. Several checkpoints
-    (of one run: :func:`asr.checkpoint.check_compatible`) are averaged, network and phone
+    (of one run: :func:`asr.train.checkpoint.check_compatible`) are averaged, network and phone
     head alike, as ``asr export --average`` averages the network.
     """
     paths = [best_checkpoints(p, 1)[0] if p.is_dir() else p for p in ckpts]

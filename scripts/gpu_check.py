@@ -225,7 +225,7 @@ def autocast(precision: str, device: torch.device):
 
 
 def ctc_loss(log_probs: Tensor, out_lens: Tensor, b: SynthBatch) -> Tensor:
-    """As asr.train.CTCModule: sum over the batch / utterances, in fp32."""
+    """As asr.train.training.CTCModule: sum over the batch / utterances, in fp32."""
     return F.ctc_loss(log_probs.float().transpose(0, 1), b.targets, out_lens, b.target_lens,
                       blank=0, reduction="sum", zero_infinity=True) / len(b.target_lens)
 
@@ -527,11 +527,11 @@ def _check(rc: int, lines: list[str], what: str) -> None:
 
 
 EPOCH_LINE = re.compile(r"^epoch (\d+) step (\d+):")
-FIT_START = re.compile(r"^model: ")  # asr.train prints it after manifests and feature cache, before fit
+FIT_START = re.compile(r"^model: ")  # asr.train.training prints it after manifests and feature cache, before fit
 
 
 def epoch_marks(lines: list[str], stamps: list[float]) -> tuple[float | None, list[tuple[int, int, float]]]:
-    """When fitting started and (epoch, step, when) for each of asr.train's EpochSummary lines,
+    """When fitting started and (epoch, step, when) for each of asr.train.training's EpochSummary lines,
     in seconds after the process start, from when each line arrived (sub-second, unlike the
     whole seconds the line itself shows)."""
     fit = next((t for x, t in zip(lines, stamps) if FIT_START.match(x)), None)

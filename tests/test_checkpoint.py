@@ -12,17 +12,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from asr import __version__
-from asr.checkpoint import (
-    TAIL_DIR,
-    CheckpointError,
-    best_checkpoints,
-    latest_checkpoints,
-    read_lightning_checkpoint,
-)
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.decode.decoding import greedy_decode
-from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import (
     FORMAT,
@@ -33,6 +25,14 @@ from asr.package import (
     read_metadata,
 )
 from asr.text import CharTokenizer, Tokenizer
+from asr.train.checkpoint import (
+    TAIL_DIR,
+    CheckpointError,
+    best_checkpoints,
+    latest_checkpoints,
+    read_lightning_checkpoint,
+)
+from asr.train.export import export
 
 TOKENIZER = CharTokenizer("abcdefgh'")
 

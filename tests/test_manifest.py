@@ -96,8 +96,8 @@ def test_text_readers_word_bytes_that_are_not_utf8_alike(tmp_path):
     # One wording (asr.data.manifest.utf8_lines) for every text file a user hands in.
     from asr.config import ConfigError
     from asr.data.lexicon import LexiconError, read_lexicon
-    from asr.datamodule import read_manifest_or_fail
     from asr.decode.lm import LMError, _read_texts
+    from asr.train.datamodule import read_manifest_or_fail
 
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xef\xbb\xbfYES Y EH S\nCAF\xc3\xa9 K AE F\nNO N \xe9\n")

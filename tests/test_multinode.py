@@ -130,7 +130,7 @@ _RECORDING_LAUNCHER = textwrap.dedent("""
 
     sampler.BucketBatchSampler.__iter__ = recording_iter
     if "CMVN_SAMPLE" in os.environ:  # read fewer files for CMVN, as a corpus > 3000 utterances does
-        from asr import datamodule
+        from asr.train import datamodule
         datamodule.CMVN_MAX_UTTERANCES = int(os.environ["CMVN_SAMPLE"])
     from asr.cli import main
     sys.exit(main())

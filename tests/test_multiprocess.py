@@ -15,11 +15,11 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.decode.decoding import DecodingOptions
-from asr.export import export
 from asr.infer.parallel import split_by_duration, transcribe_segments_parallel, worker_devices
 from asr.infer.segments import Segment
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
+from asr.train.export import export
 
 SR = 16000
 TOKENIZER = CharTokenizer("abcdefgh")

@@ -1,4 +1,4 @@
-"""The phone head in packages and ``--phone-weight`` decoding (asr.decode.phones, asr.export,
+"""The phone head in packages and ``--phone-weight`` decoding (asr.decode.phones, asr.train.export,
 asr.package, asr.infer.engine): hand-built tensors and tiny random models, milliseconds each."""
 
 import json
@@ -17,11 +17,11 @@ from asr.config import ExperimentConfig, to_dict
 from asr.decode.decoding import DecoderError, DecodingOptions, greedy_decode
 from asr.decode.factory import make_decoder
 from asr.decode.phones import Pool, TwoHeadDecoder, candidates
-from asr.export import export
 from asr.infer.engine import forward_batch
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, PhoneHead, load_package, read_metadata, write_package
 from asr.text import CharTokenizer
+from asr.train.export import export
 
 ROOT = Path(__file__).resolve().parents[1]
 PHONES = ("AE", "B", "K", "T")  # the head's outputs 1..4; 0 is the blank

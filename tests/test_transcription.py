@@ -18,13 +18,13 @@ from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.data.sampler import plan_batches
 from asr.decode.decoding import DecodingOptions, greedy_decode
-from asr.export import export
 from asr.features import LogMel
 from asr.infer.inference import emissions, emissions_for_manifest, transcribe_manifest
 from asr.infer.transcription import find_audio_files, plan_windows, transcribe
 from asr.model import AcousticModel, ModelConfig
 from asr.package import ModelPackage, load_package
 from asr.text import CharTokenizer
+from asr.train.export import export
 
 SR = 16000
 TOKENIZER = CharTokenizer("abcdefgh")

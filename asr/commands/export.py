@@ -27,9 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Checkpoint/package errors propagate to ``asr.cli.main`` (one ``error:`` line, exit 2)."""
-    from asr.checkpoint import CheckpointError
-    from asr.export import export
     from asr.package import load_package
+    from asr.train.checkpoint import CheckpointError
+    from asr.train.export import export
 
     if args.average is not None and args.average < 0:
         raise CheckpointError("--average N needs N >= 1")

@@ -92,7 +92,7 @@ def test_second_train_into_a_held_exp_dir_exits_2_naming_the_first_and_a_dead_ru
 
 @pytest.mark.slow
 def test_no_space_while_writing_a_checkpoint_is_one_line_and_resume_finishes(tmp_path, capsys, monkeypatch):
-    import asr.callbacks
+    import asr.train.callbacks
     from asr.files import atomic_write
 
     make_corpus(tmp_path)
@@ -103,7 +103,7 @@ def test_no_space_while_writing_a_checkpoint_is_one_line_and_resume_finishes(tmp
         full = len(writes) > 2  # epoch 0's ranked checkpoint and last.ckpt fit
         atomic_write(path, (lambda f: write(FullDisk(f))) if full else write)
 
-    monkeypatch.setattr(asr.callbacks, "atomic_write", disk_fills_after_epoch_0)
+    monkeypatch.setattr(asr.train.callbacks, "atomic_write", disk_fills_after_epoch_0)
     assert main(train_args(tmp_path, "trainer.max_epochs=3")) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line == f"error: {writes[2]}: No space left on device"

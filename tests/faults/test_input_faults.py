@@ -19,10 +19,10 @@ from asr.audio import AudioError, load_audio
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
-from asr.export import export
 from asr.infer.inference import NON_FINITE, transcribe_manifest
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
+from asr.train.export import export
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]

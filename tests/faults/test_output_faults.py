@@ -29,9 +29,9 @@ from asr.cli import main
 from asr.commands.transcribe import MAPPING_FILE, output_names
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
-from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
+from asr.train.export import export
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]

@@ -25,13 +25,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from asr.checkpoint import CheckpointError, read_lightning_checkpoint
 from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
-from asr.export import export
 from asr.model import AcousticModel, ModelConfig
 from asr.package import PackageError, load_package
 from asr.text import CharTokenizer
+from asr.train.checkpoint import CheckpointError, read_lightning_checkpoint
+from asr.train.export import export
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = CharTokenizer("abcdefgh'")

@@ -203,8 +203,8 @@ def _in_process_cfg(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_file_truncated_mid_run_without_cache_is_skipped_on_train_and_resume(tmp_path, monkeypatch):
-    from asr.datamodule import CTCDataModule
-    from asr.train import train
+    from asr.train.datamodule import CTCDataModule
+    from asr.train.training import train
 
     make_corpus(tmp_path)
     real = CTCDataModule.cmvn_stats
@@ -226,7 +226,7 @@ def test_file_truncated_mid_run_without_cache_is_skipped_on_train_and_resume(tmp
 
 @pytest.mark.slow
 def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypatch):
-    from asr.train import CTCModule, DivergedError, train
+    from asr.train.training import CTCModule, DivergedError, train
 
     make_corpus(tmp_path)
     real = CTCModule.losses
@@ -245,11 +245,11 @@ def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypat
 def test_a_run_of_nonfinite_steps_across_epochs_stops_with_an_error(tmp_path, monkeypatch):
     """The second stop: never more than half of an epoch, but MAX_CONSECUTIVE_NONFINITE steps
     in a row (3 here, 50 in real runs), counted across the epoch boundary."""
-    import asr.train
-    from asr.train import CTCModule, DivergedError, train
+    import asr.train.training
+    from asr.train.training import CTCModule, DivergedError, train
 
     make_corpus(tmp_path)
-    monkeypatch.setattr(asr.train, "MAX_CONSECUTIVE_NONFINITE", 3)
+    monkeypatch.setattr(asr.train.training, "MAX_CONSECUTIVE_NONFINITE", 3)
     real = CTCModule.losses
     steps = []
 
@@ -335,7 +335,7 @@ def test_atomic_write_and_stale_temp_cleanup(tmp_path):
 
 def test_resume_falls_back_to_newest_readable_checkpoint_and_refuses_pickled_code(tmp_path, monkeypatch, capsys):
     from asr import log
-    from asr.resume import CheckpointLoadError, find_resume_checkpoint, load_checkpoint_file
+    from asr.train.resume import CheckpointLoadError, find_resume_checkpoint, load_checkpoint_file
 
     log.setup()  # as `asr` does: warnings to (the captured) stderr in the "warning: ..." form
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from asr.checkpoint import TAIL_DIR
 from asr.config import ConfigError, ExperimentConfig, drop_retired_keys, to_dict
 from asr.data.dataset import Skipped
 from asr.files import atomic_write_text, remove_stale_temp_files
+from asr.train.checkpoint import TAIL_DIR
 
 log = logging.getLogger(__name__)
 

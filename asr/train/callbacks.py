@@ -14,7 +14,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from asr.data.dataset import Batch, Skipped
 from asr.files import atomic_write
-from asr.resume import load_checkpoint_file
+from asr.train.resume import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 

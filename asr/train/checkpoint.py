@@ -5,7 +5,7 @@ which refuses arbitrary classes. Lightning 2.x writes ``hyper_parameters`` as a 
 (we save a dict of JSON-like values) and its callback and optimiser states as tensors,
 numbers and strings, all of which the weights-only unpickler accepts; a checkpoint that
 carries anything else (e.g. an OmegaConf container) is refused with the name of the
-offending class rather than loaded unsafely. :mod:`asr.export` turns them into packages.
+offending class rather than loaded unsafely. :mod:`asr.train.export` turns them into packages.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class LightningCheckpoint:
     phones: tuple[str, ...] = ()
     phone_head: dict[str, Tensor] = field(default_factory=dict)
     # hyper_parameters["pronunciations"] (training word -> phones, what the phone targets
-    # were built from; runs before it was stored have none: see asr.export).
+    # were built from; runs before it was stored have none: see asr.train.export).
     pronunciations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The raw training config (hyper_parameters["config"]): where data.lexicon and the
     # training manifest were, for checkpoints without stored pronunciations.

@@ -1,7 +1,7 @@
 """``asr export``'s library side: Lightning checkpoints -> a model package (optionally
 averaged, marked for int8), plus TorchScript / ONNX graphs of the network.
 
-The package format lives in :mod:`asr.package`; reading checkpoints in :mod:`asr.checkpoint`.
+The package format lives in :mod:`asr.package`; reading checkpoints in :mod:`asr.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.checkpoint import (
+from asr.files import TMP_SUFFIX, atomic_write
+from asr.model import AcousticModel
+from asr.package import PhoneHead, check_model_config, weights_mismatch, write_package
+from asr.text import Tokenizer, TokenizerError
+from asr.train.checkpoint import (
     CheckpointError,
     LightningCheckpoint,
     average_state_dicts,
@@ -25,10 +29,6 @@ from asr.checkpoint import (
     latest_checkpoints,
     read_lightning_checkpoint,
 )
-from asr.files import TMP_SUFFIX, atomic_write
-from asr.model import AcousticModel
-from asr.package import PhoneHead, check_model_config, weights_mismatch, write_package
-from asr.text import Tokenizer, TokenizerError
 
 
 def export(

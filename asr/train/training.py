@@ -2,8 +2,8 @@
 around :class:`asr.model.AcousticModel`, and :func:`train`, which assembles the data, the
 callbacks and the Trainer from an :class:`ExperimentConfig`.
 
-The data side is :mod:`asr.datamodule`; callbacks and checkpoint I/O :mod:`asr.callbacks`;
-the experiment directory and resuming :mod:`asr.resume`. ``asr train`` is
+The data side is :mod:`asr.train.datamodule`; callbacks and checkpoint I/O :mod:`asr.train.callbacks`;
+the experiment directory and resuming :mod:`asr.train.resume`. ``asr train`` is
 :mod:`asr.commands.train`.
 """
 
@@ -31,29 +31,29 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from asr.callbacks import AtomicCheckpointIO, EpochSummary, SamplerEpoch, SkippedItems
-from asr.checkpoint import TAIL_DIR
 from asr.config import ConfigError, ExperimentConfig, to_dict
 from asr.data.dataset import Batch, WaveBatch, wave_batch_features
 from asr.data.lexicon import LexiconError, PhoneMap, read_lexicon
 from asr.data.manifest import Utterance
 from asr.data.shards import ShardError, open_shard_set, read_texts
-from asr.datamodule import CTCDataModule, read_manifest_or_fail
 from asr.decode.decoding import greedy_decode
 from asr.features import LogMel
 from asr.files import atomic_write_text, os_error_of
 from asr.lock import output_lock
 from asr.log import is_rank_zero
 from asr.model import AcousticModel
-from asr.resume import (
+from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
+from asr.threads import set_threads
+from asr.train.callbacks import AtomicCheckpointIO, EpochSummary, SamplerEpoch, SkippedItems
+from asr.train.checkpoint import TAIL_DIR
+from asr.train.datamodule import CTCDataModule, read_manifest_or_fail
+from asr.train.resume import (
     check_resume_config,
     find_resume_checkpoint,
     prepare_exp_dir,
     run_id,
     write_skipped,
 )
-from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
-from asr.threads import set_threads
 
 log = logging.getLogger(__name__)
 
