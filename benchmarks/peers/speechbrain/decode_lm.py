@@ -12,7 +12,7 @@ The peer's columns are reordered into our character tokenizer's ids (:func:`to_t
 its blank to our blank, its space to our word delimiter "|", every character to our id for
 it. The decoder is the one ``asr evaluate --decoder beam --lm LM`` builds: lexicon from the
 LM's vocabulary, beam 50, weights from the command line, else from ``LM.tune.json``, else
-:class:`asr.decode.decoding.DecodingOptions` defaults.
+:class:`asr.DecodingOptions` defaults.
 """
 
 from __future__ import annotations
@@ -26,10 +26,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from asr.decode.decoding import BeamSearchDecoder, DecodingOptions
-from asr.decode.factory import decode_emissions
-from asr.decode.lm_files import load_tuned_weights
-from asr.text import BLANK, CharTokenizer, Tokenizer
+from asr import (  # the public API only (asr/__init__.py)
+    BLANK,
+    BeamSearchDecoder,
+    CharTokenizer,
+    DecodingOptions,
+    Tokenizer,
+    decode_emissions,
+    load_tuned_weights,
+)
 
 
 class VocabError(ValueError):
