@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchaudio==2.11.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint kenlm bench clean
+.PHONY: setup demo test lint clean
 
 # pip's own notices (index locations, build back-end warnings) go to $(VENV)/install.log;
 # the steps and their outcome are printed.
@@ -33,7 +33,7 @@ test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check asr tests scripts benchmarks
+	$(VENV)/bin/ruff check asr tests scripts benchmarks recipes
 	$(VENV)/bin/mypy
 
 clean:

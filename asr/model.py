@@ -10,7 +10,7 @@ Every stage masks frames past each utterance's length, and the backward directio
 recurrent layer runs on each sequence *flipped within its own length* (``rnn_impl="flip"``),
 so the padding is only ever seen after the valid frames. This is exact, like packed
 sequences (``rnn_impl="packed"``, also available), but on CPU its backward pass is several
-times faster (see scripts/bench_rnn.py and BENCHMARKS.md).
+times faster (see benchmarks/bench_rnn.py and BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -316,8 +316,8 @@ for u in read_manifest(sys.argv[1])[: int(sys.argv[2])]:
 
 results_stage() {  # results_stage TITLE: Markdown table from every summary.json under $EXP/eval
   # Always rewritten: it is cheap and must reflect the evaluations present now.
-  echo "   + $PYTHON scripts/results_table.py $EXP --title \"$1\" --out $EXP/results.md"
-  "$PYTHON" "$ASR_ROOT/scripts/results_table.py" "$EXP" --title "$1" --out "$EXP/results.md"
+  echo "   + $PYTHON recipes/results_table.py $EXP --title \"$1\" --out $EXP/results.md"
+  "$PYTHON" "$ASR_ROOT/recipes/results_table.py" "$EXP" --title "$1" --out "$EXP/results.md"
   cat "$EXP/results.md"
 }
 

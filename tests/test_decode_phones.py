@@ -1,4 +1,4 @@
-"""scripts/decode_phones.py: phone-head log-probs decode to lexicon words; the decoding
+"""recipes/speechocean762/decode_phones.py: phone-head log-probs decode to lexicon words; the decoding
 lexicon holds the training transcripts' words only."""
 
 import importlib.util
@@ -15,7 +15,7 @@ from asr.decode.decoding import DecoderError
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts/decode_phones.py"
+_PATH = Path(__file__).resolve().parents[1] / "recipes/speechocean762/decode_phones.py"
 _spec = importlib.util.spec_from_file_location("decode_phones", _PATH)
 decode_phones = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = decode_phones  # dataclasses look their module up there

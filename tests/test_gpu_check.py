@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh --dry-run: the one-shot GPU check runs end to end on CPU at toy sizes.
+"""benchmarks/gpu_check.sh --dry-run: the one-shot GPU check runs end to end on CPU at toy sizes.
 
 The real check runs once, unattended, on a remote GPU machine; this is what makes sure every
 code path there (throughput bench, flip/packed agreement, DataLoader rate, CLI prepare ->
@@ -28,7 +28,7 @@ def test_gpu_check_dry_run(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out), "--dry-run", "--yesno-data", str(yesno),
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run", "--yesno-data", str(yesno),
          "--work", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=180, env=env,
     )
@@ -72,12 +72,12 @@ def test_gpu_check_dry_run(tmp_path: Path, shared_data: Path) -> None:
 
 
 def _load_script():
-    """scripts/gpu_check.py as a module (registered first: its dataclasses look it up)."""
+    """benchmarks/gpu_check.py as a module (registered first: its dataclasses look it up)."""
     import importlib.util
 
     if "gpu_check" in sys.modules:
         return sys.modules["gpu_check"]
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = mod
     spec.loader.exec_module(mod)

@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))  # plot_training
+sys.path.insert(0, str(ROOT / "recipes"))  # results_table, ablate
 sys.path.insert(0, str(ROOT / "recipes" / "fsdd"))
 
 import ablate  # noqa: E402

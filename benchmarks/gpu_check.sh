@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One-shot GPU check (scripts/gpu_check.py): training throughput of flip / packed / plain
+# One-shot GPU check (benchmarks/gpu_check.py): training throughput of flip / packed / plain
 # padded nn.LSTM in fp32 and bf16, their agreement, a real `asr train` run on speechocean762
 # with bf16 on the GPU, and the DataLoader rate; writes OUT/gpu_check.md, OUT/gpu_check.json,
 # OUT/cli.log (and this wrapper's own log, OUT/gpu_check.log). At most ~8 min (--budget 480).
 #
-#   bash scripts/gpu_check.sh OUT [--dry-run] [--data DIR] [--work DIR] [--budget S] [--train-seconds S]
+#   bash benchmarks/gpu_check.sh OUT [--dry-run] [--data DIR] [--work DIR] [--budget S] [--train-seconds S]
 #
 # For a GPU machine without network access whose python3 (e.g. 3.12 with a CUDA torch) has
 # torch, torchaudio, pytorch-lightning, torchmetrics, sentencepiece, safetensors, rich, pyyaml,
@@ -14,10 +14,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 jiwer==4.0.0 rapidfuzz==3.14.6
-#   python3 scripts/gpu_check.py --pack-speechocean ../shared/data/speechocean762 .gpu_data/speechocean762 --max-mb 40
+#   python3 benchmarks/gpu_check.py --pack-speechocean ../shared/data/speechocean762 .gpu_data/speechocean762 --max-mb 40
 # (a 40 MB subset of whole speakers, ~590 utterances, instead of the whole 177 MB corpus), then
 # run there, from the repository root:
-#   bash scripts/gpu_check.sh OUT --data .gpu_data/speechocean762 --work /tmp/gpu_check
+#   bash benchmarks/gpu_check.sh OUT --data .gpu_data/speechocean762 --work /tmp/gpu_check
 # --work outside OUT keeps OUT to the 4 report files (gpu_check.md, gpu_check.json,
 # gpu_check.log, cli.log). Exit status 0 = every section ran (targets may FAIL).
 #
@@ -60,5 +60,5 @@ echo "gpu_check: python $PY; PYTHONPATH $PYTHONPATH; $(date)" | tee "$OUT/gpu_ch
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
     2>&1 | tee -a "$OUT/gpu_check.log"
 
-"$PY" "$REPO/scripts/gpu_check.py" "$OUT" "$@" 2>&1 | tee -a "$OUT/gpu_check.log"
+"$PY" "$REPO/benchmarks/gpu_check.py" "$OUT" "$@" 2>&1 | tee -a "$OUT/gpu_check.log"
 exit "${PIPESTATUS[0]}"

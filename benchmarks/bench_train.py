@@ -7,7 +7,7 @@ optimiser steps of the configured model (default: conf/speechocean762.yaml) unde
 samplers, interleaved so machine load hits both alike. Prints audio-seconds per wall-second,
 padding efficiency (real frames / padded frames) and the speed-up of bucketing.
 
-    python scripts/bench_train.py [--config conf/speechocean762.yaml] [--utts 400] [--threads 2] [key=value ...]
+    python benchmarks/bench_train.py [--config conf/speechocean762.yaml] [--utts 400] [--threads 2] [key=value ...]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What one DataLoader worker produces without the feature cache (``data.cache_features=false``).
 
-    python scripts/bench_loader.py [--seconds 600] [--fsdd 300] [--batch 16] [--loader]
+    python benchmarks/bench_loader.py [--seconds 600] [--fsdd 300] [--batch 16] [--loader]
 
 Per stage, for what :class:`asr.data.dataset.FeatureDataset` and :mod:`asr.features` do per
 item, on one thread (a DataLoader worker runs ``torch.set_num_threads(1)``):

@@ -2,7 +2,7 @@
 """Transcribe one long recording made by concatenating corpus utterances; report peak memory
 and whether each source utterance's words come out, in order.
 
-    python scripts/check_long_file.py MODEL MANIFEST [--minutes 60] [--threads 2] [--work DIR]
+    python benchmarks/check_long_file.py MODEL MANIFEST [--minutes 60] [--threads 2] [--work DIR]
 
 The recording is written with soundfile in blocks (never held whole in memory), then
 `asr transcribe` runs in a child process so its peak RSS can be read from the OS. The

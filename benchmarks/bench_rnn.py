@@ -7,7 +7,7 @@ log-mels shaped like a bucketed speechocean762 batch (4-5 s utterances), both im
 interleaved in one run so that machine load hits both alike. Prints exactly what it ran,
 audio-seconds processed per wall-second and the ratio.
 
-    python scripts/bench_rnn.py [--config conf/speechocean762.yaml] [--threads 2] [--steps 5] [--cells lstm]
+    python benchmarks/bench_rnn.py [--config conf/speechocean762.yaml] [--threads 2] [--steps 5] [--cells lstm]
 """
 
 from __future__ import annotations

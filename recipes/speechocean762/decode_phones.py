@@ -1,6 +1,6 @@
 """Word decoding from the auxiliary phone CTC head: lexicon beam search + word LM over phones.
 
-    python scripts/decode_phones.py CKPT [CKPT ...] MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
+    python recipes/speechocean762/decode_phones.py CKPT [CKPT ...] MANIFEST --train TRAIN.jsonl --lexicon LEXICON.txt \\
         --lm LM.bin --out DIR [--lm-weights 0.5,1,2,3] [--word-scores -1,0,1,2] [--beam-size N]
         [--emissions DIR/emissions.pt] [--combine --char-lm-weight W --char-word-score S [--nbest 10]]
 

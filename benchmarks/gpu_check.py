@@ -2,7 +2,7 @@
 """One-shot GPU check of the training stack: throughput, exactness, a real CLI run, data rate.
 
 Written to run once, unattended, on a bare single-GPU machine with no network (see
-scripts/gpu_check.sh for the exact command and what it expects installed), inside a global
+benchmarks/gpu_check.sh for the exact command and what it expects installed), inside a global
 time budget (``--budget``, default 480 s). Sections, each wrapped so that a failure in one is
 recorded (error text in the JSON) and the others still run:
 
@@ -24,8 +24,8 @@ recorded (error text in the JSON) and the others still run:
 Results: OUT/gpu_check.md (tables) and OUT/gpu_check.json; the CLI's output goes to
 OUT/cli.log. ``--dry-run`` does all of it in seconds on CPU at toy sizes (yesno corpus).
 
-    python scripts/gpu_check.py OUT [--dry-run] [--data DIR] [--budget 480] [--work DIR]
-    python scripts/gpu_check.py --pack-speechocean SRC DEST [--max-mb 45]
+    python benchmarks/gpu_check.py OUT [--dry-run] [--data DIR] [--budget 480] [--work DIR]
+    python benchmarks/gpu_check.py --pack-speechocean SRC DEST [--max-mb 45]
 """
 
 from __future__ import annotations
@@ -989,7 +989,7 @@ def pack_speechocean(src: Path, dest: Path, max_mb: float) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / tables["wav.scp"][u], target)
     (dest / "README.md").write_text(f"Subset of {src} ({len(keep)} utterances, whole speakers, "
-                                    f"{size / 2**20:.1f} MB) made by scripts/gpu_check.py --pack-speechocean "
+                                    f"{size / 2**20:.1f} MB) made by benchmarks/gpu_check.py --pack-speechocean "
                                     "for a one-off remote GPU check. Not to be committed.\n")
     print(f"{dest}: {len(keep)} utterances of {len(set(tables['utt2spk'][u] for u in keep))} speakers, "
           f"{size / 2**20:.1f} MB")

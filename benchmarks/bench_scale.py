@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The data path at LibriSpeech-960 scale: manifests, filtering, dataset, sampler, prepare.
 
-    python scripts/bench_scale.py manifest [--utts 281241]
-    python scripts/bench_scale.py prepare --files 50000 [--workers 1 2] [--keep]
+    python benchmarks/bench_scale.py manifest [--utts 281241]
+    python benchmarks/bench_scale.py prepare --files 50000 [--workers 1 2] [--keep]
 
 ``manifest``: a generated manifest with LibriSpeech-960's shape (281 241 utterances, 0.8-35 s,
 mean ~12.3 s, ~200-character transcripts; no audio needed) goes through what ``asr train``

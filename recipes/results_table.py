@@ -1,6 +1,6 @@
 """Markdown results table of a recipe's evaluations.
 
-    python scripts/results_table.py EXP_DIR [--title TEXT] [--out FILE]
+    python recipes/results_table.py EXP_DIR [--title TEXT] [--out FILE]
 
 Reads ``EXP_DIR/eval/<system>/<split>/summary.json`` (written by ``asr evaluate``; the
 layout recipes/common.sh uses) and ``EXP_DIR/train_summary.json`` (``asr train``), and

@@ -6,7 +6,7 @@ The acoustic model is the default speechocean762-sized one (``ModelConfig()``) w
 weights: speed does not depend on what the weights learned. Audio: about 60 s of
 speechocean762 utterances (synthetic noise when the corpus is absent).
 
-    python scripts/bench_rtf.py [--threads 2] [--seconds 60] [--beam 50] [--no-memory]
+    python benchmarks/bench_rtf.py [--threads 2] [--seconds 60] [--beam 50] [--no-memory]
 
 Rows:
 - greedy fp32 / int8: RTF = (log-mel + model + greedy decoding) wall time / audio seconds,

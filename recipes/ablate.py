@@ -1,6 +1,6 @@
 """Architecture ablation: train variants of one config with the same budget, tabulate dev WER.
 
-    python scripts/ablate.py CONFIG --out-dir DIR [--variants NAME,...] [--table FILE.md]
+    python recipes/ablate.py CONFIG --out-dir DIR [--variants NAME,...] [--table FILE.md]
                              [--force] [key=value ...]
 
 The base is CONFIG with the ``key=value`` options given here (e.g. the manifests and
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     asr = shlex.split(args.asr)
     rows = [train_variant(args.config, v, args.out_dir / v.name, args.overrides, args.force, asr)
             for v in variants]
-    command = shlex.join(["python", "scripts/ablate.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "recipes/ablate.py", *(argv if argv is not None else sys.argv[1:])])
     text = render(rows, args.config, args.overrides, command)
     table = args.table or args.out_dir / "ablation.md"
     table.parent.mkdir(parents=True, exist_ok=True)
