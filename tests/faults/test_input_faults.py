@@ -9,42 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from tiny_package import SR, make_tiny_package, noise
 
 import asr.audio
 from asr.audio import AudioError, load_audio
 from asr.cli import main
-from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.infer.inference import NON_FINITE, transcribe_manifest
-from asr.model import AcousticModel, ModelConfig
-from asr.text import CharTokenizer
-from asr.train.export import export
 
-SR = 16000
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    """A tiny untrained model package (random weights): enough for every fault path."""
-    tmp = tmp_path_factory.mktemp("pkg")
-    cfg = ExperimentConfig(model=ModelConfig(hidden=8, num_layers=1, conv_channels=4, dropout=0.0))
-    torch.manual_seed(0)
-    model = AcousticModel(cfg.model, cfg.features.n_mels, TOKENIZER.vocab_size)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"config": to_dict(cfg), "tokenizer": TOKENIZER.to_dict()}}
-    torch.save(ckpt, tmp / "a.ckpt")
-    return export([tmp / "a.ckpt"], tmp / "model.asr")
-
-
-def noise(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"))
 
 
 def write_huge(path: Path) -> None:

@@ -19,48 +19,21 @@ import sys
 import time
 from pathlib import Path, PurePath
 
-import numpy as np
 import pytest
-import soundfile as sf
-import torch
+from tiny_package import SR, make_tiny_package, wav
 
 import asr.files
 from asr.cli import main
 from asr.commands.transcribe import MAPPING_FILE, output_names
-from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
-from asr.model import AcousticModel, ModelConfig
-from asr.text import CharTokenizer
-from asr.train.export import export
 
-SR = 16000
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
 EVAL_FILES = ("summary.json", "utterances.jsonl", "report.md", "report.html")
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    """A tiny untrained model package (random weights): enough for every fault path."""
-    tmp = tmp_path_factory.mktemp("pkg")
-    cfg = ExperimentConfig(model=ModelConfig(hidden=8, num_layers=1, conv_channels=4, dropout=0.0))
-    torch.manual_seed(0)
-    model = AcousticModel(cfg.model, cfg.features.n_mels, TOKENIZER.vocab_size)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"config": to_dict(cfg), "tokenizer": TOKENIZER.to_dict()}}
-    torch.save(ckpt, tmp / "a.ckpt")
-    return export([tmp / "a.ckpt"], tmp / "model.asr")
-
-
-def noise(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
-
-
-def wav(path: Path, seconds: float = 0.5, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, noise(seconds, seed), SR)
-    return path
+    return make_tiny_package(tmp_path_factory.mktemp("pkg"))
 
 
 def one_error_line(err: str) -> str:
