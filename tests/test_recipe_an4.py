@@ -29,9 +29,13 @@ def test_closed_lm_is_a_uniform_unigram_over_the_dictionary_words(tmp_path):
     assert closed_lm.main([str(dic), "--out", str(out)]) == 0
     assert sorted(lm_vocabulary(out)) == ["a", "november", "thirteen", "yes"]
     lines = out.read_text().splitlines()
-    assert lines[:2] == ["\\data\\", "ngram 1=7"] and lines[-1] == "\\end\\"
+    assert lines[:3] == ["\\data\\", "ngram 1=7", "ngram 2=1"] and lines[-1] == "\\end\\"
     probs = {ln.split("\t")[1]: float(ln.split("\t")[0]) for ln in lines if "\t" in ln}
     assert probs["yes"] == probs["november"] == probs["</s>"] == pytest.approx(-0.699, abs=1e-3)
+    assert probs["<s> </s>"] == probs["</s>"]  # the one bigram KenLM needs changes no score
+    kenlm = pytest.importorskip("kenlm")
+    model = kenlm.Model(str(out))  # loads (KenLM refuses unigram-only models)
+    assert model.score("yes november", bos=True, eos=True) == pytest.approx(3 * -0.699, abs=1e-3)
 
 
 def test_closed_lm_unreadable_dictionary_is_one_line(tmp_path, capsys):

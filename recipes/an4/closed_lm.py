@@ -30,10 +30,16 @@ def dictionary_words(path: Path) -> list[str]:
 
 
 def uniform_unigram_arpa(words: list[str]) -> str:
+    """ARPA text of the uniform unigram over ``words`` (and ``</s>``).
+
+    KenLM loads only models of order two or more, so the file has one bigram, ``<s> </s>``,
+    with the unigram's own probability: every score stays the uniform unigram's.
+    """
     logp = math.log10(1.0 / (len(words) + 1))  # the words and </s>
-    lines = ["\\data\\", f"ngram 1={len(words) + 3}", "", "\\1-grams:"]
-    lines += [f"{logp:.4f}\t<unk>", f"{logp:.4f}\t</s>", "-99\t<s>"]
-    lines += [f"{logp:.4f}\t{w}" for w in words]
+    lines = ["\\data\\", f"ngram 1={len(words) + 3}", "ngram 2=1", "", "\\1-grams:"]
+    lines += [f"{logp:.4f}\t<unk>\t0", f"{logp:.4f}\t</s>\t0", "-99\t<s>\t0"]
+    lines += [f"{logp:.4f}\t{w}\t0" for w in words]
+    lines += ["", "\\2-grams:", f"{logp:.4f}\t<s> </s>"]
     return "\n".join(lines + ["", "\\end\\", ""])
 
 
