@@ -13,11 +13,14 @@
 # headline; the open-vocabulary row (stage 3: a word 3-gram of the training transcripts) is.
 # shellcheck source=recipes/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
-RECIPE_HELP="  stage 7: beam + the task's closed-vocabulary LM (etc/an4.lm; lists test-only words)"
+RECIPE_HELP="  stage 7 (run by default, after 6): beam + the task's closed-vocabulary LM, a uniform
+           unigram over etc/an4.dic's words (it lists test-only words: never the headline)"
 parse_recipe_args an4 "$@"
+stop_given=0
+for arg in "$@"; do [[ "$arg" == --stop-stage ]] && stop_given=1; done
 # On AN4's dev set the best LM weight sat at the default grid's edge (2.0): a wider grid.
 LM_TUNE_ARGS=(--lm-weights "0.5,1,1.5,2,2.5,3,4" "--word-scores=-1,0,1,2,3")
-if ((STOP_STAGE == 6)) && [[ "${AN4_NO_CLOSED_LM:-0}" == 0 ]]; then STOP_STAGE=7; fi
+if ((stop_given == 0)); then STOP_STAGE=7; fi
 
 if stage 0 "prepare an4 from $DATA -> $MANIFESTS"; then
   step "$MANIFESTS/summary.json" "$ASR" prepare an4 --src "$DATA" --out "$MANIFESTS"
@@ -41,7 +44,8 @@ if stage 7 "beam + the task's closed-vocabulary LM (the words of $DATA/etc/an4.d
   # uniform unigram over the dictionary's 101 words, so the two test-only words are in it.
   closed=$EXP/lm/an4-closed.arpa
   mkdir -p "$EXP/lm"
-  step --after "$DATA/etc/an4.dic" "$closed" "$PYTHON" "$ASR_ROOT/recipes/an4/closed_lm.py" \
+  step --after "$DATA/etc/an4.dic" --after "$ASR_ROOT/recipes/an4/closed_lm.py" "$closed" \
+    "$PYTHON" "$ASR_ROOT/recipes/an4/closed_lm.py" \
     "$DATA/etc/an4.dic" --out "$closed"
   step --after "$EXP/model.asr" --after "$closed" "$closed.tune.json" "$ASR" lm tune "$EXP/model.asr" \
     "$MANIFESTS/dev.jsonl" --lm "$closed" ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"}
