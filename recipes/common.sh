@@ -19,6 +19,8 @@
 #   train_stage CONFIG                stage 1 body: asr train (resumes an interrupted run)
 #   export_stage, lm_stage, evaluate_stage SPLIT..., transcribe_stage N, results_stage TITLE
 #   model_stages TITLE                stages 2-6 (export .. results table), the same in every recipe
+#   summary_field DIR|FILE KEY...     the KEYs of a summary.json (DIR/summary.json), on one line;
+#                                     how the experiment benches read results
 #
 # The recipe runs from the repository root whatever the caller's working directory, so
 # conf/, data/ and exp/ mean the same thing everywhere; paths given as options are made
@@ -178,6 +180,20 @@ step() {  # step [--after INPUT]... OUTPUT CMD...: run CMD unless OUTPUT was mad
   echo "   + ${cmd[*]}"
   "${cmd[@]}"
   printf '%s\n' "$record" >"$prov"
+}
+
+summary_field() {  # summary_field DIR|FILE KEY...: values of KEYs in a summary.json, space-separated
+  local file=$1
+  shift
+  if [[ -d "$file" ]]; then file=$file/summary.json; fi
+  "$PYTHON" -c '
+import json, sys
+s = json.load(open(sys.argv[1], encoding="utf-8"))
+missing = [k for k in sys.argv[2:] if k not in s]
+if missing:
+    sys.exit(f"error: {sys.argv[1]}: no {missing[0]!r}")
+print(*(s[k] for k in sys.argv[2:]))
+' "$file" "$@"
 }
 
 have_kenlm() {

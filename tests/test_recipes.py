@@ -162,9 +162,19 @@ def test_phone_head_check_reports_an_unreadable_package_in_one_line(tmp_path):
     assert proc.stderr.startswith(f"error: {tmp_path / 'model.asr'}: not an asr model package")
 
 
+def test_summary_field_reads_a_summary_and_names_a_missing_key(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"wer": 0.25, "cer": 0.125}))
+    proc = run(["bash", "-c", f'source "{ROOT}/recipes/common.sh"; summary_field "{tmp_path}" wer cer; '
+                f'summary_field "{tmp_path}/summary.json" cer'])
+    assert proc.returncode == 0 and proc.stdout.splitlines() == ["0.25 0.125", "0.125"]
+    proc = run(["bash", "-c", f'source "{ROOT}/recipes/common.sh"; summary_field "{tmp_path}" wer nope'])
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'summary.json'}: no 'nope'"
+
+
 def test_recipe_scripts_parse_and_lint():
-    scripts = [ROOT / "recipes" / "common.sh", *sorted(ROOT.glob("recipes/*/run.sh"))]
-    assert len(scripts) >= 4
+    # The recipes and the experiment benches beside them (levers.sh, score_peer.sh, sweep.sh).
+    scripts = [ROOT / "recipes" / "common.sh", *sorted(ROOT.glob("recipes/*/*.sh"))]
+    assert len(scripts) >= 7
     for s in scripts:
         ok(run(["bash", "-n", str(s)]))
     if shutil.which("shellcheck") is None:

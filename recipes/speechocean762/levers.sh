@@ -8,12 +8,12 @@
 # Every row is on dev (13 speakers no model heard); LM weights are tuned on dev, for the peer
 # as for us, with the same grid. External text: the `fortunes` Debian package (apt-get install
 # fortunes fortunes-min), 52k lines of general English; any text files work the same way.
-set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PYTHON=${PYTHON:-${PY:-}}  # PY=... still names the Python, as before
+# shellcheck source=recipes/common.sh
+source recipes/common.sh
 EXP=${1:-exp/speechocean762}
 PEER=${2:-exp/peer-speechbrain}
-ASR=${ASR:-.venv/bin/asr}
-PY=${PY:-.venv/bin/python}
 DEV=data/speechocean762/dev.jsonl
 TRAIN=data/speechocean762/train.jsonl
 WEIGHTS=${WEIGHTS:-0,0.5,1,1.5,2}
@@ -21,9 +21,10 @@ SCORES=${SCORES:--1,0,1,2}
 
 say() { printf '\n== %s\n' "$*"; }
 evaluate() {  # evaluate OUT_DIR MODEL [decoding options...]
-  local out=$1 model=$2; shift 2
+  local out=$1 model=$2 scores; shift 2
   "$ASR" evaluate "$model" "$DEV" --out "$out" -q "$@" >/dev/null
-  "$PY" -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1], s.get('wer'), s.get('cer'))" "$out"
+  scores=$(summary_field "$out" wer cer)
+  echo "$out $scores"
 }
 
 say "checkpoint averaging (greedy)"

@@ -6,12 +6,12 @@
 # (benchmarks/peers/speechbrain/run.sh). Called by levers.sh; on its own:
 #
 #   recipes/speechocean762/score_peer.sh EXP PEER_OUT
-set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PYTHON=${PYTHON:-${PY:-}}  # PY=... still names the Python, as before
+# shellcheck source=recipes/common.sh
+source recipes/common.sh
 EXP=${1:?usage: score_peer.sh EXP PEER_OUT}
 PEER=${2:?usage: score_peer.sh EXP PEER_OUT}
-ASR=${ASR:-.venv/bin/asr}
-PY=${PY:-.venv/bin/python}
 DEV=data/speechocean762/dev.jsonl
 WEIGHTS=${WEIGHTS:-0,0.5,1,1.5,2}
 SCORES=${SCORES:--1,0,1,2}
@@ -22,22 +22,23 @@ done
 
 say "SpeechBrain peer: greedy, and our beam search + the recipe's 3-gram over its log-probs"
 "$ASR" evaluate --hyps "$PEER/hyps.jsonl" "$DEV" --out "$PEER/eval/greedy" -q >/dev/null
-"$PY" -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1], s.get('wer'), s.get('cer'))" "$PEER/eval/greedy"
+scores=$(summary_field "$PEER/eval/greedy" wer cer)
+echo "$PEER/eval/greedy $scores"
 best=""
 mkdir -p "$PEER/eval/grid"
 IFS=, read -ra ws <<< "$WEIGHTS"; IFS=, read -ra ss <<< "$SCORES"
 for w in "${ws[@]}"; do for s in "${ss[@]}"; do
   out="$PEER/eval/grid/w${w}_s${s}"
-  if ! PYTHONPATH=. "$PY" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
+  if ! PYTHONPATH=. "$PYTHON" benchmarks/peers/speechbrain/decode_lm.py --peer "$PEER" --lm "$EXP/lm/3gram.bin" \
       --lm-weight "$w" --word-score "$s" --out "$out.hyps.jsonl" >"$out.log" 2>&1; then
     echo "error: decode_lm.py failed at lm weight $w, word score $s (log: $out.log):" >&2
     tail -n 3 "$out.log" >&2
     exit 1
   fi
   "$ASR" evaluate --hyps "$out.hyps.jsonl" "$DEV" --out "$out" -q >/dev/null
-  wer=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]+'/summary.json'))['wer'])" "$out")
+  wer=$(summary_field "$out" wer)
   echo "peer beam+LM w=$w s=$s: $wer"
-  if [[ -z "$best" ]] || "$PY" -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$wer" "${best%% *}"; then
+  if [[ -z "$best" ]] || awk -v a="$wer" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then
     best="$wer $out"
   fi
 done; done
