@@ -45,7 +45,7 @@ _PUBLIC = {
     "TranscriptionResult": "asr.infer.transcription",
     "emissions": "asr.infer.inference",
     "DecodingOptions": "asr.decode.decoding",
-    "BeamSearchDecoder": "asr.decode.decoding",
+    "BeamSearchDecoder": "asr.decode.beam",
     "Hypothesis": "asr.decode.decoding",
     "greedy_decode": "asr.decode.decoding",
     "DecoderError": "asr.decode.decoding",
@@ -95,8 +95,8 @@ __all__ = [
 if TYPE_CHECKING:
     from asr.audio import load_audio
     from asr.data.manifest import Utterance, read_manifest, write_manifest
+    from asr.decode.beam import BeamSearchDecoder
     from asr.decode.decoding import (
-        BeamSearchDecoder,
         DecoderError,
         DecodingOptions,
         Hypothesis,

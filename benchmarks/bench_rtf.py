@@ -37,7 +37,8 @@ import torch
 
 from asr.audio import load_audio
 from asr.config import ExperimentConfig, to_dict
-from asr.decode.decoding import BeamSearchDecoder, DecodingOptions, greedy_decode
+from asr.decode.beam import BeamSearchDecoder
+from asr.decode.decoding import DecodingOptions, greedy_decode
 from asr.infer.inference import emissions
 from asr.model import AcousticModel, ModelConfig
 from asr.package import load_package

@@ -225,7 +225,7 @@ def autocast(precision: str, device: torch.device):
 
 
 def ctc_loss(log_probs: Tensor, out_lens: Tensor, b: SynthBatch) -> Tensor:
-    """As asr.train.training.CTCModule: sum over the batch / utterances, in fp32."""
+    """As asr.train.module.CTCModule: sum over the batch / utterances, in fp32."""
     return F.ctc_loss(log_probs.float().transpose(0, 1), b.targets, out_lens, b.target_lens,
                       blank=0, reduction="sum", zero_infinity=True) / len(b.target_lens)
 

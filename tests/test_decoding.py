@@ -10,7 +10,8 @@ import pytest
 import torch
 from ctc_frames import frames as ctc_frames
 
-from asr.decode.decoding import BeamSearchDecoder, DecoderError, Hypothesis, WordSpan, greedy_decode
+from asr.decode.beam import BeamSearchDecoder
+from asr.decode.decoding import DecoderError, Hypothesis, WordSpan, greedy_decode
 from asr.decode.lm_files import (
     LM_TUNE_SUFFIX,
     LM_VOCAB_SUFFIX,

@@ -16,7 +16,7 @@ from asr.text import CharTokenizer
 
 
 def _module():
-    from asr.train.training import CTCModule
+    from asr.train.module import CTCModule
 
     tok = CharTokenizer.from_texts(["ab ba"])
     mcfg = ModelConfig(num_layers=1, hidden=8, subsampling=2, conv_channels=4, spec_augment_enabled=False)
@@ -49,7 +49,8 @@ def test_training_with_features_on_device_runs_and_counts_unreadable(tmp_path):
     from test_train import ROOT, make_corpus
 
     from asr.config import load_config
-    from asr.train.training import CTCModule, train
+    from asr.train.module import CTCModule
+    from asr.train.training import train
 
     make_corpus(tmp_path)
     (tmp_path / "utt5.wav").write_bytes(b"")  # goes bad after `asr prepare`

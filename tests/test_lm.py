@@ -13,7 +13,8 @@ from ctc_frames import frames as ctc_frames
 from asr.cli import main
 from asr.data.manifest import Utterance, write_manifest
 from asr.decode import lm as lm_mod
-from asr.decode.decoding import BeamSearchDecoder, DecodingOptions
+from asr.decode.beam import BeamSearchDecoder
+from asr.decode.decoding import DecodingOptions
 from asr.decode.lm import LMError, build_lm, find_kenlm_bin, tune_lm
 from asr.decode.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary, load_tuned_weights
 from asr.text import CharTokenizer

@@ -98,7 +98,7 @@ def test_phone_targets_travel_through_the_dataset_and_collate_with_speed_copies(
 
 
 def _module(weight=0.3, layer=0, inter=0.0, phones=("AH", "B", "T")):
-    from asr.train.training import CTCModule
+    from asr.train.module import CTCModule
 
     tok = CharTokenizer.from_texts(["ab ba"])
     mcfg = ModelConfig(num_layers=3, hidden=8, subsampling=2, conv_channels=4, dropout=0.0,

@@ -171,7 +171,7 @@ def test_two_heads_pick_the_word_the_phone_head_hears_and_time_it_on_the_charact
     with pytest.raises(DecoderError, match="joint emissions must be"):
         both(char[None], lens)
     with pytest.raises(DecoderError, match="phone_weight needs the package's phone head"):
-        from asr.decode.decoding import BeamSearchDecoder
+        from asr.decode.beam import BeamSearchDecoder
 
         BeamSearchDecoder(TOK, DecodingOptions(decoder="beam", phone_weight=0.5))
     with pytest.raises(ValueError, match="need.* decoder='beam'"):

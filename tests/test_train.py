@@ -177,7 +177,8 @@ def test_sampler_reshuffles_each_epoch_under_lightning(tmp_path):
 @pytest.mark.slow
 def test_nonfinite_loss_step_is_skipped_and_counted(tmp_path, monkeypatch):
     from asr.config import load_config
-    from asr.train.training import CTCModule, train
+    from asr.train.module import CTCModule
+    from asr.train.training import train
 
     train_m, dev_m = make_corpus(tmp_path)
     real = CTCModule.losses
@@ -237,7 +238,7 @@ def test_intermediate_ctc_loss_mixes_final_and_middle_layers_in_training_only():
 
     from asr.config import ExperimentConfig
     from asr.data.dataset import Batch
-    from asr.train.training import CTCModule
+    from asr.train.module import CTCModule
 
     tok = CharTokenizer.from_texts(["ab ba"])
     mcfg = ModelConfig(num_layers=3, hidden=8, subsampling=2, conv_channels=4, dropout=0.0,
@@ -267,7 +268,7 @@ def test_intermediate_ctc_loss_mixes_final_and_middle_layers_in_training_only():
     ("cosine", [0.1, 1.0, 0.05 + 0.95 * 0.5, 0.05]),
 ])
 def test_lr_factor_shapes(schedule, want):
-    from asr.train.training import lr_factor
+    from asr.train.module import lr_factor
 
     got = [lr_factor(s, warmup=10, total=110, schedule=schedule, min_lr_ratio=0.05) for s in (0, 9, 60, 110)]
     assert got == pytest.approx(want)
@@ -277,7 +278,7 @@ def test_lr_factor_shapes(schedule, want):
 
 def test_swa_epochs_hold_the_rate_reached_at_their_start():
     from asr.config import ConfigError, OptimConfig
-    from asr.train.training import lr_factor
+    from asr.train.module import lr_factor
 
     args = dict(warmup=10, total=110, schedule="cosine", min_lr_ratio=0.05)
     held = [lr_factor(s, hold_from=80, **args) for s in range(111)]
@@ -293,7 +294,7 @@ def test_swa_epochs_hold_the_rate_reached_at_their_start():
 
 
 def test_lr_factor_edge_cases():
-    from asr.train.training import lr_factor
+    from asr.train.module import lr_factor
 
     assert lr_factor(0, warmup=0, total=50, schedule="cosine") == 1.0  # no warm-up: peak at once
     assert lr_factor(4, warmup=100, total=5, schedule="cosine") == 1.0  # warm-up longer than the run

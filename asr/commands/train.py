@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    from asr.train.training import DivergedError, train
+    from asr.train.module import DivergedError
+    from asr.train.training import train
 
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)

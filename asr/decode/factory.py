@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from asr.decode.beam import BeamSearchDecoder
 from asr.decode.decoding import (
-    BeamSearchDecoder,
     DecoderError,
     DecodingOptions,
     Hypothesis,

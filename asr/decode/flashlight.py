@@ -1,6 +1,6 @@
 """flashlight-text's CTC beam search, built from a lexicon file and a KenLM model.
 
-:class:`FlashlightSearch` is what :class:`asr.decode.decoding.BeamSearchDecoder` runs. It is built
+:class:`FlashlightSearch` is what :class:`asr.decode.beam.BeamSearchDecoder` runs. It is built
 here, from flashlight-text directly, exactly as torchaudio's
 ``torchaudio.models.decoder.ctc_decoder`` builds it (same dictionaries, trie, options and
 decoder classes, so the same search and the same results), rather than through torchaudio:
@@ -8,7 +8,7 @@ the decoder needs the raw flashlight results (the whole frame-level path, for to
 frames and the frame where each lexicon word completes) and the word dictionary, which
 torchaudio's ``CTCDecoder`` only exposes as internals.
 
-Below :mod:`asr.decode.decoding` and beside :mod:`asr.decode.lm_files` in the import order; nothing here
+Below :mod:`asr.decode.beam` and beside :mod:`asr.decode.lm_files` in the import order; nothing here
 knows about emissions, hypotheses or lexicon spelling rules.
 """
 

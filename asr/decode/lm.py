@@ -32,7 +32,8 @@ from typing import Any
 from torch import Tensor
 
 from asr.data.manifest import read_manifest, utf8_lines
-from asr.decode.decoding import BeamSearchDecoder, DecoderError, DecodingOptions, greedy_decode
+from asr.decode.beam import BeamSearchDecoder
+from asr.decode.decoding import DecoderError, DecodingOptions, greedy_decode
 from asr.decode.factory import decode_emissions
 from asr.decode.lm_files import LM_TUNE_SUFFIX, LM_VOCAB_SUFFIX, lm_vocabulary
 from asr.files import atomic_write_text

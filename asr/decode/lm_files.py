@@ -4,8 +4,8 @@
   :func:`copy_user_lexicon` copies a user's lexicon into the form the search needs. Both
   spell each word with :func:`search_spellings` (a trailing "|" for characters, the last
   unit doubled for word pieces, and for the phone head's phones in :mod:`asr.decode.phones`), the
-  rule's one home; why is explained in :mod:`asr.decode.decoding`, whose
-  :class:`~asr.decode.decoding.BeamSearchDecoder` uses them.
+  rule's one home; why is explained in :mod:`asr.decode.beam`, whose
+  :class:`~asr.decode.beam.BeamSearchDecoder` uses them.
 - :func:`lm_vocabulary` lists a KenLM model's words: an ARPA file's unigrams, or a binary's
   ``<lm>.vocab`` side file (:data:`LM_VOCAB_SUFFIX`, written by ``asr lm build``).
 - :func:`load_tuned_weights` reads ``<lm>.tune.json`` (:data:`LM_TUNE_SUFFIX`, written by
@@ -15,7 +15,7 @@
 - :class:`DecoderError` is raised here and by the decoders; it is defined here, the lowest
   module that raises it, and :mod:`asr.decode.decoding` re-exports it with the decoder API.
 
-Below :mod:`asr.decode.decoding` in the import order: decoding imports this module, never the reverse.
+Below :mod:`asr.decode.decoding` and :mod:`asr.decode.beam` in the import order: they import this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
 
     Each word is spelled with ``tokenizer.encode(word)``, i.e. the tokens the acoustic model
     was trained to emit for it: characters plus a trailing "|" for a CharTokenizer (``c a t
-    |``: flashlight needs the delimiter to end a word, see :mod:`asr.decode.decoding`), word pieces
+    |``: flashlight needs the delimiter to end a word, see :mod:`asr.decode.beam`), word pieces
     starting with "▁" for a BpeTokenizer (no delimiter token: a word ends where the next
     "▁" piece begins), written twice: as encoded and with its last piece doubled, so that the
-    word can hold its last piece over several frames (:mod:`asr.decode.decoding`).
+    word can hold its last piece over several frames (:mod:`asr.decode.beam`).
 
     Args:
         words: normalised words (e.g. an LM's vocabulary); duplicates, empty strings and
@@ -101,7 +101,7 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | os.Pat
 
 
 def search_spellings(spelling: Sequence[str], delimiter: str | None) -> list[list[str]]:
-    """The lexicon spellings our beam search needs for one word (:mod:`asr.decode.decoding`), the
+    """The lexicon spellings our beam search needs for one word (:mod:`asr.decode.beam`), the
     one home of this rule. With a word ``delimiter`` token (characters) the spelling ends with
     it; units without one (word pieces, the phone head's phones: ``delimiter`` None) come
     twice, once with the last unit doubled, so the word can hold its last unit over several
@@ -119,7 +119,7 @@ def search_delimiter(tokenizer: Tokenizer) -> str | None:
 
 
 def copy_user_lexicon(src: str, dst: str, tokenizer: Tokenizer) -> None:
-    """Copy a user's lexicon to ``dst`` in the form our search needs (:mod:`asr.decode.decoding`).
+    """Copy a user's lexicon to ``dst`` in the form our search needs (:mod:`asr.decode.beam`).
 
     Characters: every spelling ends with "|". Lexicons written for flashlight usually spell
     "c a t |" already; ones spelled "c a t" (what :func:`write_lexicon` wrote before) would

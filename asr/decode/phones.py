@@ -19,7 +19,7 @@ Tokens of the phone search: blank (id 0, as the head was trained), the head's ph
 word-boundary token the model never emits (its log-prob is fixed very low), the way NeMo
 decodes BPE. Without a boundary token a word ends with its last phone, and flashlight's
 search, back at the trie root, could not hold that phone over several frames; so, as
-:mod:`asr.decode.decoding` does for word pieces, each word is also spelled with its last phone
+:mod:`asr.decode.beam` does for word pieces, each word is also spelled with its last phone
 doubled ("K AE T T"): a repeat without a blank cannot enter a trie node but can complete a
 word there.
 
@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from asr.decode.beam import BeamSearchDecoder
 from asr.decode.decoding import (
-    BeamSearchDecoder,
     DecoderError,
     DecodingOptions,
     Hypothesis,
@@ -59,7 +59,7 @@ BLANK = "<blank>"
 BOUNDARY = "<sil>"  # flashlight's silence token: a word boundary the model never emits
 UNK = "<unk>"
 _BEAM = DecodingOptions(decoder="beam")  # the toolkit's beam size / threshold defaults
-_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decode.decoding's closing frame)
+_NEVER = -1.0e4  # log-prob of BOUNDARY in every frame (finite: see asr.decode.beam's closing frame)
 RESCORE_NBEST = 10  # hypotheses each beam contributes to the pool (TwoHeadDecoder)
 
 

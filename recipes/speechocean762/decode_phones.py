@@ -368,7 +368,7 @@ def run_combination(args: argparse.Namespace, net: PhoneNetwork, prons: dict[str
     """Union of the character beam's and the phone beam's n-best; grid over the combination."""
     import kenlm
 
-    from asr.decode.decoding import BeamSearchDecoder
+    from asr.decode.beam import BeamSearchDecoder
     from asr.metrics import score_corpus
 
     char_dec = BeamSearchDecoder(net.tokenizer, lm=str(args.lm), lm_weight=args.char_lm_weight,

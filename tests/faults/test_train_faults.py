@@ -226,7 +226,8 @@ def test_file_truncated_mid_run_without_cache_is_skipped_on_train_and_resume(tmp
 
 @pytest.mark.slow
 def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypatch):
-    from asr.train.training import CTCModule, DivergedError, train
+    from asr.train.module import CTCModule, DivergedError
+    from asr.train.training import train
 
     make_corpus(tmp_path)
     real = CTCModule.losses
@@ -245,11 +246,12 @@ def test_run_with_mostly_nonfinite_steps_stops_with_an_error(tmp_path, monkeypat
 def test_a_run_of_nonfinite_steps_across_epochs_stops_with_an_error(tmp_path, monkeypatch):
     """The second stop: never more than half of an epoch, but MAX_CONSECUTIVE_NONFINITE steps
     in a row (3 here, 50 in real runs), counted across the epoch boundary."""
-    import asr.train.training
-    from asr.train.training import CTCModule, DivergedError, train
+    import asr.train.module
+    from asr.train.module import CTCModule, DivergedError
+    from asr.train.training import train
 
     make_corpus(tmp_path)
-    monkeypatch.setattr(asr.train.training, "MAX_CONSECUTIVE_NONFINITE", 3)
+    monkeypatch.setattr(asr.train.module, "MAX_CONSECUTIVE_NONFINITE", 3)
     real = CTCModule.losses
     steps = []
 

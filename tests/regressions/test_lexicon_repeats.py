@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr.decode.decoding import BeamSearchDecoder, greedy_decode
+from asr.decode.beam import BeamSearchDecoder
+from asr.decode.decoding import greedy_decode
 from asr.text import CharTokenizer
 
 TOK = CharTokenizer("abc")  # ids: 0 <blank>, 1 "|", 2 a, 3 b, 4 c

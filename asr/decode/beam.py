@@ -1,0 +1,285 @@
+"""CTC prefix beam search: :class:`BeamSearchDecoder`, flashlight-text's search
+(:class:`asr.decode.flashlight.FlashlightSearch`, built as torchaudio's ``ctc_decoder`` builds
+it), optionally with a KenLM n-gram model and a lexicon. With a word-level LM and no lexicon
+given, the lexicon is written on the fly from the LM's vocabulary (see
+:func:`asr.decode.lm_files.lm_vocabulary`), so ``BeamSearchDecoder(tok, lm="lm.bin")`` just
+works for LMs built by ``asr lm build``. Its options, output type and text convention are
+greedy decoding's (:mod:`asr.decode.decoding`).
+
+Lexicons and character tokenizers: lexicon words are spelled with a trailing word delimiter
+("c a t |", as flashlight expects). Flashlight's lexicon search finishes a word when its
+spelling is complete and returns to the trie root, where the only way to stay on a token is to
+emit the silence token, so a word spelled without "|" could not hold its last character over
+several frames ("c c" after "a b") and the search invented a repeated word instead. Our models
+emit "|" only BETWEEN words, so :class:`BeamSearchDecoder` appends one synthetic frame (only
+"|" possible) to every utterance to let the last word end; that frame never shows in tokens,
+timesteps, word spans or the score.
+
+Lexicons and word pieces: there is no delimiter token (a word ends where the next "▁" piece
+begins), so the same trap is avoided differently. Each word gets a second spelling with its
+last piece doubled ("▁c at at"): in flashlight's CTC search, a repeated token without a blank
+in between cannot *enter* a trie node but can still *complete* the word there, and the search
+may stay on a node while the token repeats; so "▁c at at" completes "cat" on the LAST frame of
+a held "at" run, and "▁c at" on its first. (Side effect: "at - at", a genuinely repeated last
+piece, can also read as "cat"; the LM and the other spelling compete for it.)
+
+The lexicon and LM side-file helpers used here (:func:`~asr.decode.lm_files.write_lexicon`,
+:func:`~asr.decode.lm_files.lm_vocabulary`, :func:`~asr.decode.lm_files.load_tuned_weights`) live in
+:mod:`asr.decode.lm_files`, below this module; the spelling rules above are why they write what they do
+(:func:`~asr.decode.lm_files.search_spellings`).
+
+Import order: lm_files, flashlight → decoding → beam.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.decode.decoding import (
+    EMPTY_HYPOTHESIS,
+    DecodingOptions,
+    Hypothesis,
+    WordSpan,
+    check_inputs,
+    label_runs,
+    make_hypothesis,
+    split_words,
+)
+from asr.decode.flashlight import FlashlightSearch
+from asr.decode.lm_files import (
+    DecoderError,
+    copy_user_lexicon,
+    is_token_level_lm,
+    lm_vocabulary,
+    uses_word_pieces,
+    write_lexicon,
+)
+from asr.text import Tokenizer
+
+# Log-prob of every token but "|" in the synthetic frame closing each utterance (char lexicon
+# mode). Finite on purpose: when no hypothesis can end a word by then, flashlight keeps
+# unfinished ones whose closing frame took one of these tokens; with -inf their score would
+# be -inf (NaN once the closing frame's share is taken back out), with -1e4 it stays exact.
+_CLOSING_FRAME_LOG_PROB = -1.0e4
+
+
+class BeamSearchDecoder:
+    """CTC prefix beam search (flashlight-text), optionally with a KenLM model and a lexicon.
+
+    Modes, chosen from ``lm`` and ``lexicon``:
+
+    - no LM, no lexicon: lexicon-free search over tokens (any token sequence allowed).
+    - lexicon given: only lexicon words can be output; a word-level LM (or none) scores them.
+    - word-level LM, no lexicon: a lexicon is written from the LM's vocabulary
+      (:func:`lm_vocabulary`), keeping the words the tokenizer can spell.
+    - token-level LM (its vocabulary is the tokenizer's tokens), no lexicon: lexicon-free
+      search with the LM scoring every token.
+
+    Word boundaries: for characters flashlight's silence token is ``"|"``, and lexicon words
+    end with it (a given lexicon is copied with "|" added where a spelling lacks it; an extra
+    closing frame lets the last word end, see the module docstring); for word pieces
+    there is no boundary token (words start at "▁" pieces, which lexicon spellings carry), so
+    the silence token is ``"<unk>"`` (never emitted by a trained model; what NeMo does), and
+    ``sil_score`` has no practical effect. Flashlight's lexicon-free decoder has no word
+    insertion score; for characters ``word_score`` is therefore added to ``sil_score`` (one
+    "|" per word boundary); for word pieces lexicon-free, a non-zero ``word_score`` is refused.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, options: DecodingOptions | None = None, **overrides: Any) -> None:
+        """``options`` (default: :class:`DecodingOptions`' defaults) with ``overrides`` (its
+        field names: ``beam_size=10, lm="lm.bin"``) replaced; weights left unset take the
+        defaults (the LM's tuned weights are :func:`asr.decode.factory.make_decoder`'s business)."""
+        opts = replace(options or DecodingOptions(), decoder="beam", **overrides).with_weights()
+        opts.check_files()
+        if opts.phone_weight:
+            raise DecoderError("phone_weight needs the package's phone head: build the decoder with "
+                               "asr.decode.factory.make_decoder(package, options)")
+        assert opts.lm_weight is not None and opts.word_score is not None  # with_weights()
+        lm_weight, word_score = opts.lm_weight, opts.word_score
+        self.options = opts
+        self.tokenizer = tokenizer
+        self._pieces = uses_word_pieces(tokenizer)
+        blank = tokenizer.tokens[tokenizer.blank_id]
+        if self._pieces:
+            sil = "<unk>" if "<unk>" in tokenizer.tokens else blank
+        else:
+            sil = tokenizer.word_delimiter
+            if sil not in tokenizer.tokens:
+                raise DecoderError(
+                    f"word delimiter {sil!r} is not one of the tokenizer's tokens; cannot decode"
+                )
+        self._sil_id = tokenizer.tokens.index(sil)
+
+        # Decide the mode; `lexicon_source` is also reported by settings().
+        self.skipped_words: list[str] = []  # LM words the tokenizer cannot spell (auto lexicon)
+        auto_words: list[str] | None = None
+        if opts.lexicon is not None:
+            self.lexicon_source: str | None = opts.lexicon
+        elif opts.lm is not None and not is_token_level_lm(Path(opts.lm), tokenizer):
+            auto_words = lm_vocabulary(opts.lm)
+            self.lexicon_source = f"vocabulary of {opts.lm}"
+        else:
+            self.lexicon_source = None
+
+        sil_score = opts.sil_score
+        if self.lexicon_source is None and word_score != 0.0:
+            if self._pieces:
+                raise DecoderError(
+                    "word_score has no effect in lexicon-free decoding of word pieces "
+                    "(flashlight has no word insertion score there); use a lexicon or set it to 0"
+                )
+            sil_score += word_score
+        self._sil_score = sil_score  # flashlight's silScore, as passed below
+
+        with tempfile.TemporaryDirectory(prefix="asr-lexicon-") as tmp:
+            lexicon_path = opts.lexicon
+            if auto_words is not None:
+                lexicon_path = os.path.join(tmp, "lexicon.txt")
+                self.skipped_words = write_lexicon(auto_words, tokenizer, lexicon_path)
+            elif opts.lexicon is not None:
+                lexicon_path = os.path.join(tmp, "lexicon.txt")
+                copy_user_lexicon(opts.lexicon, lexicon_path, tokenizer)
+            try:
+                # The lexicon is read into the trie here: the temporary file may then go.
+                self._search = FlashlightSearch(
+                    tokenizer, lexicon_path, opts.lm, blank, sil, opts.beam_size,
+                    opts.beam_threshold, lm_weight, word_score, sil_score, opts.unk_word,
+                )
+            except (RuntimeError, ValueError, IndexError) as e:
+                what = opts.lm if opts.lm is not None else opts.lexicon
+                raise DecoderError(f"{what}: cannot build the beam search decoder: {e}") from e
+        self._lexicon_mode = lexicon_path is not None
+        # Char lexicon words end with "|", which our models do not emit after the last word:
+        # each utterance gets a closing frame where "|" is certain (see the module docstring).
+        # Word pieces need none: a word ends with its last piece.
+        self._closing_frame: Tensor | None = None
+        if self._lexicon_mode and not self._pieces:
+            row = torch.full((len(tokenizer.tokens),), _CLOSING_FRAME_LOG_PROB)
+            row[self._sil_id] = 0.0
+            self._closing_frame = row
+
+    def settings(self) -> dict[str, Any]:
+        """Options plus the resolved mode, for reports."""
+        d = asdict(self.options)
+        if d.get("lm") is None:
+            d["lm_weight"] = None  # no LM: a weight would mislead a reader of the report
+        d["decoder"] = "beam"
+        d["mode"] = "lexicon" if self._lexicon_mode else "lexicon-free"
+        d["lexicon_source"] = self.lexicon_source
+        if self.skipped_words:
+            d["lexicon_skipped_words"] = len(self.skipped_words)
+        return d
+
+    def __call__(self, log_probs: Tensor, lengths: Tensor) -> list[list[Hypothesis]]:
+        """Decode a padded batch.
+
+        Args:
+            log_probs: (N, T, V) log-probabilities, any device/dtype (copied to float32 CPU,
+                which flashlight requires).
+            lengths: (N,) valid frames; padding beyond them is never read.
+
+        Returns:
+            For each utterance, up to ``nbest`` hypotheses with distinct texts, best first.
+        """
+        lens = check_inputs(log_probs, lengths, self.tokenizer)
+        em = log_probs.detach().to(device="cpu", dtype=torch.float32)
+        closing = self._closing_frame
+        if closing is not None:
+            # One frame more than the longest utterance; utterance b's closing frame goes
+            # at frame lens[b] (its first padding frame, or the new last one).
+            n_, t_, v_ = em.shape
+            padded = torch.empty(n_, t_ + 1, v_, dtype=torch.float32)
+            padded[:, :t_] = em
+            for b, n in enumerate(lens):
+                padded[b, n] = closing
+            em = padded
+        em = em.contiguous()
+        v = em.shape[2]
+        extra = 0 if closing is None else 1
+        out: list[list[Hypothesis]] = []
+        for b, n in enumerate(lens):
+            if n == 0:
+                out.append([EMPTY_HYPOTHESIS])
+                continue
+            # flashlight reads (n + extra) * V floats from this address: utterance b, frames
+            # [0, n) plus its closing frame.
+            ptr = em.data_ptr() + em.element_size() * b * em.stride(0)
+            # The raw flashlight result keeps the full frame-level path, needed for token
+            # END frames (word end times) and for the frame where each lexicon word completes.
+            results = self._search.decoder.decode(ptr, n + extra, v)
+            hyps: list[Hypothesis] = []
+            seen: set[str] = set()
+            for r in results:
+                h = self._to_hypothesis(r, n)
+                if h.text in seen:  # same words through a different path/end state
+                    continue
+                seen.add(h.text)
+                hyps.append(h)
+                if len(hyps) == self.options.nbest:
+                    break
+            out.append(hyps or [EMPTY_HYPOTHESIS])
+        return out
+
+    def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
+        # result.tokens has one entry per decoded frame plus two: a start-of-sentence
+        # silence first and a final silence last (index i is frame i - 1; ours are frame
+        # indices).
+        # Only the n real frames describe the path: the closing frame, if any, is raw[n + 1].
+        raw = list(result.tokens)
+        path = torch.tensor(raw[1 : n + 1], dtype=torch.long)
+        tokens, starts, ends = label_runs(path, self.tokenizer.blank_id)
+        score = float(result.score)
+        if self._closing_frame is not None:
+            # Take the closing frame's share back out of the score: its emission (0 for "|")
+            # and the sil_score flashlight adds for every "|" it emits (children and
+            # stay-at-root alike), so scores keep describing the real frames only.
+            last = raw[n + 1]
+            score -= float(self._closing_frame[last])
+            if last == self._sil_id:
+                score -= self._sil_score
+        if not self._lexicon_mode:
+            words = split_words(tokens, starts, ends, self.tokenizer)
+        else:
+            words = self._lexicon_words(list(result.words), tokens, starts, ends)
+        return make_hypothesis(tokens, starts, words, score)
+
+    def _lexicon_words(
+        self, word_ids: list[int], tokens: list[int], starts: list[int], ends: list[int]
+    ) -> list[WordSpan]:
+        # Flashlight marks a word at the frame where its LAST token is first emitted (the trie
+        # reaches a word end there): for characters that is the trailing "|", possibly the
+        # closing frame (index n, past every run: bisect then lands on the last real run);
+        # for word pieces the last piece, or the last frame of its run (doubled spelling).
+        # The word's tokens are those after the previous word's last token, minus leading
+        # silence tokens (the previous word's "|") and trailing ones (its own "|").
+        spans: list[WordSpan] = []
+        prev = -1  # index into tokens of the previous word's last non-silence token
+        word_dict = self._search.word_dict
+        for i, w in enumerate(word_ids):
+            if w < 0:
+                continue
+            frame = i - 1  # same +1 offset as the token path
+            k = bisect.bisect_right(starts, frame) - 1  # the run containing/ending before it
+            while k > prev and tokens[k] == self._sil_id:
+                k -= 1
+            k = max(k, prev)
+            first = prev + 1
+            while first < k and tokens[first] == self._sil_id:
+                first += 1
+            if k < 0:  # a word with no token at all cannot happen in CTC; keep it visible
+                start = end = 0
+            elif first > k:
+                start = end = ends[k]
+            else:
+                start, end = starts[first], ends[k]
+            spans.append(WordSpan(word_dict.get_entry(w), start, end))
+            prev = k
+        return spans
