@@ -531,7 +531,7 @@ FIT_START = re.compile(r"^model: ")  # asr.train.training prints it after manife
 
 
 def epoch_marks(lines: list[str], stamps: list[float]) -> tuple[float | None, list[tuple[int, int, float]]]:
-    """When fitting started and (epoch, step, when) for each of asr.train.training's EpochSummary lines,
+    """When fitting started and (epoch, step, when) for each line of the EpochSummary callback (asr.train.callbacks),
     in seconds after the process start, from when each line arrived (sub-second, unlike the
     whole seconds the line itself shows)."""
     fit = next((t for x, t in zip(lines, stamps) if FIT_START.match(x)), None)
