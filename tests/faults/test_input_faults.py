@@ -1,4 +1,4 @@
-"""Hostile inputs x sub-commands (issue 13, input side): never a traceback, the documented
+"""Hostile inputs x sub-commands (input side): never a traceback, the documented
 exit code (2 unusable input, 1 some items failed), and the good items still processed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training under faults (issue 13): kills at any moment, bad audio, planted checkpoints,
+"""Training under faults: kills at any moment, bad audio, planted checkpoints,
 reused exp dirs and bad input all end in a finished run or one `error:` line, never in a
 traceback, a lost checkpoint or a silently broken model.
 
