@@ -33,6 +33,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     atomic; a temp dir elsewhere would make it a copy that truncates the target first), named
     per process so concurrent writers never share one; flushed and fsynced before the rename.
     """
+    tmp = _write_temp(path, write)
+    try:
+        delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path, tmp) from e
+    _fsync_dir(path.parent)
+
+
+def _write_temp(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """``write`` into ``path``'s temp file (beside it), flushed and fsynced; the temp's path.
+    On failure the temp file is removed and an OSError names ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
@@ -40,19 +55,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        delay = float(os.environ.get(_WRITE_DELAY_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
-        os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        failed = os_error_of(e)
-        if failed is not None and failed.errno is not None and failed.filename in (None, str(tmp)):
-            # Name the target, not the temp file (or nothing: a failed write() carries no path).
-            raise OSError(failed.errno, failed.strerror, str(path)) from e
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
-        fd = os.open(path.parent, os.O_RDONLY)
+        raise _naming(e, path, tmp) from e
+    return tmp
+
+
+def _naming(e: BaseException, path: Path, tmp: Path) -> BaseException:
+    """``e``, or for an OSError behind it that names the temp file (or nothing: a failed
+    write() carries no path) an OSError naming the target ``path`` instead."""
+    failed = os_error_of(e)
+    if failed is not None and failed.errno is not None and failed.filename in (None, str(tmp)):
+        return OSError(failed.errno, failed.strerror, str(path))
+    return e
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (not possible on every filesystem)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -69,8 +90,13 @@ def os_error_of(e: BaseException) -> OSError | None:
     return seen if isinstance(seen, OSError) else None
 
 
+def _text_writer(text: str) -> Callable[[IO[bytes]], object]:
+    data = text.encode("utf-8")
+    return lambda f: f.write(data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, _text_writer(text))
 
 
 def atomic_write_files(contents: Mapping[Path, str]) -> None:
@@ -85,16 +111,7 @@ def atomic_write_files(contents: Mapping[Path, str]) -> None:
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-            staged.append((tmp, path))
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(text.encode("utf-8"))
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:  # name the target, as atomic_write does, not the temp file
-                raise OSError(e.errno, e.strerror, str(path)) from e
+            staged.append((_write_temp(path, _text_writer(text)), path))
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -102,12 +119,7 @@ def atomic_write_files(contents: Mapping[Path, str]) -> None:
             tmp.unlink(missing_ok=True)
         raise
     for folder in dict.fromkeys(path.parent for _, path in staged):
-        with contextlib.suppress(OSError):  # make the renames durable (not possible everywhere)
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dir(folder)
 
 
 def sha256_digest(path: str | os.PathLike) -> str:
