@@ -58,7 +58,7 @@ A stage reuses an output only when it made it with the same command and inputs
 (recorded in OUTPUT.provenance); --force redoes them all.
 
   --stage N        first stage to run (default 0)
-  --stop-stage M   last stage to run (default 6)
+  --stop-stage M   last stage to run (default ${RECIPE_LAST_STAGE:-6})
   --force          redo the selected stages even where their outputs exist
   --data DIR       corpus as published (default ${ASR_DATA_DIR:-../shared/data}/$1,
                    from the repository root)
@@ -79,7 +79,7 @@ parse_recipe_args() {  # parse_recipe_args CORPUS "$@"
   shift
   CALLER_PWD="$PWD"
   STAGE=0
-  STOP_STAGE=6
+  STOP_STAGE=${RECIPE_LAST_STAGE:-6}  # a recipe with an extra stage sets RECIPE_LAST_STAGE
   FORCE=0
   DATA="${ASR_DATA_DIR:-$ASR_ROOT/../shared/data}/$corpus"
   MANIFESTS="$ASR_ROOT/data/$corpus"
@@ -207,6 +207,16 @@ _train() {  # _train ARGS...: asr train ARGS (+ --resume when train_stage found 
 }
 
 RECIPE_OVERRIDES=()  # key=value a recipe adds to its config (e.g. paths inside --data); the user's win
+
+phone_head_overrides() {  # phone_head_overrides LEXICON: the phone CTC head when LEXICON exists
+  # The lexicon sits in the corpus folder, so a recipe turns the head on rather than conf/ (a
+  # config must load without the corpus). Only the training transcripts' words are looked up.
+  if [[ -f "$1" ]]; then
+    RECIPE_OVERRIDES+=(model.phone_ctc_weight=0.3 "data.lexicon=$1")
+  else
+    echo "   note: no $1: training without the phone CTC head"
+  fi
+}
 
 train_stage() {  # train_stage CONFIG: asr train with the recipe's manifests and overrides
   local config=$1 summary=$EXP/train_summary.json started=$EXP/train_started.provenance

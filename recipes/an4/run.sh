@@ -15,26 +15,19 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 RECIPE_HELP="  stage 7 (run by default, after 6): beam + the task's closed-vocabulary LM, a uniform
            unigram over etc/an4.dic's words (it lists test-only words: never the headline)"
+RECIPE_LAST_STAGE=7
 parse_recipe_args an4 "$@"
-stop_given=0
-for arg in "$@"; do [[ "$arg" == --stop-stage ]] && stop_given=1; done
 # On AN4's dev set the best LM weight sat at the default grid's edge (2.0): a wider grid.
 LM_TUNE_ARGS=(--lm-weights "0.5,1,1.5,2,2.5,3,4" "--word-scores=-1,0,1,2,3")
-if ((stop_given == 0)); then STOP_STAGE=7; fi
 
 if stage 0 "prepare an4 from $DATA -> $MANIFESTS"; then
   step "$MANIFESTS/summary.json" "$ASR" prepare an4 --src "$DATA" --out "$MANIFESTS"
 fi
 if stage 1 "train conf/an4.yaml -> $EXP"; then
-  # The auxiliary phone CTC head (dev WER -0.58 greedy, -0.78 with the LM: README.md) needs the
-  # task dictionary, which sits in the corpus folder, so the recipe turns it on here rather
-  # than in conf/ (a config must load without the corpus). Only the training transcripts'
-  # words are looked up in it, so the two test-only words it lists never reach training.
-  if [[ -f "$DATA/etc/an4.dic" ]]; then
-    RECIPE_OVERRIDES=(model.phone_ctc_weight=0.3 "data.lexicon=$DATA/etc/an4.dic")
-  else
-    echo "   note: no $DATA/etc/an4.dic: training without the phone CTC head"
-  fi
+  # The auxiliary phone CTC head (dev WER -0.58 greedy, -0.78 with the LM: README.md), from
+  # the task dictionary; only the training words are looked up, so the two test-only words
+  # it lists never reach training.
+  phone_head_overrides "$DATA/etc/an4.dic"
   train_stage conf/an4.yaml
 fi
 model_stages "AN4"

@@ -16,14 +16,8 @@ if stage 0 "prepare speechocean762 from $DATA -> $MANIFESTS"; then
 fi
 if stage 1 "train conf/speechocean762.yaml -> $EXP"; then
   # The auxiliary phone CTC head (README.md, "What we tried": -3.0 WER greedy, -2.7 with
-  # the LM at 32 epochs, p = 0.001) needs the publisher's pronunciation lexicon, which sits in
-  # the corpus folder, so the recipe turns it on here rather than in conf/ (a config must load
-  # without the corpus). Only the training transcripts' words are looked up in it.
-  if [[ -f "$DATA/resource/lexicon.txt" ]]; then
-    RECIPE_OVERRIDES=(model.phone_ctc_weight=0.3 "data.lexicon=$DATA/resource/lexicon.txt")
-  else
-    echo "   note: no $DATA/resource/lexicon.txt: training without the phone CTC head"
-  fi
+  # the LM at 32 epochs, p = 0.001), from the publisher's pronunciation lexicon.
+  phone_head_overrides "$DATA/resource/lexicon.txt"
   train_stage conf/speechocean762.yaml
 fi
 model_stages "speechocean762"
