@@ -111,6 +111,9 @@ class TrainerConfig:
     early_stopping_patience: int = 0  # epochs without dev WER improvement before stopping (0 = off)
     progress_bar: bool = True  # rich progress bar
     threads: int = 0  # torch CPU threads (0 = asr.threads.default_threads: half the cores, at most 4)
+    # Truncated backpropagation through time for a streaming model (model.chunk_frames): the
+    # forward state carried from chunk to chunk is detached every N chunks (0 = never).
+    tbptt_chunks: int = 1
 
     def validate(self) -> None:
         if self.max_epochs < 1 and self.max_epochs != -1:
@@ -126,6 +129,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.save_top_k must be >= -1 (is {self.save_top_k})")
         if self.keep_last < 0:
             raise ConfigError(f"trainer.keep_last must be >= 0 (is {self.keep_last})")
+        if self.tbptt_chunks < 0:
+            raise ConfigError(f"trainer.tbptt_chunks must be >= 0 (is {self.tbptt_chunks})")
         if self.gradient_clip_val < 0 or self.early_stopping_patience < 0 or self.threads < 0:
             raise ConfigError("trainer.gradient_clip_val, trainer.early_stopping_patience and trainer.threads must be >= 0")
 

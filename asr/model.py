@@ -26,6 +26,41 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from asr.features import ConfigError, GlobalCMVN, SpecAugment, SpecAugmentConfig, length_mask
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CMVN_MODES = ("global", "utterance", "causal")
+# model.cmvn=causal: the running mean starts from this many frames of the global mean (zero
+# after global CMVN), so the first frames of a stream are not normalised to exactly zero.
+CAUSAL_CMVN_PRIOR_FRAMES = 100
+
+# A recurrent layer's carried forward state: h (GRU, RNN) or (h, c) (LSTM), each (1, N, H).
+RNNState = Tensor | tuple[Tensor, Tensor]
+
+
+def detach_state(state: RNNState) -> RNNState:
+    """The state with its history cut off: truncated backpropagation through time."""
+    if isinstance(state, tuple):
+        return (state[0].detach(), state[1].detach())
+    return state.detach()
+
+
+def _stack_states(states: list[RNNState]) -> RNNState:
+    """Per-chunk states [(1, N, H)] * C -> one state (1, N * C, H), row n * C + k."""
+    if isinstance(states[0], tuple):
+        return (_stack_states([s[0] for s in states]), _stack_states([s[1] for s in states]))  # type: ignore[index,return-value]
+    h = torch.stack(states, dim=2)  # type: ignore[arg-type]  # (1, N, C, H)
+    return h.reshape(1, -1, h.shape[-1])
+
+
+def causal_mean_removal(x: Tensor, offset: Tensor | None = None, count: Tensor | None = None) -> Tensor:
+    """``x`` (N, T, F) minus, at each frame, the mean of the frames up to it (with
+    :data:`CAUSAL_CMVN_PRIOR_FRAMES` frames of zero before the first): a streamable stand-in
+    for per-utterance mean removal. ``offset`` (N, F) and ``count`` (N,) carry the running
+    sum and frame count of earlier frames of the same stream (streaming inference)."""
+    total = x.cumsum(1)
+    n = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[None, :]
+    if offset is not None and count is not None:
+        total = total + offset[:, None, :]
+        n = n + count[:, None].to(x.dtype)
+    return x - total / (n + CAUSAL_CMVN_PRIOR_FRAMES)[..., None]
 
 
 class ModelOutputs(NamedTuple):
@@ -52,7 +87,14 @@ class ModelConfig:
     rnn_impl: str = "flip"  # flip (exact padded path, fast on CPU) | packed (pack_padded_sequence)
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()  # training-time masking
     spec_augment_enabled: bool = True  # SpecAugment on/off (applies in training mode only)
-    cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's, or long-file chunk's, own mean removed; needs the whole input, so not for streaming)
+    cmvn: str = "global"  # global (training-set statistics) | utterance (global, then each utterance's, or long-file chunk's, own mean removed; needs the whole input, so not for streaming) | causal (global, then the running mean of the frames so far removed: streamable)
+    # Latency-controlled BiLSTM (LC-BLSTM, Zhang et al. 2016; Xue et al. 2017), for streaming:
+    # the recurrent layers see the input in chunks of chunk_frames output frames (after
+    # subsampling); the forward direction carries its state from chunk to chunk, the backward
+    # direction starts afresh in every chunk and reads right_context_frames more. 0 = off
+    # (the full-context BiLSTM). Algorithmic latency: (chunk + right context) output frames.
+    chunk_frames: int = 0
+    right_context_frames: int = 0
     inter_ctc_weight: float = 0.0  # weight of an intermediate CTC loss on the middle recurrent layer (0 = off)
     phone_ctc_weight: float = 0.0  # weight of an auxiliary phone CTC loss (training only; needs data.lexicon; 0 = off)
     phone_ctc_layer: int = 0  # recurrent layer (1 = the lowest, num_layers = the top) the phone head reads; 0 = the middle one (as inter_ctc)
@@ -66,8 +108,8 @@ class ModelConfig:
             raise ConfigError(f"model.num_layers and model.hidden must be >= 1 (are {self.num_layers}, {self.hidden})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1) (is {self.dropout})")
-        if self.cmvn not in ("global", "utterance"):
-            raise ConfigError(f"model.cmvn must be global or utterance (is {self.cmvn!r})")
+        if self.cmvn not in CMVN_MODES:
+            raise ConfigError(f"model.cmvn must be one of {', '.join(CMVN_MODES)} (is {self.cmvn!r})")
         if not 0.0 <= self.inter_ctc_weight < 1.0:
             raise ConfigError(f"model.inter_ctc_weight must be in [0, 1) (is {self.inter_ctc_weight})")
         if self.inter_ctc_weight > 0 and self.num_layers < 2:
@@ -78,6 +120,17 @@ class ModelConfig:
         if not 0 <= self.phone_ctc_layer <= self.num_layers:
             raise ConfigError(f"model.phone_ctc_layer must be 0 (the middle layer) or 1..model.num_layers="
                               f"{self.num_layers} (is {self.phone_ctc_layer})")
+        if self.chunk_frames < 0 or self.right_context_frames < 0:
+            raise ConfigError(f"model.chunk_frames and model.right_context_frames must be >= 0 (are "
+                              f"{self.chunk_frames}, {self.right_context_frames})")
+        if self.right_context_frames and not self.chunk_frames:
+            raise ConfigError("model.right_context_frames needs model.chunk_frames >= 1 (the chunked LC-BLSTM)")
+        if self.chunk_frames and self.cmvn == "utterance":
+            raise ConfigError("model.chunk_frames (a streaming model) cannot use model.cmvn=utterance: it needs the "
+                              "whole utterance; use model.cmvn=global or model.cmvn=causal")
+        if self.chunk_frames and self.attention:
+            raise ConfigError("model.chunk_frames (a streaming model) cannot use model.attention: it reads the whole "
+                              "utterance")
         if self.rnn_impl not in ("flip", "packed"):
             raise ConfigError(f"model.rnn_impl must be flip or packed (is {self.rnn_impl!r})")
         if self.proj < 0 or self.conv_channels < 1 or self.attention_heads < 1:
@@ -173,6 +226,39 @@ class RecurrentLayer(nn.Module):
         back = reverse_padded(self._run(self.bwd, reverse_padded(x, lengths), lengths), lengths)
         return torch.cat([out, back], dim=-1)
 
+    def forward_windows(self, xw: Tensor, win_lens: Tensor, chunk: int, state: RNNState | None = None,
+                        tbptt: int = 0) -> tuple[Tensor, RNNState]:
+        """The latency-controlled layer on windows ``xw`` (N, C, W, D): window k of
+        utterance n is chunk k (its first ``chunk`` frames) plus ``W - chunk`` frames of right
+        context, ``win_lens`` (N, C) of them valid.
+
+        The forward direction runs through the chunks in order, carrying its state from the
+        end of chunk k to the start of chunk k + 1 (``state``: the state before chunk 0), and
+        detaches it every ``tbptt`` chunks (0: never); over each window's right context it
+        continues from the chunk's end state, which is then dropped. The backward direction
+        starts from zero in each window, at its last valid frame. Returns the outputs
+        (N, C, W, H * directions), valid on each window's valid frames, and the forward state
+        after the last chunk (what the next call, in streaming, starts from)."""
+        n, c, w, d = xw.shape
+        outs, states = [], []
+        for k in range(c):
+            out, state = self.fwd(xw[:, k, :chunk], state)
+            outs.append(out)
+            states.append(state)
+            if tbptt and (k + 1) % tbptt == 0:
+                state = detach_state(state)
+        fwd = torch.stack(outs, dim=1)  # (N, C, chunk, H)
+        if w > chunk:
+            ctx, _ = self.fwd(xw[:, :, chunk:].reshape(n * c, w - chunk, d), _stack_states(states))
+            fwd = torch.cat([fwd, ctx.reshape(n, c, w - chunk, -1)], dim=2)
+        assert state is not None
+        if self.bwd is None:
+            return fwd, state
+        flat, lens = xw.reshape(n * c, w, d), win_lens.reshape(n * c)
+        back, _ = self.bwd(reverse_padded(flat, lens))
+        back = reverse_padded(back, lens).reshape(n, c, w, -1)
+        return torch.cat([fwd, back], dim=-1), state
+
 
 class AcousticModel(nn.Module):
     """(feats (N, T, n_mels), feat_lens (N,)) -> (log_probs (N, T', V), out_lens (N,))."""
@@ -216,8 +302,7 @@ class AcousticModel(nn.Module):
         return (self.cfg.num_layers + 1) // 2 - 1
 
     def _log_probs(self, x: Tensor, mask: Tensor) -> Tensor:
-        logits = self.output(self.dropout(x)).float()
-        return logits.log_softmax(dim=-1) * mask.unsqueeze(-1)
+        return self.emissions(x) * mask.unsqueeze(-1)
 
     @property
     def phone_layer(self) -> int:
@@ -233,27 +318,37 @@ class AcousticModel(nn.Module):
         out = self.forward_outputs(feats, feat_lens)
         return out.log_probs, out.lens
 
-    def forward_outputs(self, feats: Tensor, feat_lens: Tensor, tap: int | None = None) -> ModelOutputs:
+    def forward_outputs(self, feats: Tensor, feat_lens: Tensor, tap: int | None = None,
+                        tbptt: int = 0) -> ModelOutputs:
         """The final log-probs and lengths; the intermediate CTC log-probs (training mode with
         ``inter_ctc_weight > 0``: Lee & Watanabe 2021, the same output layer applied to the
         middle layer, as an auxiliary loss that regularises the lower layers); and, when
         ``tap`` is a layer index, that recurrent layer's output, zero past each length (what
         the phone CTC head reads: the head is not part of this module; a package exported
-        from a run with one holds it beside the model, :class:`asr.package.PhoneHead`)."""
+        from a run with one holds it beside the model, :class:`asr.package.PhoneHead`).
+
+        With ``model.chunk_frames`` the recurrent layers run latency-controlled
+        (:meth:`recurrent_windows`), the forward state detached every ``tbptt`` chunks
+        (truncated backpropagation through time; 0 = never): the same computation, window
+        by window, that :class:`asr.infer.streaming.StreamingRecognizer` runs on a live stream."""
         assert feats.ndim == 3, f"expected (N, T, F) features, got {tuple(feats.shape)}"
         feat_lens = feat_lens.to(feats.device)
-        x = self.cmvn(feats, feat_lens)
-        if self.cfg.cmvn == "utterance":
-            # Per-utterance mean removal over the valid frames only (padding-invariant): the
-            # cheap speaker/channel normalisation that unseen speakers benefit from.
-            valid = length_mask(feat_lens, x.shape[1]).unsqueeze(-1)
-            mean = x.sum(1, keepdim=True) / feat_lens.clamp_min(1)[:, None, None].to(x.dtype)
-            x = (x - mean) * valid
+        x = self.normalise(feats, feat_lens)
         if self.spec_augment is not None:
             x = self.spec_augment(x, feat_lens)
         x, lens = self.frontend(x, feat_lens)
         mask = length_mask(lens, x.shape[1])
         inter = tapped = None
+        if self.cfg.chunk_frames:
+            n, t, _ = x.shape
+            xw, win_lens = self.windows(x, lens)
+            top, _, inter_w, tap_w = self.recurrent_windows(xw, win_lens, tbptt=tbptt, tap=tap)
+            x = self.unwindow(top, t)
+            if inter_w is not None:
+                inter = self._log_probs(self.unwindow(inter_w, t), mask)
+            if tap_w is not None:
+                tapped = self.unwindow(tap_w, t) * mask.unsqueeze(-1).to(x.dtype)
+            return ModelOutputs(self._log_probs(x, mask), lens, mask, inter, tapped)
         for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
             if i > 0:
                 x = self.dropout(x)
@@ -266,6 +361,67 @@ class AcousticModel(nn.Module):
             a, _ = self.attn(x, x, x, key_padding_mask=~mask, need_weights=False)
             x = self.attn_norm(x + self.dropout(a))
         return ModelOutputs(self._log_probs(x, mask), lens, mask, inter, tapped)
+
+    def normalise(self, feats: Tensor, feat_lens: Tensor) -> Tensor:
+        """Global CMVN, then (``model.cmvn``) the utterance's mean or the running mean removed;
+        zero past each length."""
+        x = self.cmvn(feats, feat_lens)
+        if self.cfg.cmvn == "global":
+            return x
+        valid = length_mask(feat_lens, x.shape[1]).unsqueeze(-1)
+        if self.cfg.cmvn == "causal":
+            return causal_mean_removal(x) * valid
+        # Per-utterance mean removal over the valid frames only (padding-invariant): the
+        # cheap speaker/channel normalisation that unseen speakers benefit from.
+        mean = x.sum(1, keepdim=True) / feat_lens.clamp_min(1)[:, None, None].to(x.dtype)
+        return (x - mean) * valid
+
+    def windows(self, x: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Front-end output (N, T', D) -> the LC-BLSTM's windows (N, C, W, D), C = ceil(T' /
+        chunk) chunks each with its right context (W = chunk + right context frames; zeros
+        past the end), and each window's valid frames (N, C)."""
+        chunk, w = self.cfg.chunk_frames, self.cfg.chunk_frames + self.cfg.right_context_frames
+        t = x.shape[1]
+        c = max(1, -(-t // chunk))
+        x = F.pad(x, (0, 0, 0, c * chunk + w - chunk - t))
+        starts = torch.arange(c, device=x.device) * chunk
+        idx = starts[:, None] + torch.arange(w, device=x.device)[None, :]
+        win_lens = (lens.to(x.device)[:, None] - starts[None, :]).clamp(0, w)
+        return x[:, idx], win_lens
+
+    def unwindow(self, xw: Tensor, t: int) -> Tensor:
+        """Windows (N, C, W, D) -> the chunks' frames in order (N, t, D)."""
+        n, c = xw.shape[:2]
+        chunk = self.cfg.chunk_frames
+        return xw[:, :, :chunk].reshape(n, c * chunk, -1)[:, :t]
+
+    def recurrent_windows(self, xw: Tensor, win_lens: Tensor, states: list[RNNState] | None = None,
+                          tbptt: int = 0, tap: int | None = None
+                          ) -> tuple[Tensor, list[RNNState], Tensor | None, Tensor | None]:
+        """Every recurrent layer (with its norm and projection) on LC-BLSTM windows (N, C, W, D):
+        a layer's output on a window's right context is what the next layer's backward
+        direction reads there, so the whole stack looks ``right_context_frames`` ahead, not
+        that many per layer. ``states``: each layer's forward state before chunk 0 (None:
+        zeros). Returns the top layer's windows, each layer's state after the last chunk, and
+        the intermediate-CTC layer's and the tapped layer's windows (None unless asked for)."""
+        chunk = self.cfg.chunk_frames
+        new_states: list[RNNState] = []
+        inter = tapped = None
+        for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
+            if i > 0:
+                xw = self.dropout(xw)
+            out, state = rnn.forward_windows(xw, win_lens, chunk, None if states is None else states[i], tbptt)
+            xw = proj(norm(out))
+            new_states.append(state)
+            if self.training and self.cfg.inter_ctc_weight > 0 and i == self.inter_layer:
+                inter = xw
+            if i == tap:
+                tapped = xw
+        return xw, new_states, inter, tapped
+
+    def emissions(self, x: Tensor) -> Tensor:
+        """The output layer on top-layer frames (..., D): log-probs (..., V), float32."""
+        return self.output(self.dropout(x)).float().log_softmax(dim=-1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

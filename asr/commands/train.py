@@ -18,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="continue from EXP_DIR/checkpoints/last.ckpt (or the newest readable checkpoint)")
     mode.add_argument("--overwrite", action="store_true",
                       help="delete the checkpoints, logs and summaries of an earlier run in EXP_DIR first")
+    parser.add_argument("--init-from", metavar="MODEL.asr",
+                        help="start from this package's weights and vocabulary (e.g. turn a full-context model "
+                             "into a streaming one: model.chunk_frames=N); ignored when --resume finds a checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from asr.train.training import train
 
     try:
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from)
     except DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

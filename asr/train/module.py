@@ -161,7 +161,8 @@ class CTCModule(pl.LightningModule):
         losses stay comparable across configurations (the phone loss is logged apart).
         """
         tap = self.model.phone_layer if self.phone_head is not None else None
-        out = self.model.forward_outputs(batch.feats, batch.feat_lens, tap=tap)
+        tbptt = self.cfg.trainer.tbptt_chunks if self.training else 0
+        out = self.model.forward_outputs(batch.feats, batch.feat_lens, tap=tap, tbptt=tbptt)
         final = self._ctc(out.log_probs, out.lens, batch)
         aux: list[tuple[float, torch.Tensor]] = []  # (weight, loss) of the auxiliary losses
         if out.inter is not None:  # only computed in training mode

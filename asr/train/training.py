@@ -135,13 +135,31 @@ def build_phone_map(cfg: ExperimentConfig, train_texts: list[str]) -> PhoneMap:
     return phone_map
 
 
+def load_init_package(path: str, cfg: ExperimentConfig) -> Any:
+    """The package ``--init-from`` names, checked against the config (one-line PackageError:
+    missing, unreadable, or weights of other shapes than the config builds)."""
+    from asr.package import PackageError, load_package, weights_mismatch
+
+    package = load_package(path, quantize=False)
+    if package.info.get("quantize") == "int8":
+        raise PackageError(f"{path}: an int8 package cannot initialise training; export it without --int8")
+    shapes = {k: tuple(v.shape) for k, v in package.model.state_dict().items()}
+    why = weights_mismatch(cfg, package.tokenizer.vocab_size, shapes)
+    if package.config.features != cfg.features:
+        why = f"its features are {package.config.features}, the config's {cfg.features}"
+    if why:
+        raise PackageError(f"{path}: --init-from: its weights do not fit this config's model: {why}")
+    return package
+
+
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its waited-for children."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
+          init_from: str | None = None) -> dict:
     """Train a model as configured; returns a summary (also written to exp_dir/train_summary.json).
 
     Raises :class:`ConfigError` for unusable input (manifests, an exp dir holding another run),
@@ -150,6 +168,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     the same exp dir (it holds the exp dir's lock), or an exp dir that cannot be created or
     written, is a :class:`~asr.evaluate.reports.data.ReportError`; a checkpoint or other file that
     cannot be written (no space left) an OSError that names it.
+
+    ``init_from``: a model package whose weights (and vocabulary) the new model starts from,
+    e.g. a full-context model fine-tuned into a streaming one (``model.chunk_frames``). The
+    config may change anything that keeps the weights' shapes (chunking, CMVN mode, dropout,
+    augmentation); a package whose shapes do not fit is a :class:`PackageError`. Ignored when
+    ``resume`` finds a checkpoint: that run's own weights win.
     """
     start, cpu_start = time.time(), _cpu_seconds()
     check_accelerator(cfg.trainer.accelerator)
@@ -161,16 +185,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False) 
     set_threads(cfg.trainer.threads)  # 0: asr.threads.default_threads (never degrades under load)
     if not is_rank_zero():
         # The DDP ranks that rank zero (or torchrun beside it) started: rank zero holds the lock.
-        return _train(cfg, resume, overwrite, manifests, start, cpu_start)
+        return _train(cfg, resume, overwrite, manifests, start, cpu_start, init_from)
     # Two runs into one exp dir would interleave their checkpoints, logs and summaries: the
     # second one stops at once, naming the first (the lock of `asr evaluate`, whose flock the
     # kernel releases when its holder dies, so a killed run's lock is simply taken over).
     with output_lock(cfg.exp_dir, f"asr train, exp_dir={cfg.exp_dir}"):
-        return _train(cfg, resume, overwrite, manifests, start, cpu_start)
+        return _train(cfg, resume, overwrite, manifests, start, cpu_start, init_from)
 
 
 def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict[str, list[Utterance]],
-           start: float, cpu_start: float) -> dict:
+           start: float, cpu_start: float, init_from: str | None = None) -> dict:
     """:func:`train` once the manifests are read and (on rank zero) the exp dir is held."""
     exp = Path(cfg.exp_dir)
     lead = is_rank_zero()
@@ -186,8 +210,13 @@ def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict
 
     tok_path = exp / "tokenizer.json"
     hp = (resumed or {}).get("hyper_parameters") or {}
+    init = None
+    if init_from is not None and resumed is None:
+        init = load_init_package(init_from, cfg)
     if isinstance(hp.get("tokenizer"), dict):
         tokenizer = Tokenizer.from_dict(hp["tokenizer"])  # the resumed network's own vocabulary
+    elif init is not None:
+        tokenizer = init.tokenizer  # the vocabulary its weights were trained on
     elif resume and tok_path.exists():
         tokenizer = Tokenizer.from_dict(json.loads(tok_path.read_text()))
     else:
@@ -208,12 +237,21 @@ def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict
     dm = CTCDataModule(cfg, tokenizer, model, manifests, phone_map=phone_map)
     dm.precompute()
     model.cmvn.set_stats(*dm.cmvn_stats())
+    if init is not None:
+        # Every weight and the CMVN statistics the package was trained with (shapes checked).
+        model.load_state_dict(init.model.state_dict(), strict=True)
+        log.info("initialised from %s (sha256 %s)", init_from, str(init.info.get("sha256", ""))[:12])
     log.info("model: %.2f M parameters, vocabulary %d, output frame %.0f ms", model.num_parameters() / 1e6,
              tokenizer.vocab_size, cfg.features.frame_shift * model.subsampling * 1000)
 
     checkpoint_io = AtomicCheckpointIO()
     module = CTCModule(model, tokenizer, cfg, run_id=rid, phones=phone_map.phones if phone_map else (),
                        pronunciations=phone_map.prons if phone_map else None)
+    if init is not None and module.phone_head is not None and init.phone_head is not None:
+        if phone_map is not None and tuple(init.phone_head.phones) == tuple(phone_map.phones):
+            module.phone_head.load_state_dict(init.phone_head.linear.state_dict())
+        else:
+            log.info("the phone head starts afresh: %s was trained on other phones", init_from)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}-wer{val_wer:.4f}", monitor="val_wer",
                         mode="min", save_top_k=cfg.trainer.save_top_k, auto_insert_metric_name=False),
@@ -302,6 +340,8 @@ def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict
         "skipped_steps_nonfinite": module.skipped_steps,
         "train_hours": dm.train_seconds / 3600,
     }
+    if init is not None:
+        summary["init_from"] = {"path": str(init.info["path"]), "sha256": init.info["sha256"]}
     if trainer.is_global_zero:
         atomic_write_text(exp / "train_summary.json", json.dumps(summary, indent=2))
         log.info("best dev WER %s at %s", summary["best_dev_wer"], summary["best_checkpoint"])
