@@ -33,6 +33,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("asr.evaluate.evaluation", "HypothesisFileError"),
     ("asr.evaluate.evaluation", "MissingHypothesesError"),
     ("asr.evaluate.compare", "CompareError"),
+    ("asr.infer.streaming", "StreamingError"),
 )
 
 # OSErrors that say what is wrong with the machine, not with the program: no space left, a

@@ -15,6 +15,7 @@ times faster (see benchmarks/bench_rnn.py and BENCHMARKS.md).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +46,7 @@ def detach_state(state: RNNState) -> RNNState:
 def _stack_states(states: list[RNNState]) -> RNNState:
     """Per-chunk states [(1, N, H)] * C -> one state (1, N * C, H), row n * C + k."""
     if isinstance(states[0], tuple):
-        return (_stack_states([s[0] for s in states]), _stack_states([s[1] for s in states]))  # type: ignore[index,return-value]
+        return (_stack_states([s[0] for s in states]), _stack_states([s[1] for s in states]))  # type: ignore[return-value]
     h = torch.stack(states, dim=2)  # type: ignore[arg-type]  # (1, N, C, H)
     return h.reshape(1, -1, h.shape[-1])
 
@@ -410,7 +411,8 @@ class AcousticModel(nn.Module):
         for i, (rnn, norm, proj) in enumerate(zip(self.rnns, self.norms, self.projs)):
             if i > 0:
                 xw = self.dropout(xw)
-            out, state = rnn.forward_windows(xw, win_lens, chunk, None if states is None else states[i], tbptt)
+            layer = typing.cast(RecurrentLayer, rnn)
+            out, state = layer.forward_windows(xw, win_lens, chunk, None if states is None else states[i], tbptt)
             xw = proj(norm(out))
             new_states.append(state)
             if self.training and self.cfg.inter_ctc_weight > 0 and i == self.inter_layer:

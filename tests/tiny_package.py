@@ -17,15 +17,17 @@ SR = 16000
 TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
 
 
-def make_tiny_package(folder: Path) -> Path:
-    """A tiny untrained model package (random weights): enough for every fault path."""
-    cfg = ExperimentConfig(model=ModelConfig(hidden=8, num_layers=1, conv_channels=4, dropout=0.0))
+def make_tiny_package(folder: Path, name: str = "model.asr", **model: object) -> Path:
+    """A tiny untrained model package (random weights): enough for every fault path.
+    ``model``: ModelConfig fields to change (a streaming package: chunk_frames=...)."""
+    base: dict = {"hidden": 8, "num_layers": 1, "conv_channels": 4, "dropout": 0.0, **model}
+    cfg = ExperimentConfig(model=ModelConfig(**base))
     torch.manual_seed(0)
     model = AcousticModel(cfg.model, cfg.features.n_mels, TOKENIZER.vocab_size)
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "hyper_parameters": {"config": to_dict(cfg), "tokenizer": TOKENIZER.to_dict()}}
     torch.save(ckpt, folder / "a.ckpt")
-    return export([folder / "a.ckpt"], folder / "model.asr")
+    return export([folder / "a.ckpt"], folder / name)
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:

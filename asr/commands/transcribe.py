@@ -28,6 +28,7 @@ from pathlib import Path, PurePath
 
 import torch
 
+from asr.commands import stream
 from asr.commands.decoding_flags import (
     add_decoding_arguments,
     check_decoding_flags,
@@ -59,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     "[--format txt|json|srt|vtt|all] [--out DIR] [--device cpu|cuda] [--devices N] "
                     "[--chunk-seconds 30]")
     parser.add_argument("model", type=Path, help="model package written by `asr export`")
-    parser.add_argument("inputs", nargs="+", type=Path, help="audio files and/or directories (walked recursively)")
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="audio files and/or directories (walked recursively); with --stream, '-' is stdin")
     add_decoding_arguments(parser)
     parser.add_argument("--format", choices=("txt", "json", "srt", "vtt", "all"),
                         help="write transcripts in this format (default txt when --out is given)")
@@ -80,6 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="run N worker processes, each on a share of the files balanced by duration: "
                              "with --device cuda on cuda:0..N-1, with cpu splitting the threads (default 1)")
+    stream.configure(parser)
 
 
 def _validate(args: argparse.Namespace) -> str | None:
@@ -122,9 +125,15 @@ def _segmentation_summary(results: Sequence[TranscriptionResult]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     problem = _validate(args)
+    if not problem and args.stream:
+        problem = stream.validate(args)
+    if not problem and not args.stream and (args.realtime or args.raw_rate is not None or args.json):
+        problem = "--realtime, --raw-rate and --json need --stream"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.stream:
+        return _run_stream(args)
     from asr.infer.transcripts import WRITERS
 
     formats = [] if args.format is None else list(WRITERS) if args.format == "all" else [args.format]
@@ -163,6 +172,25 @@ def run(args: argparse.Namespace) -> int:
             return _transcribe(args, package, files, formats, out_dir, names)
 
     return run_interruptible(str(out_dir), locked)
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    # A PackageError, a package that cannot stream (StreamingError) or an unusable LM
+    # (DecoderError) reaches asr.cli.main: one `error:` line, exit 2.
+    package = load_package(args.model, args.device)
+    inputs: list[Path] = []
+    for p in args.inputs:
+        if str(p) == "-":
+            inputs.append(p)
+            continue
+        found = find_audio_files([p])
+        if not found:
+            print(f"error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {p}", file=sys.stderr)
+            return 2
+        inputs += found
+    args.inputs = inputs
+    return run_interruptible("asr transcribe --stream",
+                             lambda: stream.run_stream(args, package, decoding_options(args)))
 
 
 def _unique_files(files: list[Path]) -> list[Path]:

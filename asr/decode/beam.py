@@ -228,6 +228,12 @@ class BeamSearchDecoder:
             out.append(hyps or [EMPTY_HYPOTHESIS])
         return out
 
+    def stream(self) -> BeamStream:
+        """An online search over one stream (flashlight's ``decode_begin / decode_step /
+        decode_end``): the same search as :meth:`__call__` on the concatenated frames. One
+        stream at a time per decoder: flashlight keeps the search state inside it."""
+        return BeamStream(self)
+
     def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
         # result.tokens has one entry per decoded frame plus two: a start-of-sentence
         # silence first and a final silence last (index i is frame i - 1; ours are frame
@@ -283,3 +289,46 @@ class BeamSearchDecoder:
             spans.append(WordSpan(word_dict.get_entry(w), start, end))
             prev = k
         return spans
+
+
+class BeamStream:
+    """Flashlight's incremental search, for :class:`asr.infer.streaming.StreamingRecognizer`:
+    :meth:`step` frames (T, V) in any pieces, :meth:`partial` the best path so far (its
+    tokens, words split at "|" or "▁" as greedy decoding does: in lexicon mode the last word
+    may be unfinished), :meth:`finish` the final hypothesis, which equals
+    :class:`BeamSearchDecoder` on all the frames at once."""
+
+    def __init__(self, decoder: BeamSearchDecoder) -> None:
+        self._decoder = decoder
+        self._search = decoder._search.decoder
+        self._search.decode_begin()
+        self.frames = 0
+
+    def step(self, log_probs: Tensor) -> None:
+        em = log_probs.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if em.ndim != 2 or em.shape[1] != len(self._decoder.tokenizer.tokens):
+            raise DecoderError(f"stream frames must be (T, {len(self._decoder.tokenizer.tokens)}); "
+                               f"got {tuple(em.shape)}")
+        if em.shape[0]:
+            self._search.decode_step(em.data_ptr(), em.shape[0], em.shape[1])
+            self.frames += em.shape[0]
+
+    def partial(self) -> Hypothesis:
+        if not self.frames:
+            return EMPTY_HYPOTHESIS
+        raw = list(self._search.get_best_hypothesis().tokens)
+        path = torch.tensor(raw[1 : self.frames + 1], dtype=torch.long)
+        tokens, starts, ends = label_runs(path, self._decoder.tokenizer.blank_id)
+        return make_hypothesis(tokens, starts, split_words(tokens, starts, ends, self._decoder.tokenizer), 0.0)
+
+    def finish(self) -> Hypothesis:
+        """The final hypothesis; the stream is then spent."""
+        closing = self._decoder._closing_frame
+        if closing is not None and self.frames:
+            row = closing[None].contiguous()
+            self._search.decode_step(row.data_ptr(), 1, row.shape[1])
+        self._search.decode_end()
+        if not self.frames:
+            return EMPTY_HYPOTHESIS
+        results = self._search.get_all_final_hypothesis()
+        return self._decoder._to_hypothesis(results[0], self.frames) if results else EMPTY_HYPOTHESIS

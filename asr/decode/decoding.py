@@ -183,6 +183,35 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, tokenizer: Tokenizer) -> l
     return out
 
 
+class GreedyStream:
+    """Best-path decoding of a stream, frames in pieces: :meth:`step` takes the next frames'
+    log-probs (T, V); :meth:`hypothesis` is :func:`greedy_decode` of every frame stepped so far
+    (frame indices from the first), so the pieces' sizes never change the result."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._path: list[Tensor] = []
+        self._score = 0.0
+        self.frames = 0
+
+    def step(self, log_probs: Tensor) -> None:
+        best, idx = log_probs.detach().max(dim=-1)
+        self._path.append(idx.cpu())
+        self._score += best.double().sum().item()
+        self.frames += int(idx.numel())
+
+    def hypothesis(self) -> Hypothesis:
+        if not self.frames:
+            return EMPTY_HYPOTHESIS
+        tokens, starts, ends = label_runs(torch.cat(self._path), self.tokenizer.blank_id)
+        return make_hypothesis(tokens, starts, split_words(tokens, starts, ends, self.tokenizer), self._score)
+
+    partial = hypothesis
+
+    def finish(self) -> Hypothesis:
+        return self.hypothesis()
+
+
 # --------------------------------------------------------------------------------------------
 # options
 

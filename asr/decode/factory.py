@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.decode.beam import BeamSearchDecoder
+from asr.decode.beam import BeamSearchDecoder, BeamStream
 from asr.decode.decoding import (
     DecoderError,
     DecodingOptions,
+    GreedyStream,
     Hypothesis,
     greedy_decode,
 )
@@ -84,6 +85,31 @@ def make_decoder(package: ModelPackage, options: DecodingOptions | None = None) 
         settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
     return Decoder(lambda lp, lens: [h[0] for h in beam(lp, lens)],
                    joint_emissions=isinstance(beam, TwoHeadDecoder)), settings
+
+
+def make_stream_decoder(package: ModelPackage, options: DecodingOptions | None = None
+                        ) -> tuple[Callable[[], GreedyStream | BeamStream], dict[str, Any]]:
+    """For streaming: a function that starts the decoding of one stream segment (greedy, or
+    flashlight's incremental beam search with the LM), and the decoder's settings. Weights
+    as :func:`make_decoder` resolves them; two-head decoding (``phone_weight``) does not
+    stream: asked for, it is a DecoderError, tuned beside the LM, it is left out."""
+    options = options or DecodingOptions()
+    tokenizer = package.tokenizer
+    if options.decoder == "greedy":
+        return (lambda: GreedyStream(tokenizer)), {"decoder": "greedy"}
+    tuned = load_tuned_weights(options.lm) if options.lm is not None else None
+    opts = options.with_weights(tuned)
+    if opts.phone_weight:
+        if options.phone_weight:
+            raise DecoderError("--phone-weight: two-head decoding does not stream; leave it out with --stream")
+        log.info("%s%s: phone_weight %g left out: two-head decoding does not stream", options.lm, LM_TUNE_SUFFIX,
+                 opts.phone_weight)
+        opts = replace(opts, phone_weight=0.0)
+    beam = BeamSearchDecoder(tokenizer, opts)
+    settings = beam.settings()
+    if tuned is not None:
+        settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
+    return beam.stream, settings
 
 
 def decode_emissions(

@@ -323,7 +323,7 @@ def _train(cfg: ExperimentConfig, resume: bool, overwrite: bool, manifests: dict
         write_skipped(exp / "skipped.jsonl", dm.skipped)
 
     ckpt_cb = typing.cast(ModelCheckpoint, callbacks[0])
-    summary = {
+    summary: dict[str, Any] = {
         "exp_dir": str(exp),
         "run_id": rid,
         "best_checkpoint": ckpt_cb.best_model_path,
