@@ -1,0 +1,23 @@
+"""benchmarks/bench_streaming.py runs end to end on tiny random models (--dry-run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_streaming_benchmark_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_streaming.py"), "--dry-run", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| lc | 320 ms | beam+LM |" in proc.stdout
+    result = json.loads(out.read_text())
+    streamed = [r for r in result["rows"] if r["latency_s"] is not None]
+    assert [r["decoder"] for r in streamed] == ["greedy", "beam+LM"]
+    assert all(r["same_as_offline"] == "3/3" for r in streamed)  # streaming computes the offline result
+    assert result["hour"]["seconds"] >= 5 and result["hour"]["finals"] >= 1
