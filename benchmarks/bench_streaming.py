@@ -146,17 +146,18 @@ def word_ends(full: ModelPackage, emissions: torch.Tensor, text: str) -> list[tu
     return [(w.word, w.end * full.frame_shift) for w in hyp.words]
 
 
-def measure(name: str, package: ModelPackage, options: DecodingOptions, utts, audios, refs_end, offline_texts) -> Run:
+def measure(name: str, package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray],
+            refs_end: list[list[tuple[str, float]]], offline: list[str]) -> Run:
     rec = StreamingRecognizer(package, options)
     run = Run(name, "beam+LM" if options.decoder == "beam" else "greedy")
-    for utt, audio, ends, offline in zip(utts, audios, refs_end, offline_texts):
+    for audio, ends, want in zip(audios, refs_end, offline):
         timed, compute = stream_utterance(rec, audio)
         run.compute += compute
         run.audio += audio.size / rec.sample_rate
         finals = [r.text for _, r in timed if r.final and r.text]
         text = " ".join(finals)
         run.hyps.append(text)
-        run.same += text == offline
+        run.same += text == want
         run.gaps += result_gaps(timed)
         emitted = emission_times(timed)
         ref_words = [w for w, _ in ends]
@@ -293,7 +294,7 @@ def main() -> int:
         if first is None:
             first = (name, package, options_for(lm)[-1])
         for opts in options_for(lm):
-            run = measure(name, package, opts, utts, audios, ends, offline_texts(package, opts, em))
+            run = measure(name, package, opts, audios, ends, offline_texts(package, opts, em))
             score = score_corpus(refs, run.hyps)
             ci = bootstrap_ci(*score.word_arrays())
             rec = StreamingRecognizer(package, opts)
