@@ -10,7 +10,8 @@ The public API, importable from ``asr`` itself (everything else is internal and 
 Transcribing
     :func:`transcribe` (audio files -> :class:`TranscriptionResult`), :func:`load_package`
     (a model package -> :class:`ModelPackage`), :func:`emissions` (in-memory waveforms ->
-    CTC log-probs), :class:`PackageError`.
+    CTC log-probs), :class:`PackageError`; live: :class:`StreamingRecognizer` (audio pieces ->
+    partial and final :class:`StreamResult`), :class:`StreamingError`.
 Decoding
     :class:`DecodingOptions`, :func:`make_decoder` (options -> decoder), :func:`greedy_decode`,
     :class:`BeamSearchDecoder`, :class:`Hypothesis`, :func:`decode_emissions` (a decoder over
@@ -43,6 +44,9 @@ _PUBLIC = {
     "ModelPackage": "asr.package",
     "PackageError": "asr.package",
     "TranscriptionResult": "asr.infer.transcription",
+    "StreamingRecognizer": "asr.infer.streaming",
+    "StreamResult": "asr.infer.streaming",
+    "StreamingError": "asr.infer.streaming",
     "emissions": "asr.infer.inference",
     "DecodingOptions": "asr.decode.decoding",
     "BeamSearchDecoder": "asr.decode.beam",
@@ -71,6 +75,9 @@ __all__ = [
     "ModelPackage",
     "PackageError",
     "TranscriptionResult",
+    "StreamingRecognizer",
+    "StreamResult",
+    "StreamingError",
     "emissions",
     "DecodingOptions",
     "BeamSearchDecoder",
@@ -105,6 +112,7 @@ if TYPE_CHECKING:
     from asr.decode.factory import decode_emissions, make_decoder
     from asr.decode.lm_files import load_tuned_weights
     from asr.infer.inference import emissions
+    from asr.infer.streaming import StreamingError, StreamingRecognizer, StreamResult
     from asr.infer.transcription import TranscriptionResult
     from asr.metrics import score_corpus
     from asr.package import ModelPackage, PackageError, load_package

@@ -385,6 +385,18 @@ def quantize_int8(model: AcousticModel) -> AcousticModel:
         return torch.ao.quantization.quantize_dynamic(model, _INT8_MODULES, dtype=torch.qint8)
 
 
+def model_kind(cfg: PackageConfig) -> str:
+    """What kind of acoustic model a package holds, in words: whether and how it streams."""
+    m = cfg.model
+    if m.chunk_frames:
+        frame_ms = cfg.features.frame_shift * m.subsampling * 1000
+        return (f"streaming LC-BLSTM: chunks of {m.chunk_frames} frames + {m.right_context_frames} of right context "
+                f"({(m.chunk_frames + m.right_context_frames) * frame_ms:.0f} ms)")
+    if not m.bidirectional:
+        return "streaming: left to right"
+    return "full context (whole utterance)"
+
+
 def load_package(
     path: str | os.PathLike, device: str | torch.device = "cpu", quantize: bool | None = None
 ) -> ModelPackage:
@@ -477,6 +489,7 @@ def load_package(
         "parameters": sum(v.numel() for v in state.values()),
         "vocab_size": tokenizer.vocab_size,
     }
+    info["kind"] = model_kind(cfg)
     if phone_head is not None:
         info["phone_head"] = {"phones": len(phones), "words": len(prons), "layer": model.phone_layer + 1}
     return ModelPackage(model=model, tokenizer=tokenizer, config=cfg, featurizer=featurizer,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,35 @@ def test_full_context_package_cannot_stream(tmp_path) -> None:
     rec = StreamingRecognizer(rec_pkg)  # a left-to-right model streams as it is
     with pytest.raises(StreamingError, match="NaN"):
         rec.feed(np.array([0.0, np.nan], dtype=np.float32))
+
+
+def test_cli_streams_files_as_json_lines_and_reports_bad_ones(stream_package, tmp_path, capsys) -> None:
+    from asr.cli import main
+    from tests.tiny_package import wav
+
+    good, bad = wav(tmp_path / "a.wav", 0.8), tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    package = stream_package.info["path"]
+    assert main(["transcribe", package, str(good), "--stream"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines and lines[-1]["type"] == "final" and lines[-1]["words"]
+    assert all(a["text"] != b["text"] for a, b in zip(lines, lines[1:]) if b["type"] == "partial")  # changes only
+    assert main(["transcribe", package, str(bad), str(good), "--stream"]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {bad}" in captured.err and "1 of 2 input(s) failed" in captured.err
+    assert {json.loads(line)["file"] for line in captured.out.splitlines()} == {str(good)}
+
+
+def test_cli_stream_errors_are_one_line(stream_package, tmp_path, capsys) -> None:
+    from asr.cli import main
+    from tests.tiny_package import wav
+
+    good = str(wav(tmp_path / "a.wav", 0.3))
+    full = str(make_tiny_package(tmp_path, "full.asr"))
+    for argv, needle in (([full, good, "--stream"], "cannot stream: a full-context BiLSTM"),
+                         ([stream_package.info["path"], good, "--stream", "--out", str(tmp_path / "o")],
+                          "--out and --format are for batch"),
+                         ([stream_package.info["path"], good, "--realtime"], "need --stream")):
+        assert main(["transcribe", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

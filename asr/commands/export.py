@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     srcs = info["source_checkpoints"]
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {info['parameters'] / 1e6:.2f} M parameters, "
           f"vocabulary {info['vocab_size']}, quantize={info['quantize']}, sha256 {info['sha256'][:12]})")
+    print(f"model: {info['kind']}")
     print(f"from {len(srcs)} checkpoint(s){' (averaged)' if len(srcs) > 1 else ''}: "
           + ", ".join(Path(s["path"]).name for s in srcs))
     if pkg.phone_head is not None:

@@ -237,6 +237,9 @@ class StreamingRecognizer:
     def flush(self) -> list[StreamResult]:
         """End the stream: decode what is buffered and return the last results (the last
         final among them); the recognizer is then ready for a new stream."""
+        if not self._samples:  # nothing was fed: no stream to end
+            self.reset()
+            return []
         results = self._advance(self.features.flush(), final=True)
         if self._search is not None and self._speech:
             results.append(self._finalize())

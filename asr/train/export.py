@@ -127,6 +127,10 @@ def export(
     sources = [{"path": str(c.path.resolve()), "epoch": c.epoch, "global_step": c.global_step} for c in loaded]
     head = phone_head(loaded, model, note or (lambda msg: None))
     out = write_package(out, model, first.config, first.tokenizer, sources, int8=int8, phone_head=head)
+    if (torchscript or onnx) and model.cfg.chunk_frames:
+        # The chunks run in a Python loop whose length tracing would fix to the example's.
+        raise CheckpointError("--torchscript/--onnx: a streaming model (model.chunk_frames) cannot be traced; "
+                              "its .asr package streams with asr.StreamingRecognizer")
     if torchscript:
         export_torchscript(model, out.with_suffix(".ts"), first.config.features.n_mels)
     if onnx:
