@@ -95,7 +95,8 @@ class StreamingLogMel:
             f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=False,
         ).to(logmel.mel.spectrogram.window.device)
         self.n_mels = cfg.n_mels
-        self._buf = torch.zeros(self.n_fft // 2)
+        self.device = logmel.mel.spectrogram.window.device
+        self._buf = torch.zeros(self.n_fft // 2, device=self.device)
 
     def push(self, samples: Tensor) -> Tensor:
         """New samples (S,) -> the frames (T, n_mels) their arrival completes."""
@@ -104,15 +105,15 @@ class StreamingLogMel:
 
     def flush(self) -> Tensor:
         """The last frames (the end padding), then ready for a new stream."""
-        self._buf = torch.cat([self._buf, torch.zeros(self.n_fft // 2)])
+        self._buf = torch.cat([self._buf, torch.zeros(self.n_fft // 2, device=self.device)])
         out = self._frames()
-        self._buf = torch.zeros(self.n_fft // 2)
+        self._buf = torch.zeros(self.n_fft // 2, device=self.device)
         return out
 
     def _frames(self) -> Tensor:
         n = (self._buf.numel() - self.n_fft) // self.hop + 1 if self._buf.numel() >= self.n_fft else 0
         if n <= 0:
-            return torch.zeros(0, self.n_mels)
+            return torch.zeros(0, self.n_mels, device=self.device)
         spec = self.mel(self._buf[None, : (n - 1) * self.hop + self.n_fft])  # (1, n_mels, n)
         self._buf = self._buf[n * self.hop :]
         return torch.log(spec.clamp_min(1e-10))[0].transpose(0, 1)
@@ -227,7 +228,7 @@ class StreamingRecognizer:
         """Take the next samples (float32 mono, any count, at ``sample_rate``); return the
         results they complete: a partial for every chunk decoded while a segment has speech,
         a final at each endpoint."""
-        x = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
+        x = torch.as_tensor(samples, dtype=torch.float32).reshape(-1).to(self.features.device)
         if x.numel() and not bool(torch.isfinite(x).all()):
             raise StreamingError("audio holds NaN or infinite samples")
         self._samples += x.numel()
@@ -252,7 +253,7 @@ class StreamingRecognizer:
         if self.package.config.model.cmvn == "causal" and x.shape[0]:
             if self._cmvn_sum is None:
                 self._cmvn_sum = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-            out = causal_mean_removal(x[None], self._cmvn_sum[None], torch.tensor([self._cmvn_count]))[0]
+            out = causal_mean_removal(x[None], self._cmvn_sum[None], torch.tensor([self._cmvn_count], device=x.device))[0]
             self._cmvn_sum = self._cmvn_sum + x.sum(0)
             self._cmvn_count += x.shape[0]
             return out
