@@ -61,7 +61,9 @@ for lat in "${latencies[@]}"; do
   spec="$nc-$nr=$exp/model.asr"
   if [[ -e $lm ]]; then
     mkdir -p "$exp/lm"
-    [[ -e $exp/lm/3gram.bin ]] || cp "$lm" "$exp/lm/3gram.bin"
+    # The LM with its side files (the .vocab word list the lexicon is written from); its tuned
+    # weights are this model's own.
+    [[ -e $exp/lm/3gram.bin ]] || cp "$lm" "$lm.vocab" "$exp/lm/"
     [[ -e $exp/lm/3gram.bin.tune.json ]] || "$ASR" lm tune "$exp/model.asr" "$data/dev.jsonl" --lm "$exp/lm/3gram.bin" \
       --lm-weights 0.5,1,1.5,2,3 --word-scores=-1,0,1,2
     spec="$spec:$exp/lm/3gram.bin"
