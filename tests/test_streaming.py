@@ -63,6 +63,7 @@ def test_streaming_conv_equals_offline(factor: int, frames: int) -> None:
     torch.testing.assert_close(got, whole[0], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_streaming_emissions_and_text_equal_the_offline_decode(stream_package) -> None:
     audio = _speechy(1.3)
     offline = forward_batch(stream_package, [torch.from_numpy(audio)])[0]
@@ -79,6 +80,7 @@ def test_streaming_emissions_and_text_equal_the_offline_decode(stream_package) -
     assert [w.word for w in finals[0].words] == want.text.split()
 
 
+@pytest.mark.slow
 def test_piece_size_does_not_change_the_output(stream_package) -> None:
     audio = _speechy(0.8, seed=3)
     rec = StreamingRecognizer(stream_package)
@@ -86,6 +88,7 @@ def test_piece_size_does_not_change_the_output(stream_package) -> None:
     assert runs[0] == runs[1] == runs[2] and runs[0]
 
 
+@pytest.mark.slow
 def test_partials_come_every_chunk_while_speech_goes_on(stream_package) -> None:
     rec = StreamingRecognizer(stream_package, endpoint_s=0)
     results = _feed(rec, _speechy(1.0), 160)
@@ -94,6 +97,7 @@ def test_partials_come_every_chunk_while_speech_goes_on(stream_package) -> None:
     assert max(np.diff(partial_times)) <= rec.chunk * rec.frame_shift + 1e-9
 
 
+@pytest.mark.slow
 def test_beam_with_lm_streams_as_it_decodes_offline(stream_package, tmp_path) -> None:
     lm = arpa_unigrams(tmp_path / "lm.arpa", {"a": -1.0, "b": -1.0, "ab": -1.5, "ba": -1.2})
     options = DecodingOptions(decoder="beam", lm=lm, beam_size=8, lm_weight=0.5, word_score=0.0)
@@ -106,6 +110,7 @@ def test_beam_with_lm_streams_as_it_decodes_offline(stream_package, tmp_path) ->
     assert [r.text for r in finals] == ([want.text] if want.text else [])
 
 
+@pytest.mark.slow
 def test_endpoints_split_at_pauses_and_memory_state_is_bounded(stream_package) -> None:
     rec = StreamingRecognizer(stream_package, endpoint_s=0.1, max_segment_s=0.5)
     results = _feed(rec, _speechy(1.6, seed=7), 1600)
@@ -115,6 +120,7 @@ def test_endpoints_split_at_pauses_and_memory_state_is_bounded(stream_package) -
     assert rec._search is None and rec._frames.numel() == 0  # flushed: nothing held
 
 
+@pytest.mark.slow
 def test_full_context_package_cannot_stream(tmp_path) -> None:
     package = load_package(make_tiny_package(tmp_path))
     with pytest.raises(StreamingError, match="cannot stream: a full-context BiLSTM"):
@@ -125,6 +131,7 @@ def test_full_context_package_cannot_stream(tmp_path) -> None:
         rec.feed(np.array([0.0, np.nan], dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_cli_streams_files_as_json_lines_and_reports_bad_ones(stream_package, tmp_path, capsys) -> None:
     from asr.cli import main
     from tests.tiny_package import wav
@@ -142,6 +149,7 @@ def test_cli_streams_files_as_json_lines_and_reports_bad_ones(stream_package, tm
     assert {json.loads(line)["file"] for line in captured.out.splitlines()} == {str(good)}
 
 
+@pytest.mark.slow
 def test_cli_stream_errors_are_one_line(stream_package, tmp_path, capsys) -> None:
     from asr.cli import main
     from tests.tiny_package import wav
