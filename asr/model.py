@@ -1,6 +1,11 @@
-"""The acoustic model: log-mel features -> CMVN [-> per-utterance mean removal] ->
+"""The acoustic model: log-mel features -> CMVN [-> per-utterance or running mean removal] ->
 [SpecAugment] -> conv subsampling ->
 N bidirectional LSTM/GRU/RNN layers -> [self-attention] -> linear -> log-softmax.
+
+With ``model.chunk_frames`` the recurrent layers are latency-controlled (LC-BLSTM): they run
+chunk by chunk, each with ``model.right_context_frames`` of look-ahead
+(:meth:`AcousticModel.recurrent_windows`), which is what makes the model stream
+(:mod:`asr.infer.streaming`).
 
 A plain ``nn.Module``: it knows nothing of Lightning, so inference and export load it
 without the training stack.

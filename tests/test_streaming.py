@@ -163,3 +163,12 @@ def test_cli_stream_errors_are_one_line(stream_package, tmp_path, capsys) -> Non
         assert main(["transcribe", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.slow
+def test_pcm_integers_are_scaled_like_float_samples(stream_package) -> None:
+    audio = _speechy(0.5, seed=9)
+    pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+    rec = StreamingRecognizer(stream_package)
+    as_float = [r.text for r in _feed(rec, pcm.astype(np.float32) / 32768, 800) if r.final]
+    assert [r.text for r in _feed(rec, pcm, 800) if r.final] == as_float
