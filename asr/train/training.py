@@ -32,6 +32,7 @@ from asr.files import atomic_write_text, os_error_of
 from asr.lock import output_lock
 from asr.log import is_rank_zero
 from asr.model import AcousticModel
+from asr.package import ModelPackage, PackageError, load_package, weights_mismatch
 from asr.text import BpeTokenizer, CharTokenizer, Tokenizer
 from asr.threads import set_threads
 from asr.train.callbacks import AtomicCheckpointIO, EpochSummary, SamplerEpoch, SkippedItems
@@ -135,11 +136,9 @@ def build_phone_map(cfg: ExperimentConfig, train_texts: list[str]) -> PhoneMap:
     return phone_map
 
 
-def load_init_package(path: str, cfg: ExperimentConfig) -> Any:
+def load_init_package(path: str, cfg: ExperimentConfig) -> ModelPackage:
     """The package ``--init-from`` names, checked against the config (one-line PackageError:
     missing, unreadable, or weights of other shapes than the config builds)."""
-    from asr.package import PackageError, load_package, weights_mismatch
-
     package = load_package(path, quantize=False)
     if package.info.get("quantize") == "int8":
         raise PackageError(f"{path}: an int8 package cannot initialise training; export it without --int8")
