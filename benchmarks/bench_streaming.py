@@ -52,7 +52,7 @@ from asr.decode.decoding import DecodingOptions
 from asr.decode.factory import decode_emissions, make_decoder
 from asr.decode.phones import aligned_hypothesis
 from asr.infer.engine import forward_batch
-from asr.infer.streaming import StreamingRecognizer, StreamResult
+from asr.infer.streaming import DEFAULT_ENDPOINT_S, StreamingRecognizer, StreamResult
 from asr.metrics import bootstrap_ci, score_corpus
 from asr.package import ModelPackage, load_package
 
@@ -147,8 +147,8 @@ def word_ends(full: ModelPackage, emissions: torch.Tensor, text: str) -> list[tu
 
 
 def measure(name: str, package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray],
-            refs_end: list[list[tuple[str, float]]], offline: list[str]) -> Run:
-    rec = StreamingRecognizer(package, options)
+            refs_end: list[list[tuple[str, float]]], offline: list[str], endpoint_s: float = DEFAULT_ENDPOINT_S) -> Run:
+    rec = StreamingRecognizer(package, options, endpoint_s=endpoint_s)
     run = Run(name, "beam+LM" if options.decoder == "beam" else "greedy")
     for audio, ends, want in zip(audios, refs_end, offline):
         timed, compute = stream_utterance(rec, audio)
@@ -180,8 +180,9 @@ def options_for(lm: str | None) -> list[DecodingOptions]:
     return opts
 
 
-def hour_stream(package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray], seconds: float) -> dict:
-    rec = StreamingRecognizer(package, options)
+def hour_stream(package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray], seconds: float,
+                endpoint_s: float = DEFAULT_ENDPOINT_S) -> dict:
+    rec = StreamingRecognizer(package, options, endpoint_s=endpoint_s)
     sr = rec.sample_rate
     gap = np.zeros(int(0.3 * sr), dtype=np.float32)
     piece = int(0.1 * sr)
@@ -256,6 +257,8 @@ def main() -> int:
     p.add_argument("--stream", nargs="+", default=[], help="streaming models: NAME=PACKAGE[:LM]")
     p.add_argument("--hour", type=float, default=0.0, help="seconds of the long stream (0: none)")
     p.add_argument("--limit", type=int, default=0, help="first N utterances only")
+    p.add_argument("--endpoint", type=float, default=DEFAULT_ENDPOINT_S,
+                   help=f"seconds of blank output that end a segment (default {DEFAULT_ENDPOINT_S})")
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--dry-run", action="store_true", help="tiny random models on noise: checks the script runs")
     args = p.parse_args()
@@ -294,7 +297,7 @@ def main() -> int:
         if first is None:
             first = (name, package, options_for(lm)[-1])
         for opts in options_for(lm):
-            run = measure(name, package, opts, audios, ends, offline_texts(package, opts, em))
+            run = measure(name, package, opts, audios, ends, offline_texts(package, opts, em), args.endpoint)
             score = score_corpus(refs, run.hyps)
             ci = bootstrap_ci(*score.word_arrays())
             rec = StreamingRecognizer(package, opts)
@@ -307,7 +310,7 @@ def main() -> int:
             print(f"{name} {run.decoder}: WER {score.wer:.2%}, p95 {row['emission_p95_ms']:.0f} ms", file=sys.stderr)
     hour = None
     if args.hour and first is not None:
-        hour = hour_stream(first[1], first[2], audios, args.hour)
+        hour = hour_stream(first[1], first[2], audios, args.hour, args.endpoint)
         hour["model"], hour["decoder"] = first[0], "beam+LM" if first[2].decoder == "beam" else "greedy"
 
     print(f"\n{args.manifest}: {len(utts)} utterances, {sum(len(r.split()) for r in refs)} words; one CPU thread; "
