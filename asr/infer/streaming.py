@@ -226,9 +226,8 @@ class StreamingRecognizer:
     @torch.inference_mode()
     def feed(self, samples: Tensor | np.ndarray) -> list[StreamResult]:
         """Take the next samples (float mono in [-1, 1], or PCM integers, any count, at
-        ``sample_rate``); return the
-        results they complete: a partial for every chunk decoded while a segment has speech,
-        a final at each endpoint."""
+        ``sample_rate``); return the results they complete: a partial for every chunk decoded
+        while a segment has speech, a final at each endpoint."""
         if isinstance(samples, np.ndarray) and np.issubdtype(samples.dtype, np.integer):
             # PCM integers (16-bit from a sound card): scaled to [-1, 1) as soundfile reads them.
             samples = samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
