@@ -511,3 +511,25 @@ def test_bpe_user_lexicon_also_lets_a_word_hold_its_last_piece(bpe, tmp_path):
     lp, lens = batch(frames(spec, bpe), pad_token="\u2581the", tok=bpe)
     [h] = BeamSearchDecoder(bpe, lexicon=str(lex))(lp, lens)[0]
     assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat on"
+
+
+def test_lexicon_stream_partial_shows_the_word_being_spelled(tmp_path):
+    """The streamed partial is the current best path, unfinished word included: flashlight's
+    get_best_hypothesis() walks back to the last completed word, which held every word back
+    until the "|" after it and the last one until the final."""
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {"cat": -0.5, "on": -0.5, "cot": -1.0})
+    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+    assert dec.settings()["mode"] == "lexicon"
+    stream = dec.stream()
+    spoken = frames(CAT_ON)
+    partials = []
+    for t in range(spoken.shape[0]):
+        stream.step(spoken[t : t + 1])
+        partials.append(stream.partial().text)
+    assert partials[5] == "cat"  # the "t" frame: "cat" before its "|"
+    assert partials[9] == "cat o"  # "o" of the unfinished "on"
+    assert partials[-1] == "cat on"
+    final = stream.finish()
+    assert final.text == "cat on"
+    lp, lens = batch(spoken)
+    assert dec(lp, lens)[0][0].text == final.text

@@ -316,7 +316,15 @@ class BeamStream:
     def partial(self) -> Hypothesis:
         if not self.frames:
             return EMPTY_HYPOTHESIS
-        raw = list(self._search.get_best_hypothesis().tokens)
+        # Not get_best_hypothesis(): in lexicon mode flashlight walks it back to the last frame
+        # that completed a word (findBestAncestor), which holds a word back until the "|" after
+        # it, about 300 ms later than greedy shows it, and the last word of a segment until the
+        # final. The current frame's hypotheses (unsorted until decode_end) include the word
+        # being spelled, scored with the LM's look-ahead.
+        current = self._search.get_all_final_hypothesis()
+        if not current:
+            return EMPTY_HYPOTHESIS
+        raw = list(max(current, key=lambda h: h.score).tokens)
         path = torch.tensor(raw[1 : self.frames + 1], dtype=torch.long)
         tokens, starts, ends = label_runs(path, self._decoder.tokenizer.blank_id)
         return make_hypothesis(tokens, starts, split_words(tokens, starts, ends, self._decoder.tokenizer), 0.0)
