@@ -86,6 +86,9 @@ def test_find_kenlm_bin_missing_everywhere_says_how_to_build(tmp_path, monkeypat
     [
         ({"order": 1, "out_path": "lm.arpa"}, ValueError, "order must be >= 2"),
         ({"order": 3, "out_path": "lm.txt"}, ValueError, r"must end in \.arpa or \.bin"),
+        ({"order": 7, "out_path": "lm.arpa"}, ValueError, "order must be <= 6"),
+        ({"order": 3, "out_path": "lm.arpa", "vocab_size": 5, "tokenizer": TOK}, ValueError,
+         "a token-level LM keeps every token"),
     ],
 )
 def test_build_lm_rejects_bad_arguments(tmp_path, kwargs, exc, match):
@@ -113,6 +116,28 @@ def test_build_arpa_from_text_file_normalises(tmp_path):
     assert (info.lines, info.text_vocabulary, info.oov_rate) == (3, 6, 0.0)  # no cap: no OOV
     assert "ngram 3=" in out.read_text(encoding="utf-8")
     assert sorted(lm_vocabulary(out)) == ["cat", "it", "mat", "on", "sat", "the"]
+
+
+def test_token_sentence_spells_words_with_the_boundary_token():
+    assert lm_mod.token_sentence("cat on", TOK) == "c a t | o n"
+    assert lm_mod.token_sentence("cut xyz", TOK) is None  # "x", "z" are not tokens
+
+
+@needs_kenlm
+def test_token_level_lm_is_lexicon_free_and_spells_unseen_words(tmp_path, caplog):
+    src = tmp_path / "corpus.txt"
+    src.write_text("cat on\ncot on\nthe fox\n", encoding="utf-8")  # "the fox": no "h", "e", "f", "x"
+    out = tmp_path / "chars.arpa"
+    with caplog.at_level("WARNING"):
+        info = build_lm(src, 4, out, tokenizer=TOK)
+    assert "1 of 3 sentences left out" in caplog.text
+    assert (info.sentences, info.unspellable) == (2, 1)
+    assert sorted(lm_vocabulary(out)) == sorted(["a", "c", "n", "o", "t", "|"])
+    dec = BeamSearchDecoder(TOK, lm=str(out), lm_weight=0.5)
+    assert dec.settings()["mode"] == "lexicon-free"
+    # "can" was never in the text: a token LM still lets the search spell it.
+    lp = frames(["-", "c", "a", "n", "-"])[None]
+    assert dec(lp, torch.tensor([5]))[0][0].text == "can"
 
 
 @needs_kenlm
@@ -201,6 +226,22 @@ def test_cli_build(tmp_path, capsys):
     assert main(["lm", "build", str(src), "--order", "2", "--out", str(out)]) == 0
     assert out.is_file()
     assert "2 words in the vocabulary" in capsys.readouterr().out
+
+
+@needs_kenlm
+def test_cli_build_token_level_from_a_package(tmp_path, capsys):
+    from tests.tiny_package import make_tiny_package
+
+    src = tmp_path / "t.txt"
+    src.write_text("yes no\nno yes yes\n", encoding="utf-8")
+    out = tmp_path / "chars.arpa"
+    argv = ["lm", "build", str(src), "--order", "4", "--out", str(out), "--tokens"]
+    assert main([*argv, str(make_tiny_package(tmp_path))]) == 0
+    # "y e s | n o" and "n o | y e s | y e s"
+    assert "6 tokens in the vocabulary, trained on 2 sentences / 16 tokens" in capsys.readouterr().out
+    assert sorted(lm_vocabulary(out)) == ["e", "n", "o", "s", "y", "|"]
+    assert main([*argv, str(tmp_path / "nope.asr")]) == 1
+    assert "nope.asr: no such model package" in capsys.readouterr().err
 
 
 def test_cli_build_missing_file_fails(tmp_path, capsys):

@@ -76,6 +76,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="keep only the N most frequent words of all the text (default: every word)",
     )
     b.add_argument("--kenlm-bin", type=Path, help="directory of lmplz/build_binary")
+    b.add_argument(
+        "--tokens",
+        type=Path,
+        metavar="MODEL",
+        help="a token-level LM over this model package's tokens (characters with '|' between "
+        "words, or word pieces), for lexicon-free beam search; e.g. --order 6",
+    )
 
     t = sub.add_parser(
         "tune",
@@ -113,6 +120,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _run_build(args: argparse.Namespace) -> int:
     text: Any = args.text[0] if len(args.text) == 1 else list(args.text)
+    tokenizer = None
+    if args.tokens is not None:
+        # Imported here: reading a package's tokenizer loads the model stack.
+        from asr.package import PackageError, load_package
+
+        try:
+            tokenizer = load_package(args.tokens).tokenizer
+        except PackageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         info = build_lm(
             text,
@@ -121,13 +138,16 @@ def _run_build(args: argparse.Namespace) -> int:
             kenlm_bin=args.kenlm_bin,
             memory=args.memory,
             vocab_size=args.vocab_size,
+            tokenizer=tokenizer,
         )
     except (LMError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    unit = "tokens" if tokenizer is not None else "words"
+    left_out = f"; {info.unspellable} sentences left out (unspellable)" if info.unspellable else ""
     print(
-        f"wrote {info.path}: order {info.order}, {info.vocabulary} words in the vocabulary, "
-        f"trained on {info.sentences} sentences / {info.words} words"
+        f"wrote {info.path}: order {info.order}, {info.vocabulary} {unit} in the vocabulary, "
+        f"trained on {info.sentences} sentences / {info.words} {unit}{left_out}"
     )
     return 0
 

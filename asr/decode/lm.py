@@ -5,6 +5,10 @@
     KenLM's ``lmplz`` (modified Kneser-Ney) and, for a ``.bin`` output, ``build_binary``.
     A binary LM gets a ``lm.bin.vocab`` side file: KenLM binaries cannot list their words,
     and the beam decoder builds its lexicon from them (:func:`asr.decode.lm_files.lm_vocabulary`).
+``asr lm build TEXT... --tokens MODEL.asr --order 6 --out chars.bin``
+    A token-level LM: each sentence is written as the model's tokens (characters with "|"
+    between words, or word pieces) before ``lmplz``. The beam decoder then searches
+    lexicon-free with the LM scoring every token, so it can spell words the text never had.
 ``asr lm tune MODEL DEV_MANIFEST --lm lm.bin``
     Grid search over ``lm_weight`` x ``word_score`` by corpus WER; the best pair is saved as
     ``lm.bin.tune.json``, which decoders pick up as their defaults
@@ -43,6 +47,9 @@ from asr.text import Tokenizer, normalize_text
 log = logging.getLogger(__name__)
 
 KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
+# KenLM's compile-time KENLM_MAX_ORDER in flashlight-text and the kenlm wheel: lmplz writes
+# higher orders, but neither can load them.
+KENLM_MAX_ORDER = 6
 DEFAULT_LM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
 DEFAULT_PHONE_WEIGHTS = (0.25, 0.5, 0.75)  # tried for a package with a phone head (0, off, always is)
@@ -64,6 +71,7 @@ class LMBuild:
     lines: int = 0  # lines (manifest: utterances) read, before dropping empty ones
     text_vocabulary: int = 0  # distinct words in the text, before any --vocab-size cap
     oov_rate: float = 0.0  # share of the text's tokens outside the capped vocabulary
+    unspellable: int = 0  # token-level LM: sentences left out, holding characters the tokenizer lacks
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +139,9 @@ def build_lm(
     kenlm_bin: str | os.PathLike | None = None,
     memory: str = "1G",
     vocab_size: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> LMBuild:
-    """Estimate a word n-gram LM with KenLM.
+    """Estimate a word n-gram LM with KenLM (or, with ``tokenizer``, a token n-gram).
 
     Args:
         text: a text file (one sentence per line) or JSONL manifest (its ``text`` fields)
@@ -150,12 +159,20 @@ def build_lm(
             pruned, while every sentence still counts towards the kept n-grams' statistics
             (mapping the other words to ``<unk>`` first would instead invent n-grams like
             "the <unk> of"). None: every word of the text.
+        tokenizer: a token-level LM: each sentence is written as this tokenizer's tokens
+            (:func:`token_sentence`); the LM's words are then the tokens, and the beam decoder
+            searches lexicon-free with it. Sentences holding characters the tokenizer cannot
+            spell are left out and counted (``unspellable``, logged as a warning).
 
     ``--discount_fallback`` is always passed: on small corpora the closed-form Kneser-Ney
     discounts are undefined, and on large ones the flag never triggers.
     """
     if order < 2:
         raise ValueError(f"order must be >= 2 (KenLM cannot load unigram models); got {order}")
+    if order > KENLM_MAX_ORDER:
+        raise ValueError(f"order must be <= {KENLM_MAX_ORDER} (the largest KenLM loads when decoding); got {order}")
+    if vocab_size is not None and tokenizer is not None:
+        raise ValueError("vocab_size limits words; a token-level LM keeps every token")
     if vocab_size is not None and vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1 (is {vocab_size})")
     out = Path(out_path)
@@ -185,6 +202,14 @@ def build_lm(
         )
         lines += len(raw)
         sentences += kept
+    unspellable = 0
+    if tokenizer is not None:
+        spelled = [token_sentence(s, tokenizer) for s in sentences]
+        unspellable = sum(t is None for t in spelled)
+        if unspellable:
+            log.warning("lm text %s: %d of %d sentences left out: characters the tokenizer cannot spell",
+                        name, unspellable, len(sentences))
+        sentences = [t for t in spelled if t]
     if not sentences:
         raise LMError(f"{name}: no text left after normalisation")
     counts = Counter(w for s in sentences for w in s.split())
@@ -254,7 +279,18 @@ def build_lm(
         lines=lines,
         text_vocabulary=len(counts),
         oov_rate=oov / words,
+        unspellable=unspellable,
     )
+
+
+def token_sentence(text: str, tokenizer: Tokenizer) -> str | None:
+    """A normalised sentence as the LM text of a token-level LM: its tokens, space-separated
+    ("c a t | o n" for characters, "▁the ▁c at" for word pieces); None if the tokenizer
+    cannot spell it. The decoder reads the LM's words as tokens
+    (:func:`asr.decode.lm_files.is_token_level_lm`)."""
+    if tokenizer.unknown_chars(text):
+        return None
+    return " ".join(tokenizer.tokens[i] for i in tokenizer.encode(text))
 
 
 def _vocabulary_limit(counts: Counter[str], vocab_size: int | None) -> list[str] | None:
