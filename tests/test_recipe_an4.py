@@ -71,7 +71,8 @@ def test_seeds_table_lists_each_seed_then_mean_and_sd(tmp_path):
 @pytest.mark.slow
 @pytest.mark.data
 def test_an4_recipe_end_to_end_learns(tmp_path, shared_data):
-    """One command: prepare -> train (a few epochs) -> export -> LMs -> evaluate -> table."""
+    """One command: prepare -> train (a few epochs) -> export -> LMs -> evaluate -> table; then
+    stage 8 (the character LM row)."""
     src = shared_data / "an4"
     if not src.is_dir():
         pytest.skip(f"AN4 not available: {src} does not exist")
@@ -87,3 +88,11 @@ def test_an4_recipe_end_to_end_learns(tmp_path, shared_data):
     # gets under 60% (an untrained one emits nothing: 100%).
     assert test["wer"] < 0.6, f"test WER {test['wer']:.3f}"
     assert test["cer_no_space"] < test["wer"]
+    # Stage 8: the character 6-gram, built over the model's tokens and searched lexicon-free.
+    proc = subprocess.run([*cmd[:cmd.index("--stop-stage")], "--stage", "8", "--stop-stage", "8"],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tuned = json.loads((exp / "lm" / "char6.bin.tune.json").read_text())
+    assert tuned["mode"] == "lexicon-free"
+    chars = json.loads((exp / "eval" / "beam-char-lm" / "test" / "summary.json").read_text())
+    assert chars["num_utterances"] == 130 and chars["wer"] < 0.6

@@ -23,6 +23,7 @@ SYSTEMS = {
     "greedy": "greedy, no LM",
     "beam": "beam, no LM",
     "beam-lm": "beam + word 3-gram of the training transcripts (open vocabulary)",
+    "beam-char-lm": "beam + character 6-gram of the training transcripts, lexicon-free (open vocabulary)",
     "beam-closed-vocab-lm": "beam + the task's closed vocabulary (lists test-only words)",
 }
 
