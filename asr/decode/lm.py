@@ -47,8 +47,8 @@ from asr.text import Tokenizer, normalize_text
 log = logging.getLogger(__name__)
 
 KENLM_BIN_ENV = "KENLM_BIN"  # directory holding lmplz and build_binary
-# KenLM's compile-time KENLM_MAX_ORDER in flashlight-text and the kenlm wheel: lmplz writes
-# higher orders, but neither can load them.
+# KenLM's compile-time KENLM_MAX_ORDER (6 by default) in flashlight-text's decoder and in
+# scripts/build_kenlm.sh's build_binary: lmplz writes higher orders, but neither loads them.
 KENLM_MAX_ORDER = 6
 DEFAULT_LM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
