@@ -2,7 +2,7 @@
 # Streaming models (latency-controlled BiLSTMs, model.chunk_frames) fine-tuned from a recipe's
 # full-context model, and the live-transcription benchmark beside it.
 #
-#   recipes/streaming.sh CORPUS [NC:NR ...]       e.g. recipes/streaming.sh an4 2:2 4:4 8:8
+#   recipes/streaming.sh CORPUS [NC:NR ...]       e.g. recipes/streaming.sh an4 2:2 4:4 2:8 8:8
 #
 # Needs the corpus recipe run through stage 3 (manifests in data/CORPUS, exp/CORPUS/model.asr
 # and its LM exp/CORPUS/lm/3gram.bin). For each chunk NC and right context NR (output frames,
