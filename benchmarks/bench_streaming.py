@@ -21,7 +21,8 @@ model is also measured with beam search + LM. Everything runs on one CPU thread.
   segment's hypothesis, never changes again. Time is simulated real time: 10 ms of audio
   arrive every 10 ms; each piece is processed when it has arrived and the previous one is
   done, for as long as the recognizer really takes on this machine (so a slow model queues
-  up and its latency shows it). p50 and p95 over the words.
+  up and its latency shows it). p50 and p95 over the words; how many were out more than
+  500 ms after their end, and how many only with the segment's final result.
 - **Partial gap**: while a segment has speech, the time between consecutive results (a
   partial every chunk); p95 and max.
 - **RTF**: recognizer compute time / audio time, over the whole manifest.
@@ -67,6 +68,7 @@ class Run:
     decoder: str
     hyps: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, per matched word
+    at_final: int = 0  # matched words that settled only at their segment's final result
     gaps: list[float] = field(default_factory=list)  # seconds between results during speech
     compute: float = 0.0
     audio: float = 0.0
@@ -106,9 +108,10 @@ def stream_utterance(rec: StreamingRecognizer, audio: np.ndarray) -> tuple[list[
     return timed, compute
 
 
-def emission_times(timed: list[tuple[float, StreamResult]]) -> list[tuple[str, float]]:
-    """(word, the moment its final text was out) for each word of the final results."""
-    out: list[tuple[str, float]] = []
+def emission_times(timed: list[tuple[float, StreamResult]]) -> list[tuple[str, float, bool]]:
+    """(word, the moment its final text was out, whether that was the segment's final result
+    itself) for each word of the final results."""
+    out: list[tuple[str, float, bool]] = []
     segment: list[tuple[float, StreamResult]] = []
     for t, r in timed:
         segment.append((t, r))
@@ -123,7 +126,7 @@ def emission_times(timed: list[tuple[float, StreamResult]]) -> list[tuple[str, f
                     settled = t_k
                 else:
                     break
-            out.append((word, settled))
+            out.append((word, settled, settled == t))
         segment = []
     return out
 
@@ -161,10 +164,12 @@ def measure(name: str, package: ModelPackage, options: DecodingOptions, audios: 
         run.gaps += result_gaps(timed)
         emitted = emission_times(timed)
         ref_words = [w for w, _ in ends]
-        matcher = difflib.SequenceMatcher(a=ref_words, b=[w for w, _ in emitted], autojunk=False)
+        matcher = difflib.SequenceMatcher(a=ref_words, b=[w for w, _, _ in emitted], autojunk=False)
         for block in matcher.get_matching_blocks():
             for k in range(block.size):
-                run.latencies.append(emitted[block.b + k][1] - ends[block.a + k][1])
+                _, out_at, at_final = emitted[block.b + k]
+                run.latencies.append(out_at - ends[block.a + k][1])
+                run.at_final += at_final
     return run
 
 
@@ -303,7 +308,9 @@ def main() -> int:
             rec = StreamingRecognizer(package, opts)
             row = {"model": name, "decoder": run.decoder, "wer": score.wer, "ci": [ci.low, ci.high],
                    "latency_s": rec.latency_s, "same_as_offline": f"{run.same}/{len(utts)}",
-                   "words_timed": len(run.latencies), "emission_p50_ms": 1000 * pct(run.latencies, 50),
+                   "words_timed": len(run.latencies), "settled_at_final": run.at_final,
+                   "out_after_500ms": sum(lat > 0.5 for lat in run.latencies),
+                   "emission_p50_ms": 1000 * pct(run.latencies, 50),
                    "emission_p95_ms": 1000 * pct(run.latencies, 95), "gap_p95_ms": 1000 * pct(run.gaps, 95),
                    "gap_max_ms": 1000 * max(run.gaps, default=float("nan")), "rtf": run.compute / run.audio}
             rows.append(row)
@@ -316,16 +323,17 @@ def main() -> int:
     print(f"\n{args.manifest}: {len(utts)} utterances, {sum(len(r.split()) for r in refs)} words; one CPU thread; "
           f"torch {torch.__version__}")
     print("| model | algorithmic latency | decoder | WER [95% CI] | same as offline | emission p50 / p95 | "
-          "partial gap p95 / max | RTF |")
-    print("|---|---|---|---|---|---|---|---|")
+          "words out > 500 ms / only at the final | partial gap p95 / max | RTF |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lat = "whole utterance" if r["latency_s"] is None else f"{1000 * r['latency_s']:.0f} ms"
         if r["latency_s"] is None:
             print(f"| {r['model']} | {lat} | {r['decoder']} | {r['wer']:.2%} [{r['ci'][0]:.2%}, {r['ci'][1]:.2%}] "
-                  "| | | | |")
+                  "| | | | | |")
             continue
         print(f"| {r['model']} | {lat} | {r['decoder']} | {r['wer']:.2%} [{r['ci'][0]:.2%}, {r['ci'][1]:.2%}] | "
               f"{r['same_as_offline']} | {r['emission_p50_ms']:.0f} / {r['emission_p95_ms']:.0f} ms | "
+              f"{r['out_after_500ms']} / {r['settled_at_final']} of {r['words_timed']} | "
               f"{r['gap_p95_ms']:.0f} / {r['gap_max_ms']:.0f} ms | {r['rtf']:.3f} |")
     if hour is not None:
         print(f"\nlong stream ({hour['model']}, {hour['decoder']}): {hour['seconds'] / 60:.0f} min of audio, "

@@ -24,3 +24,21 @@ def test_streaming_benchmark_dry_run(tmp_path: Path) -> None:
     assert [r["decoder"] for r in streamed] == ["greedy", "beam+LM"]
     assert all(r["same_as_offline"] == "3/3" for r in streamed)  # streaming computes the offline result
     assert result["hour"]["seconds"] >= 5 and result["hour"]["finals"] >= 1
+
+
+def test_emission_time_is_when_a_word_stops_changing() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_streaming import emission_times
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from asr.infer.streaming import StreamResult, StreamWord
+
+    def partial(text: str) -> StreamResult:
+        return StreamResult(False, text, (), 0.0, 0.0)
+
+    final = StreamResult(True, "fifty nine", (StreamWord("fifty", 0.1, 0.5), StreamWord("nine", 0.6, 0.9)), 0.0, 0.0)
+    timed = [(0.3, partial("fif")), (0.6, partial("fifty")), (0.8, partial("fifty fi")),
+             (1.0, partial("fifty five")), (1.1, partial("fifty five")), (1.6, final)]
+    # "fifty" is out at 0.6 and never changes again; "nine" only comes with the final.
+    assert emission_times(timed) == [("fifty", 0.6, False), ("nine", 1.6, True)]

@@ -123,6 +123,13 @@ def test_token_sentence_spells_words_with_the_boundary_token():
     assert lm_mod.token_sentence("cut xyz", TOK) is None  # "x", "z" are not tokens
 
 
+def test_token_level_lm_of_text_the_tokenizer_cannot_spell_is_an_error(tmp_path):
+    src = tmp_path / "greek.txt"
+    src.write_text("the fox\nxyz\n", encoding="utf-8")
+    with pytest.raises(LMError, match=r"greek.txt: no sentence the tokenizer can spell \(2 left out\)"):
+        build_lm(src, 3, tmp_path / "lm.arpa", kenlm_bin=fake_tools(tmp_path / "bin"), tokenizer=TOK)
+
+
 @needs_kenlm
 def test_token_level_lm_is_lexicon_free_and_spells_unseen_words(tmp_path, caplog):
     src = tmp_path / "corpus.txt"

@@ -210,6 +210,8 @@ def build_lm(
             log.warning("lm text %s: %d of %d sentences left out: characters the tokenizer cannot spell",
                         name, unspellable, len(sentences))
         sentences = [t for t in spelled if t]
+        if not sentences and unspellable:
+            raise LMError(f"{name}: no sentence the tokenizer can spell ({unspellable} left out)")
     if not sentences:
         raise LMError(f"{name}: no text left after normalisation")
     counts = Counter(w for s in sentences for w in s.split())
