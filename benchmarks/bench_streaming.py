@@ -150,9 +150,10 @@ def word_ends(full: ModelPackage, emissions: torch.Tensor, text: str) -> list[tu
 
 
 def measure(name: str, package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray],
-            refs_end: list[list[tuple[str, float]]], offline: list[str], endpoint_s: float = DEFAULT_ENDPOINT_S) -> Run:
-    rec = StreamingRecognizer(package, options, endpoint_s=endpoint_s)
-    run = Run(name, "beam+LM" if options.decoder == "beam" else "greedy")
+            refs_end: list[list[tuple[str, float]]], offline: list[str], endpoint_s: float = DEFAULT_ENDPOINT_S,
+            commit_s: float | None = None) -> Run:
+    rec = StreamingRecognizer(package, options, endpoint_s=endpoint_s, commit_s=commit_s)
+    run = Run(name, decoder_name(options, commit_s))
     for audio, ends, want in zip(audios, refs_end, offline):
         timed, compute = stream_utterance(rec, audio)
         run.compute += compute
@@ -178,11 +179,19 @@ def offline_texts(package: ModelPackage, options: DecodingOptions, emissions: li
     return [h.text for h in decode_emissions(decoder, emissions)]
 
 
-def options_for(lm: str | None) -> list[DecodingOptions]:
-    opts = [DecodingOptions()]
+def options_for(lm: str | None, commits: list[float] | None = None) -> list[tuple[DecodingOptions, float | None]]:
+    """Greedy; with an LM, beam + LM, and beam + LM fixing words after each of ``commits`` s."""
+    opts: list[tuple[DecodingOptions, float | None]] = [(DecodingOptions(), None)]
     if lm is not None:
-        opts.append(DecodingOptions(decoder="beam", lm=lm))
+        beam = DecodingOptions(decoder="beam", lm=lm)
+        opts += [(beam, None)] + [(beam, c) for c in commits or []]
     return opts
+
+
+def decoder_name(options: DecodingOptions, commit_s: float | None = None) -> str:
+    if options.decoder != "beam":
+        return "greedy"
+    return "beam+LM" if commit_s is None else f"beam+LM, words fixed after {1000 * commit_s:.0f} ms"
 
 
 def hour_stream(package: ModelPackage, options: DecodingOptions, audios: list[np.ndarray], seconds: float,
@@ -264,6 +273,9 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="first N utterances only")
     p.add_argument("--endpoint", type=float, default=DEFAULT_ENDPOINT_S,
                    help=f"seconds of blank output that end a segment (default {DEFAULT_ENDPOINT_S})")
+    p.add_argument("--commit", type=float, nargs="*", default=[],
+                   help="also beam + LM with words fixed this many seconds after their end (StreamingRecognizer's "
+                        "commit_s), one row each")
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--dry-run", action="store_true", help="tiny random models on noise: checks the script runs")
     args = p.parse_args()
@@ -273,6 +285,7 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory()
         args.full, args.stream, args.manifest = dry_run_models(Path(tmp.name))
         args.hour = args.hour or 5.0
+        args.commit = args.commit or [0.1]
     if not (args.manifest and args.full and args.stream):
         p.error("--manifest, --full and --stream are required (or --dry-run)")
 
@@ -287,7 +300,7 @@ def main() -> int:
     full_em = forward_batch(full, [torch.from_numpy(a) for a in audios])
     ends = [word_ends(full, e, r) for e, r in zip(full_em, refs)]
     rows = []
-    for opts in options_for(full_lm):
+    for opts, _ in options_for(full_lm):
         hyps = offline_texts(full, opts, full_em)
         score = score_corpus(refs, hyps)
         ci = bootstrap_ci(*score.word_arrays())
@@ -300,13 +313,16 @@ def main() -> int:
         package = load_package(path)
         em = forward_batch(package, [torch.from_numpy(a) for a in audios])
         if first is None:
-            first = (name, package, options_for(lm)[-1])
-        for opts in options_for(lm):
-            run = measure(name, package, opts, audios, ends, offline_texts(package, opts, em), args.endpoint)
+            first = (name, package, options_for(lm)[-1][0])
+        offline = {}
+        for opts, commit in options_for(lm, args.commit):
+            if opts.decoder not in offline:
+                offline[opts.decoder] = offline_texts(package, opts, em)
+            run = measure(name, package, opts, audios, ends, offline[opts.decoder], args.endpoint, commit)
             score = score_corpus(refs, run.hyps)
             ci = bootstrap_ci(*score.word_arrays())
             rec = StreamingRecognizer(package, opts)
-            row = {"model": name, "decoder": run.decoder, "wer": score.wer, "ci": [ci.low, ci.high],
+            row = {"model": name, "decoder": run.decoder, "commit_s": commit, "wer": score.wer, "ci": [ci.low, ci.high],
                    "latency_s": rec.latency_s, "same_as_offline": f"{run.same}/{len(utts)}",
                    "words_timed": len(run.latencies), "settled_at_final": run.at_final,
                    "out_after_500ms": sum(lat > 0.5 for lat in run.latencies),

@@ -533,3 +533,81 @@ def test_lexicon_stream_partial_shows_the_word_being_spelled(tmp_path):
     assert final.text == "cat on"
     lp, lens = batch(spoken)
     assert dec(lp, lens)[0][0].text == final.text
+
+
+def arpa_bigrams(path, unigrams: dict[str, float], bigrams: dict[str, float]) -> str:
+    """An ARPA bigram model: log10 unigram probabilities (backoff 0) and the given bigrams."""
+    uni = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.5, **unigrams}
+    lines = ["", "\\data\\", f"ngram 1={len(uni)}", f"ngram 2={len(bigrams)}", ""]
+    lines += ["\\1-grams:"] + [f"{p}\t{w}\t0" for w, p in uni.items()] + [""]
+    lines += ["\\2-grams:"] + [f"{p}\t{w}" for w, p in bigrams.items()]
+    lines += ["", "\\end\\", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return str(path)
+
+
+# "c ? t | o n": the vowel is a or o, equally; alone the LM prefers "cat", but after it
+# "on" makes "cot on" far likelier, so the search changes the first word once "on" ends.
+COT_ON = ["-", "c", "c", "-", {"a": 0.45, "o": 0.45}, "t", "|", "|", "o", "-", "n", "n", "-"]
+
+
+def cot_on_decoder(tmp_path) -> BeamSearchDecoder:
+    lm = arpa_bigrams(tmp_path / "lm.arpa", {"cat": -0.5, "cot": -1.0, "on": -0.5},
+                      {"<s> cat": -0.5, "<s> cot": -1.0, "cat on": -3.0, "cot on": -0.1,
+                       "on </s>": -0.1})
+    return BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+
+
+def stream_partials(stream, spoken: torch.Tensor) -> list[str]:
+    out = []
+    for t in range(spoken.shape[0]):
+        stream.step(spoken[t : t + 1])
+        out.append(stream.partial().text)
+    return out
+
+
+def test_stream_commit_fixes_words_the_lm_would_change_later(tmp_path):
+    dec = cot_on_decoder(tmp_path)
+    spoken = frames(COT_ON)
+    lp, lens = batch(spoken)
+    assert dec(lp, lens)[0][0].text == "cot on"  # offline: "on" turns "cat" into "cot"
+
+    free = dec.stream()  # no commit: the partials say "cat" until the LM revises it
+    partials = stream_partials(free, spoken)
+    assert partials[6] == "cat"
+    assert free.finish().text == "cot on"
+
+    late = dec.stream(commit_frames=100)  # never reached: the same as no commit
+    stream_partials(late, spoken)
+    assert late.finish().text == "cot on"
+
+    fixed = dec.stream(commit_frames=0)  # "cat" is fixed as soon as its "|" starts
+    partials = stream_partials(fixed, spoken)
+    assert all(p.startswith("cat") for p in partials[6:]), partials
+    final = fixed.finish()
+    assert final.text == "cat on"  # the best hypothesis in the beam that keeps "cat"
+    assert [(w.word, w.start, w.end) for w in final.words] == [("cat", 1, 6), ("on", 8, 12)]
+
+
+def test_stream_commit_splices_when_no_hypothesis_keeps_the_fixed_words(tmp_path):
+    """If the beam has dropped every hypothesis that reads the fixed words, the output is the
+    fixed words, a "|", and the best hypothesis' tokens after them."""
+    from types import SimpleNamespace
+
+    stream = cot_on_decoder(tmp_path).stream(commit_frames=0)
+    ids = {t: i for i, t in enumerate(TOK.tokens)}
+    path = lambda s: [ids["|"]] + [ids["<blank>" if c == "-" else c] for c in s] + [ids["|"]]  # noqa: E731
+    stream.frames = 9
+    stream._fixed = ([ids["c"], ids["a"], ids["t"]], [0, 1, 2], [1, 2, 3])
+    stream._fixed_end = 3
+    # The best reads "cot" and its "|" starts inside the fixed part; the other one agrees.
+    best = SimpleNamespace(tokens=path("co|--on--"), score=-1.0)
+    agree = SimpleNamespace(tokens=path("cat|-an--"), score=-2.0)
+    hyp, _ = stream._read([agree, best])
+    assert hyp.text == "cat an"  # the best that agrees
+    hyp, ends = stream._read([best])
+    assert hyp.text == "cat on"  # spliced: fixed "cat", a "|", then the best's "on"
+    assert hyp.timesteps == [0, 1, 2, 3, 5, 6] and ends == [1, 2, 3, 3, 6, 7]
+    # A path that reads one word across the fixed end still gets the "|" after the fixed words.
+    across = SimpleNamespace(tokens=path("ca-tton--"), score=-1.0)
+    assert stream._read([across])[0].text == "cat ton"

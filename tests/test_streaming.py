@@ -111,6 +111,28 @@ def test_beam_with_lm_streams_as_it_decodes_offline(stream_package, tmp_path) ->
 
 
 @pytest.mark.slow
+def test_commit_keeps_every_word_once_it_is_followed_by_another(stream_package, tmp_path) -> None:
+    """commit_s=0: a word is fixed as soon as a token follows it, so each result's words but
+    the last begin every later result of the same segment, the final included."""
+    lm = arpa_unigrams(tmp_path / "lm.arpa", {"a": -1.0, "b": -1.0, "ab": -1.5, "ba": -1.2})
+    options = DecodingOptions(decoder="beam", lm=lm, beam_size=8, lm_weight=2.0, word_score=1.0)
+    rec = StreamingRecognizer(stream_package, options, endpoint_s=0, commit_s=0.0)
+    assert rec.settings["commit_s"] == 0.0
+    results = _feed(rec, _speechy(1.6, seed=5), 555)
+    assert results and results[-1].final
+    checked = 0
+    for a, b in zip(results, results[1:]):
+        if a.final or a.start != b.start:
+            continue
+        kept = [w.word for w in a.words[:-1]]
+        assert [w.word for w in b.words[: len(kept)]] == kept, (a.text, b.text)
+        checked += bool(kept)
+    assert checked  # the random model does say several words here
+    with pytest.raises(StreamingError, match="commit_s"):
+        StreamingRecognizer(stream_package, options, commit_s=-1.0)
+
+
+@pytest.mark.slow
 def test_endpoints_split_at_pauses_and_memory_state_is_bounded(stream_package) -> None:
     rec = StreamingRecognizer(stream_package, endpoint_s=0.1, max_segment_s=0.5)
     results = _feed(rec, _speechy(1.6, seed=7), 1600)
@@ -159,7 +181,9 @@ def test_cli_stream_errors_are_one_line(stream_package, tmp_path, capsys) -> Non
     for argv, needle in (([full, good, "--stream"], "cannot stream: a full-context BiLSTM"),
                          ([stream_package.info["path"], good, "--stream", "--out", str(tmp_path / "o")],
                           "--out and --format are for batch"),
-                         ([stream_package.info["path"], good, "--realtime"], "need --stream")):
+                         ([stream_package.info["path"], good, "--realtime"], "need --stream"),
+                         ([stream_package.info["path"], good, "--stream", "--commit-seconds", "-1"],
+                          "--commit-seconds must be >= 0")):
         assert main(["transcribe", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err

@@ -45,6 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="sample rate of the raw 16-bit PCM on stdin (default: the model's)")
     group.add_argument("--endpoint-seconds", type=float, default=0.5,
                        help="a final result after this much silence in the model's output (default 0.5)")
+    group.add_argument("--commit-seconds", type=float, metavar="S",
+                       help="beam search: fix each word once S seconds of output after it are decoded, so the LM "
+                            "no longer changes it and no word is out later than the model's latency + S "
+                            "(default: words may change until the final)")
     group.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
 
 
@@ -57,6 +61,8 @@ def validate(args: argparse.Namespace) -> str | None:
         return "--raw-rate must be > 0"
     if args.endpoint_seconds < 0:
         return "--endpoint-seconds must be >= 0"
+    if args.commit_seconds is not None and args.commit_seconds < 0:
+        return "--commit-seconds must be >= 0"
     if sum(1 for p in args.inputs if str(p) == "-") > 1:
         return "stdin ('-') can be given once"
     return None
@@ -133,7 +139,7 @@ def run_stream(args: argparse.Namespace, package: ModelPackage, options: Decodin
     exit 1 at the end. The recognizer is built first: a package that cannot stream, or an
     unusable LM, stops the command with one line (exit 2)."""
     torch.set_num_threads(args.threads or 1)
-    rec = StreamingRecognizer(package, options, endpoint_s=args.endpoint_seconds)
+    rec = StreamingRecognizer(package, options, endpoint_s=args.endpoint_seconds, commit_s=args.commit_seconds)
     printer = Printer(sys.stdout, args.json or not sys.stdout.isatty())
     try:
         failed = _stream_inputs(args, rec, printer)

@@ -228,11 +228,12 @@ class BeamSearchDecoder:
             out.append(hyps or [EMPTY_HYPOTHESIS])
         return out
 
-    def stream(self) -> BeamStream:
+    def stream(self, commit_frames: int | None = None) -> BeamStream:
         """An online search over one stream (flashlight's ``decode_begin / decode_step /
-        decode_end``): the same search as :meth:`__call__` on the concatenated frames. One
-        stream at a time per decoder: flashlight keeps the search state inside it."""
-        return BeamStream(self)
+        decode_end``): the same search as :meth:`__call__` on the concatenated frames (with
+        ``commit_frames``, words are fixed as :class:`BeamStream` says). One stream at a time
+        per decoder: flashlight keeps the search state inside it."""
+        return BeamStream(self, commit_frames)
 
     def _to_hypothesis(self, result: Any, n: int) -> Hypothesis:
         # result.tokens has one entry per decoded frame plus two: a start-of-sentence
@@ -296,13 +297,31 @@ class BeamStream:
     :meth:`step` frames (T, V) in any pieces, :meth:`partial` the best path so far (its
     tokens, words split at "|" or "▁" as greedy decoding does: in lexicon mode the last word
     may be unfinished), :meth:`finish` the final hypothesis, which equals
-    :class:`BeamSearchDecoder` on all the frames at once."""
+    :class:`BeamSearchDecoder` on all the frames at once.
 
-    def __init__(self, decoder: BeamSearchDecoder) -> None:
+    ``commit_frames``: a word of the best path is fixed once the search has decoded this many
+    frames past its end (and the word after it has begun). From then on the partials and the
+    final keep it: the best hypothesis that reads the same up to there, or, if the search has
+    dropped every such one, the fixed words followed by the best hypothesis' tokens after them.
+    This bounds how late the LM can change a word that is already out, at some accuracy (the
+    LM no longer revises a word from what follows it). Flashlight offers no way to prune its
+    beam to a prefix, so the constraint is applied to what is read out of the beam. None (the
+    default): words may change until the final, which then equals the offline search.
+    """
+
+    def __init__(self, decoder: BeamSearchDecoder, commit_frames: int | None = None) -> None:
+        if commit_frames is not None and commit_frames < 0:
+            raise DecoderError(f"commit_frames must be >= 0 (is {commit_frames})")
         self._decoder = decoder
         self._search = decoder._search.decoder
         self._search.decode_begin()
         self.frames = 0
+        self.commit_frames = commit_frames
+        # The fixed prefix: emitted token runs (ids, start frames, end frames), all ending at
+        # or before frame self._fixed_end.
+        self._fixed: tuple[list[int], list[int], list[int]] = ([], [], [])
+        self._fixed_end = 0
+        self._current: tuple[Hypothesis, list[int]] | None = None  # the best path now, its run ends
 
     def step(self, log_probs: Tensor) -> None:
         em = log_probs.detach().to(device="cpu", dtype=torch.float32).contiguous()
@@ -312,22 +331,23 @@ class BeamStream:
         if em.shape[0]:
             self._search.decode_step(em.data_ptr(), em.shape[0], em.shape[1])
             self.frames += em.shape[0]
+            self._current = None
+            if self.commit_frames is not None:
+                self.partial()
+                assert self._current is not None
+                self._fix(*self._current)
 
     def partial(self) -> Hypothesis:
         if not self.frames:
             return EMPTY_HYPOTHESIS
-        # Not get_best_hypothesis(): in lexicon mode flashlight walks it back to the last frame
-        # that completed a word (findBestAncestor), which holds a word back until the "|" after
-        # it, about 300 ms later than greedy shows it, and the last word of a segment until the
-        # final. The current frame's hypotheses (unsorted until decode_end) include the word
-        # being spelled, scored with the LM's look-ahead.
-        current = self._search.get_all_final_hypothesis()
-        if not current:
-            return EMPTY_HYPOTHESIS
-        raw = list(max(current, key=lambda h: h.score).tokens)
-        path = torch.tensor(raw[1 : self.frames + 1], dtype=torch.long)
-        tokens, starts, ends = label_runs(path, self._decoder.tokenizer.blank_id)
-        return make_hypothesis(tokens, starts, split_words(tokens, starts, ends, self._decoder.tokenizer), 0.0)
+        if self._current is None:
+            # Not get_best_hypothesis(): in lexicon mode flashlight walks it back to the last
+            # frame that completed a word (findBestAncestor), which holds a word back until the
+            # "|" after it, about 300 ms later than greedy shows it, and the last word of a
+            # segment until the final. The current frame's hypotheses (unsorted until
+            # decode_end) include the word being spelled, scored with the LM's look-ahead.
+            self._current = self._read(self._search.get_all_final_hypothesis())
+        return self._current[0]
 
     def finish(self) -> Hypothesis:
         """The final hypothesis; the stream is then spent."""
@@ -339,4 +359,64 @@ class BeamStream:
         if not self.frames:
             return EMPTY_HYPOTHESIS
         results = self._search.get_all_final_hypothesis()
-        return self._decoder._to_hypothesis(results[0], self.frames) if results else EMPTY_HYPOTHESIS
+        if not results:
+            return EMPTY_HYPOTHESIS
+        if self.commit_frames is None:
+            return self._decoder._to_hypothesis(results[0], self.frames)
+        return self._read(results)[0]
+
+    def _runs(self, result: Any) -> tuple[list[int], list[int], list[int]]:
+        # result.tokens: one entry per frame, after a start-of-sentence entry (see _to_hypothesis).
+        path = torch.tensor(list(result.tokens)[1 : self.frames + 1], dtype=torch.long)
+        return label_runs(path, self._decoder.tokenizer.blank_id)
+
+    def _read(self, results: list[Any]) -> tuple[Hypothesis, list[int]]:
+        """The best of ``results`` that agrees with the fixed prefix, else the best spliced
+        onto it (see the class docstring); and the end frames of its token runs."""
+        if not results:
+            return EMPTY_HYPOTHESIS, []
+        ranked = sorted(results, key=lambda h: h.score, reverse=True)
+        best = ranked[0]
+        tokens, starts, ends = self._runs(best)
+        if self._fixed_end:
+            fixed_tokens, fixed_starts, fixed_ends = self._fixed
+            # A path agrees when its tokens before the fixed end are the fixed ones (word
+            # delimiters trailing them aside: a path may start the "|" a frame earlier).
+            delim = None if self._decoder._pieces else self._decoder._sil_id
+            for h in ranked:
+                runs = self._runs(h)
+                head = runs[0][: bisect.bisect_left(runs[1], self._fixed_end)]
+                while head and head[-1] == delim:
+                    head = head[:-1]
+                if head == fixed_tokens:
+                    best, (tokens, starts, ends) = h, runs
+                    break
+            # The fixed runs, then this path's runs that start after them (a run that began
+            # inside the fixed part belongs to it: for an agreeing path it is the same token).
+            k = bisect.bisect_left(starts, self._fixed_end)
+            gap: tuple[list[int], list[int]] = ([], [])
+            if delim is not None and tokens[k:] and tokens[k] != delim:
+                # A fixed word is complete, so a "|" follows it: here it began inside the fixed
+                # part, or (a path that disagrees) the path read one word across the fixed end.
+                gap = ([delim], [self._fixed_end])
+            tokens = fixed_tokens + gap[0] + tokens[k:]
+            starts = fixed_starts + gap[1] + starts[k:]
+            ends = fixed_ends + gap[1] + ends[k:]
+        words = split_words(tokens, starts, ends, self._decoder.tokenizer)
+        return make_hypothesis(tokens, starts, words, float(best.score)), ends
+
+    def _fix(self, hyp: Hypothesis, ends: list[int]) -> None:
+        """Fix the words of ``hyp`` that ended ``commit_frames`` or more frames ago and have a
+        token after them (so they are complete)."""
+        assert self.commit_frames is not None
+        if not hyp.tokens:
+            return
+        last_start = hyp.timesteps[-1]
+        end = self._fixed_end
+        for w in hyp.words:
+            if w.end <= self.frames - self.commit_frames and w.end <= last_start:
+                end = max(end, w.end)
+        if end > self._fixed_end:
+            k = bisect.bisect_right(ends, end)
+            self._fixed = (hyp.tokens[:k], hyp.timesteps[:k], ends[:k])
+            self._fixed_end = end

@@ -87,10 +87,12 @@ def make_decoder(package: ModelPackage, options: DecodingOptions | None = None) 
                    joint_emissions=isinstance(beam, TwoHeadDecoder)), settings
 
 
-def make_stream_decoder(package: ModelPackage, options: DecodingOptions | None = None
+def make_stream_decoder(package: ModelPackage, options: DecodingOptions | None = None,
+                        commit_frames: int | None = None
                         ) -> tuple[Callable[[], GreedyStream | BeamStream], dict[str, Any]]:
     """For streaming: a function that starts the decoding of one stream segment (greedy, or
-    flashlight's incremental beam search with the LM), and the decoder's settings. Weights
+    flashlight's incremental beam search with the LM, fixing words ``commit_frames`` after
+    their end: :class:`asr.decode.beam.BeamStream`), and the decoder's settings. Weights
     as :func:`make_decoder` resolves them; two-head decoding (``phone_weight``) does not
     stream: asked for, it is a DecoderError, tuned beside the LM, it is left out."""
     options = options or DecodingOptions()
@@ -109,7 +111,7 @@ def make_stream_decoder(package: ModelPackage, options: DecodingOptions | None =
     settings = beam.settings()
     if tuned is not None:
         settings["tuned_weights"] = f"{options.lm}{LM_TUNE_SUFFIX}"
-    return beam.stream, settings
+    return (lambda: beam.stream(commit_frames)), settings
 
 
 def decode_emissions(

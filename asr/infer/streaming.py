@@ -171,6 +171,10 @@ class StreamingRecognizer:
         endpoint_s: a segment ends after this much blank output following speech (0: only at
             ``max_segment_s`` and at :meth:`flush`).
         max_segment_s: a segment ends after this long regardless (bounds the search's memory).
+        commit_s: beam search only: fix each word once the search has decoded this many
+            seconds of output after it; the LM can no longer change it, so no word comes out
+            later than about ``latency_s + commit_s`` after its end, at some accuracy (None:
+            words may change until the segment's final; greedy words never change).
 
     Raises:
         StreamingError: the package cannot stream.
@@ -178,12 +182,14 @@ class StreamingRecognizer:
     """
 
     def __init__(self, package: ModelPackage, options: DecodingOptions | None = None,
-                 endpoint_s: float = DEFAULT_ENDPOINT_S, max_segment_s: float = DEFAULT_MAX_SEGMENT_S) -> None:
+                 endpoint_s: float = DEFAULT_ENDPOINT_S, max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
+                 commit_s: float | None = None) -> None:
         why = streaming_problem(package)
         if why:
             raise StreamingError(f"{package.info.get('path', 'this package')}: cannot stream: {why}")
-        if endpoint_s < 0 or max_segment_s <= 0:
-            raise StreamingError(f"endpoint_s must be >= 0 and max_segment_s > 0 (are {endpoint_s}, {max_segment_s})")
+        if endpoint_s < 0 or max_segment_s <= 0 or (commit_s is not None and commit_s < 0):
+            raise StreamingError(f"endpoint_s and commit_s must be >= 0 and max_segment_s > 0 "
+                                 f"(are {endpoint_s}, {commit_s}, {max_segment_s})")
         self.package = package
         self.model: AcousticModel = package.model
         m = package.config.model
@@ -193,7 +199,10 @@ class StreamingRecognizer:
         self.frame_shift = package.frame_shift  # seconds per output frame
         self.endpoint_frames = int(round(endpoint_s / self.frame_shift)) if endpoint_s > 0 else 0
         self.max_segment_frames = max(1, int(round(max_segment_s / self.frame_shift)))
-        self._new_search, self.settings = make_stream_decoder(package, options)
+        self.commit_frames = None if commit_s is None else int(round(commit_s / self.frame_shift))
+        self._new_search, self.settings = make_stream_decoder(package, options, self.commit_frames)
+        if self.commit_frames is not None and self.settings["decoder"] != "greedy":
+            self.settings["commit_s"] = commit_s
         tokens = package.tokenizer.tokens
         self._silent = {package.tokenizer.blank_id}
         if package.tokenizer.word_delimiter in tokens:
