@@ -24,11 +24,12 @@ from typing import Any
 from asr.files import atomic_write_text
 
 # Rows and columns in this order; anything else found is appended alphabetically.
-SYSTEM_ORDER = ("greedy", "beam", "beam-lm", "beam-lm-chars", "beam-char-lm")
+SYSTEM_ORDER = ("greedy", "beam", "beam-lm", "beam-lm-chars", "beam-char-lm", "beam-lm-numbers")
 SPLIT_ORDER = ("dev", "test")
 SYSTEM_NAMES = {"greedy": "greedy", "beam": "beam", "beam-lm": "beam + 3-gram LM",
                 "beam-lm-chars": "beam + 3-gram LM, character head alone",
-                "beam-char-lm": "beam + character 6-gram LM, lexicon-free"}
+                "beam-char-lm": "beam + character 6-gram LM, lexicon-free",
+                "beam-lm-numbers": "beam + 3-gram LM with number and date words"}
 
 
 class ResultsError(ValueError):

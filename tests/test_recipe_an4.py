@@ -72,7 +72,7 @@ def test_seeds_table_lists_each_seed_then_mean_and_sd(tmp_path):
 @pytest.mark.data
 def test_an4_recipe_end_to_end_learns(tmp_path, shared_data):
     """One command: prepare -> train (a few epochs) -> export -> LMs -> evaluate -> table; then
-    stage 8 (the character LM row)."""
+    stages 8 and 9 (the character LM row, the word LM with the number and date words)."""
     src = shared_data / "an4"
     if not src.is_dir():
         pytest.skip(f"AN4 not available: {src} does not exist")
@@ -89,10 +89,15 @@ def test_an4_recipe_end_to_end_learns(tmp_path, shared_data):
     assert test["wer"] < 0.6, f"test WER {test['wer']:.3f}"
     assert test["cer_no_space"] < test["wer"]
     # Stage 8: the character 6-gram, built over the model's tokens and searched lexicon-free.
-    proc = subprocess.run([*cmd[:cmd.index("--stop-stage")], "--stage", "8", "--stop-stage", "8"],
+    proc = subprocess.run([*cmd[:cmd.index("--stop-stage")], "--stage", "8", "--stop-stage", "9"],
                           capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tuned = json.loads((exp / "lm" / "char6.bin.tune.json").read_text())
     assert tuned["mode"] == "lexicon-free"
     chars = json.loads((exp / "eval" / "beam-char-lm" / "test" / "summary.json").read_text())
     assert chars["num_utterances"] == 130 and chars["wer"] < 0.6
+    # Stage 9: the word 3-gram knows the number and date words the transcripts lack.
+    vocab = set((exp / "lm" / "3gram-numbers.bin.vocab").read_text().split())
+    assert {"eighteen", "thirteen", "november", "sixth"} <= vocab
+    numbers = json.loads((exp / "eval" / "beam-lm-numbers" / "test" / "summary.json").read_text())
+    assert numbers["num_utterances"] == 130 and numbers["wer"] < 0.6

@@ -24,6 +24,8 @@ SYSTEMS = {
     "beam": "beam, no LM",
     "beam-lm": "beam + word 3-gram of the training transcripts (open vocabulary)",
     "beam-char-lm": "beam + character 6-gram of the training transcripts, lexicon-free (open vocabulary)",
+    "beam-lm-numbers": "beam + word 3-gram of the training transcripts and the English number and date words "
+                       "(open vocabulary, external text)",
     "beam-closed-vocab-lm": "beam + the task's closed vocabulary (lists test-only words)",
 }
 
