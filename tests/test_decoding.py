@@ -611,23 +611,3 @@ def test_stream_commit_splices_when_no_hypothesis_keeps_the_fixed_words(tmp_path
     # A path that reads one word across the fixed end still gets the "|" after the fixed words.
     across = SimpleNamespace(tokens=path("ca-tton--"), score=-1.0)
     assert stream._read([across])[0].text == "cat ton"
-
-
-def test_stream_commit_fixes_a_last_word_once_blanks_follow_it(tmp_path):
-    """The segment's last word has no token after it: it is fixed once ``commit_frames``
-    blank frames followed it, if it is a whole lexicon word. Here the sentence end would
-    otherwise change it at the final."""
-    lm = arpa_bigrams(tmp_path / "lm.arpa", {"cat": -0.5, "cot": -1.0, "ca": -3.0},
-                      {"<s> cat": -0.5, "<s> cot": -1.0, "cat </s>": -3.0, "cot </s>": -0.1})
-    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
-    spoken = frames(["-", "c", "c", "-", {"a": 0.45, "o": 0.45}, "t", "-", "-", "-", "-"])
-    free = dec.stream()
-    assert stream_partials(free, spoken)[-1] == "cat"
-    assert free.finish().text == "cot"  # "</s>" prefers "cot"
-    fixed = dec.stream(commit_frames=3)
-    partials = stream_partials(fixed, spoken)
-    assert fixed._fixed_end == 6 and partials[-1] == "cat"  # fixed after 3 blanks
-    assert fixed.finish().text == "cat"
-    early = dec.stream(commit_frames=3)  # "ca" is not a whole word yet when 3 frames old
-    stream_partials(early, spoken[:6])
-    assert early._fixed_end == 0

@@ -300,8 +300,7 @@ class BeamStream:
     :class:`BeamSearchDecoder` on all the frames at once.
 
     ``commit_frames``: a word of the best path is fixed once the search has decoded this many
-    frames past its end, if it is complete: the word after it has begun, or (the last word so
-    far) blanks followed it and it is a whole word. From then on the partials and the
+    frames past its end (and the word after it has begun). From then on the partials and the
     final keep it: the best hypothesis that reads the same up to there, or, if the search has
     dropped every such one, the fixed words followed by the best hypothesis' tokens after them.
     This bounds how late the LM can change a word that is already out, at some accuracy (the
@@ -407,27 +406,17 @@ class BeamStream:
         return make_hypothesis(tokens, starts, words, float(best.score)), ends
 
     def _fix(self, hyp: Hypothesis, ends: list[int]) -> None:
-        """Fix the words of ``hyp`` that ended ``commit_frames`` or more frames ago and are
-        complete: a token follows them, or (the last word) one or more blanks followed and it
-        is a whole word (of the lexicon, in lexicon mode)."""
+        """Fix the words of ``hyp`` that ended ``commit_frames`` or more frames ago and have a
+        token after them (so they are complete)."""
         assert self.commit_frames is not None
         if not hyp.tokens:
             return
         last_start = hyp.timesteps[-1]
         end = self._fixed_end
-        for i, w in enumerate(hyp.words):
-            if w.end > self.frames - self.commit_frames:
-                break  # words are in time order: the later ones are more recent still
-            # The last word: at least one blank after it, or it may still be growing.
-            last = i == len(hyp.words) - 1 and w.end < self.frames and self._whole_word(w.word)
-            if w.end <= last_start or last:
+        for w in hyp.words:
+            if w.end <= self.frames - self.commit_frames and w.end <= last_start:
                 end = max(end, w.end)
         if end > self._fixed_end:
             k = bisect.bisect_right(ends, end)
             self._fixed = (hyp.tokens[:k], hyp.timesteps[:k], ends[:k])
             self._fixed_end = end
-
-    def _whole_word(self, word: str) -> bool:
-        if not self._decoder._lexicon_mode:  # lexicon-free: any spelling is a word
-            return True
-        return bool(self._decoder._search.word_dict.contains(word))
