@@ -41,17 +41,21 @@ def arpa_unigrams(path, probs: dict[str, float]) -> str:
 
     KenLM refuses order-1 models, so it is a bigram model whose only bigrams repeat the
     unigram probabilities after <s>."""
-    entries = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.5, **probs}
-    bigrams = {w: p for w, p in entries.items() if w != "<s>"}
-    lines = ["", "\\data\\", f"ngram 1={len(entries)}", f"ngram 2={len(bigrams)}", ""]
-    lines += ["\\1-grams:"] + [f"{p}\t{w}\t0" for w, p in entries.items()] + [""]
-    lines += ["\\2-grams:"] + [f"{p}\t<s> {w}" for w, p in bigrams.items()]
+    after_start = {"<unk>": -2.0, "</s>": -0.5, **probs}
+    return arpa_bigrams(path, probs, {f"<s> {w}": p for w, p in after_start.items()})
+
+
+def arpa_bigrams(path, unigrams: dict[str, float], bigrams: dict[str, float]) -> str:
+    """An ARPA bigram model: log10 unigram probabilities (backoff 0) and the given bigrams."""
+    uni = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.5, **unigrams}
+    lines = ["", "\\data\\", f"ngram 1={len(uni)}", f"ngram 2={len(bigrams)}", ""]
+    lines += ["\\1-grams:"] + [f"{p}\t{w}\t0" for w, p in uni.items()] + [""]
+    lines += ["\\2-grams:"] + [f"{p}\t{w}" for w, p in bigrams.items()]
     lines += ["", "\\end\\", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return str(path)
 
 
-# "cat|on": c c - a | o - n n  plus blanks around
 CAT_ON = ["-", "c", "c", "-", "a", "t", "|", "|", "o", "-", "n", "n", "-"]
 
 
@@ -534,16 +538,6 @@ def test_lexicon_stream_partial_shows_the_word_being_spelled(tmp_path):
     lp, lens = batch(spoken)
     assert dec(lp, lens)[0][0].text == final.text
 
-
-def arpa_bigrams(path, unigrams: dict[str, float], bigrams: dict[str, float]) -> str:
-    """An ARPA bigram model: log10 unigram probabilities (backoff 0) and the given bigrams."""
-    uni = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.5, **unigrams}
-    lines = ["", "\\data\\", f"ngram 1={len(uni)}", f"ngram 2={len(bigrams)}", ""]
-    lines += ["\\1-grams:"] + [f"{p}\t{w}\t0" for w, p in uni.items()] + [""]
-    lines += ["\\2-grams:"] + [f"{p}\t{w}" for w, p in bigrams.items()]
-    lines += ["", "\\end\\", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return str(path)
 
 
 # "c ? t | o n": the vowel is a or o, equally; alone the LM prefers "cat", but after it

@@ -26,6 +26,22 @@ parse_recipe_args an4 "$@"
 # On AN4's dev set the best LM weight sat at the default grid's edge (2.0): a wider grid.
 LM_TUNE_ARGS=(--lm-weights "0.5,1,1.5,2,2.5,3,4" "--word-scores=-1,0,1,2,3")
 
+# lm_row NAME LM [asr lm tune options]: LM's weights tuned on dev for this model, then beam + LM
+# on dev and test into $EXP/eval/NAME, and the results table (stages 7-9).
+lm_row() {
+  local name=$1 lm=$2 split out
+  shift 2
+  step --after "$EXP/model.asr" --after "$lm" "$lm.tune.json" "$ASR" lm tune "$EXP/model.asr" \
+    "$MANIFESTS/dev.jsonl" --lm "$lm" ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} "$@"
+  for split in dev test; do
+    out=$EXP/eval/$name/$split
+    step --after "$EXP/model.asr" --after "$lm" --after "$lm.tune.json" "$out/summary.json" \
+      "$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" --decoder beam \
+      ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} --lm "$lm"
+  done
+  results_stage "AN4"
+}
+
 if stage 0 "prepare an4 from $DATA -> $MANIFESTS"; then
   step "$MANIFESTS/summary.json" "$ASR" prepare an4 --src "$DATA" --out "$MANIFESTS"
 fi
@@ -46,15 +62,7 @@ if stage 7 "beam + the task's closed-vocabulary LM (the words of $DATA/etc/an4.d
   step --after "$DATA/etc/an4.dic" --after "$ASR_ROOT/recipes/an4/closed_lm.py" "$closed" \
     "$PYTHON" "$ASR_ROOT/recipes/an4/closed_lm.py" \
     "$DATA/etc/an4.dic" --out "$closed"
-  step --after "$EXP/model.asr" --after "$closed" "$closed.tune.json" "$ASR" lm tune "$EXP/model.asr" \
-    "$MANIFESTS/dev.jsonl" --lm "$closed" ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"}
-  for split in dev test; do
-    out=$EXP/eval/beam-closed-vocab-lm/$split
-    step --after "$EXP/model.asr" --after "$closed" --after "$closed.tune.json" "$out/summary.json" \
-      "$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" --decoder beam \
-      ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} --lm "$closed"
-  done
-  results_stage "AN4"
+  lm_row beam-closed-vocab-lm "$closed"
 fi
 if stage 8 "beam + a character 6-gram of the training transcripts (lexicon-free) on dev and test"; then
   # The word 3-gram's lexicon can only output training words; the character LM scores every
@@ -67,16 +75,7 @@ if stage 8 "beam + a character 6-gram of the training transcripts (lexicon-free)
     mkdir -p "$EXP/lm"
     step --after "$MANIFESTS/train.jsonl" --after "$EXP/model.asr" "$chars" "$ASR" lm build \
       "$MANIFESTS/train.jsonl" --tokens "$EXP/model.asr" --order 6 --out "$chars"
-    step --after "$EXP/model.asr" --after "$chars" "$chars.tune.json" "$ASR" lm tune "$EXP/model.asr" \
-      "$MANIFESTS/dev.jsonl" --lm "$chars" --lm-weights 1,1.5,2,2.5,3 "--word-scores=-4,-3,-2,-1,0,1" \
-      --phone-weights 0 ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"}
-    for split in dev test; do
-      out=$EXP/eval/beam-char-lm/$split
-      step --after "$EXP/model.asr" --after "$chars" --after "$chars.tune.json" "$out/summary.json" \
-        "$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" --decoder beam \
-        ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} --lm "$chars"
-    done
-    results_stage "AN4"
+    lm_row beam-char-lm "$chars" --lm-weights 1,1.5,2,2.5,3 "--word-scores=-4,-3,-2,-1,0,1" --phone-weights 0
   else
     echo "   skip: KenLM tools (lmplz, build_binary) not found; run scripts/build_kenlm.sh or set KENLM_BIN"
   fi
@@ -95,15 +94,7 @@ if stage 9 "beam + a word 3-gram of the training transcripts and the English num
     mkdir -p "$EXP/lm"
     step --after "$MANIFESTS/train.jsonl" --after "$words" "$ext" "$ASR" lm build \
       "$MANIFESTS/train.jsonl" "$words" --order 3 --out "$ext"
-    step --after "$EXP/model.asr" --after "$ext" "$ext.tune.json" "$ASR" lm tune "$EXP/model.asr" \
-      "$MANIFESTS/dev.jsonl" --lm "$ext" ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} "${LM_TUNE_ARGS[@]}"
-    for split in dev test; do
-      out=$EXP/eval/beam-lm-numbers/$split
-      step --after "$EXP/model.asr" --after "$ext" --after "$ext.tune.json" "$out/summary.json" \
-        "$ASR" evaluate "$EXP/model.asr" "$MANIFESTS/$split.jsonl" --out "$out" --decoder beam \
-        ${BEAM_SIZE:+--beam-size "$BEAM_SIZE"} --lm "$ext"
-    done
-    results_stage "AN4"
+    lm_row beam-lm-numbers "$ext" "${LM_TUNE_ARGS[@]}"
   else
     echo "   skip: KenLM tools (lmplz, build_binary) not found; run scripts/build_kenlm.sh or set KENLM_BIN"
   fi
