@@ -20,12 +20,13 @@
 # Environment: BASE (full-context package; default exp/CORPUS/model.asr), STREAM_EXP
 # (default exp/CORPUS-stream), EPOCHS (10), LR (5e-4), SPLIT (test if data/CORPUS has it,
 # else dev), HOUR (seconds of the long stream, 3600; 0 = none), THREADS (1), BENCH (1; 0 = train,
-# export and tune only, e.g. to train several latencies side by side), LM (3gram or char6).
+# export and tune only, e.g. to train several latencies side by side), LM (3gram or char6),
+# COMMIT (seconds, e.g. "0.1 0.4": beam + LM rows with words fixed that long after their end).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
-  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
   exit $([[ $# -lt 1 ]] && echo 2 || echo 0)
 fi
 corpus=$1
@@ -93,5 +94,6 @@ done
 full="$base"
 [[ -e $lm ]] && full="$base:$lm"
 echo "== benchmark on $data/$split.jsonl"
+# shellcheck disable=SC2086  # COMMIT is a list of seconds: split on purpose
 OMP_NUM_THREADS=1 "$PYTHON" benchmarks/bench_streaming.py --manifest "$data/$split.jsonl" --full "$full" \
-  --stream "${specs[@]}" --hour "${HOUR:-3600}" --json "$out/bench-$split${LM:+-$LM}.json" | tee "$out/bench-$split${LM:+-$LM}.md"
+  --stream "${specs[@]}" --hour "${HOUR:-3600}" ${COMMIT:+--commit $COMMIT} --json "$out/bench-$split${LM:+-$LM}.json" | tee "$out/bench-$split${LM:+-$LM}.md"
