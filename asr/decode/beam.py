@@ -305,8 +305,11 @@ class BeamStream:
     dropped every such one, the fixed words followed by the best hypothesis' tokens after them.
     This bounds how late the LM can change a word that is already out, at some accuracy (the
     LM no longer revises a word from what follows it). Flashlight offers no way to prune its
-    beam to a prefix, so the constraint is applied to what is read out of the beam. None (the
-    default): words may change until the final, which then equals the offline search.
+    beam to a prefix, so the constraint is applied to what is read out of the beam. The last
+    word so far is never fixed: CTC spells a word with blanks between its characters, so blanks
+    after a word ("a" of "about") do not show that it ended (fixing it then took
+    speechocean762 dev from 68.02% to 85.24% WER at 100 ms). None (the default): words may
+    change until the final, which then equals the offline search.
     """
 
     def __init__(self, decoder: BeamSearchDecoder, commit_frames: int | None = None) -> None:
