@@ -5,11 +5,12 @@ streaming packages (latency-controlled BiLSTMs), beside the full-context model.
     python benchmarks/bench_streaming.py --manifest data/an4/test.jsonl \\
         --full exp/an4/seed1/model.asr:exp/an4/seed1/lm/3gram.bin \\
         --stream 160ms=exp/stream/an4-lc22/model.asr:exp/stream/an4-lc22/lm/3gram.bin ... \\
-        [--hour 3600] [--json out.json]
+        [--hour 3600] [--commit 0.1 0.4] [--json out.json]
     python benchmarks/bench_streaming.py --dry-run     # tiny random models on noise (CI)
 
 ``NAME=PACKAGE[:LM]``: with an LM (its tuned weights, ``<lm>.tune.json``, are used) the
-model is also measured with beam search + LM. Everything runs on one CPU thread.
+model is also measured with beam search + LM, and with ``--commit S ...`` with beam + LM
+fixing each word S seconds after its end (one row each). Everything runs on one CPU thread.
 
 - **WER** (corpus, 95% bootstrap CI) of each streaming model's streamed finals, and of the
   full-context model decoded offline; ``same`` counts the utterances whose streamed text
@@ -288,6 +289,8 @@ def main() -> int:
         args.commit = args.commit or [0.1]
     if not (args.manifest and args.full and args.stream):
         p.error("--manifest, --full and --stream are required (or --dry-run)")
+    if any(c < 0 for c in args.commit):
+        p.error("--commit: seconds must be >= 0")
 
     utts = read_manifest(args.manifest)
     if args.limit:

@@ -379,15 +379,17 @@ class BeamStream:
         if not results:
             return EMPTY_HYPOTHESIS, []
         ranked = sorted(results, key=lambda h: h.score, reverse=True)
-        best = ranked[0]
-        tokens, starts, ends = self._runs(best)
-        if self._fixed_end:
+        if not self._fixed_end:
+            best = ranked[0]
+            tokens, starts, ends = self._runs(best)
+        else:
             fixed_tokens, fixed_starts, fixed_ends = self._fixed
             # A path agrees when its tokens before the fixed end are the fixed ones (word
             # delimiters trailing them aside: a path may start the "|" a frame earlier).
             delim = None if self._decoder._pieces else self._decoder._sil_id
+            best, (tokens, starts, ends) = ranked[0], self._runs(ranked[0])  # if none agrees
             for h in ranked:
-                runs = self._runs(h)
+                runs = (tokens, starts, ends) if h is ranked[0] else self._runs(h)
                 head = runs[0][: bisect.bisect_left(runs[1], self._fixed_end)]
                 while head and head[-1] == delim:
                     head = head[:-1]
