@@ -517,10 +517,11 @@ def test_bpe_user_lexicon_also_lets_a_word_hold_its_last_piece(bpe, tmp_path):
     assert h.text == greedy_decode(lp, lens, bpe)[0].text == "the cat on"
 
 
-def test_lexicon_stream_partial_shows_the_word_being_spelled(tmp_path):
-    """The streamed partial is the current best path, unfinished word included: flashlight's
+def test_lexicon_stream_partial_shows_each_word_once_it_is_spelled(tmp_path):
+    """The streamed partial reads as the final would if the stream ended now: a word shows as
+    soon as its spelling is complete, before the "|" after it. (flashlight's
     get_best_hypothesis() walks back to the last completed word, which held every word back
-    until the "|" after it and the last one until the final."""
+    until the "|" after it and the last one until the final.)"""
     lm = arpa_unigrams(tmp_path / "lm.arpa", {"cat": -0.5, "on": -0.5, "cot": -1.0})
     dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
     assert dec.settings()["mode"] == "lexicon"
@@ -531,7 +532,8 @@ def test_lexicon_stream_partial_shows_the_word_being_spelled(tmp_path):
         stream.step(spoken[t : t + 1])
         partials.append(stream.partial().text)
     assert partials[5] == "cat"  # the "t" frame: "cat" before its "|"
-    assert partials[9] == "cat o"  # "o" of the unfinished "on"
+    assert partials[9] == "cat"  # "o" of the unfinished "on" spells no word yet
+    assert partials[10] == "cat on"  # its "n"
     assert partials[-1] == "cat on"
     final = stream.finish()
     assert final.text == "cat on"
@@ -583,6 +585,25 @@ def test_stream_commit_fixes_words_the_lm_would_change_later(tmp_path):
     assert [(w.word, w.start, w.end) for w in final.words] == [("cat", 1, 6), ("on", 8, 12)]
 
 
+def test_stream_partial_reads_as_the_final_would_if_the_stream_ended_now(tmp_path):
+    """While "c?t" is spelled, the trie's look-ahead ranks "cat" first (its unigram is
+    likelier); the sentence's end makes "cot" the final. The partial after the last frame
+    already reads "cot", with the score the final gets: the ranking the final will use."""
+    lm = arpa_bigrams(tmp_path / "lm.arpa", {"cat": -0.5, "cot": -1.0},
+                      {"<s> cat": -0.5, "<s> cot": -1.0, "cat </s>": -3.0, "cot </s>": -0.1})
+    dec = BeamSearchDecoder(TOK, lm=lm, lm_weight=1.0)
+    spoken = frames(["-", "c", "c", "-", {"a": 0.45, "o": 0.45}, "t", "-", "-"])
+    lp, lens = batch(spoken)
+    assert dec(lp, lens)[0][0].text == "cot"
+    stream = dec.stream()
+    partials = stream_partials(stream, spoken)
+    assert partials[:4] == [""] * 4  # no word spelled yet
+    assert partials[5:] == ["cot", "cot", "cot"]  # from the "t" frame on
+    partial = stream.partial()
+    final = stream.finish()
+    assert final.text == "cot" and partial.score == pytest.approx(final.score, abs=1e-4)
+
+
 def test_stream_commit_splices_when_no_hypothesis_keeps_the_fixed_words(tmp_path):
     """If the beam has dropped every hypothesis that reads the fixed words, the output is the
     fixed words, a "|", and the best hypothesis' tokens after them."""
@@ -597,11 +618,11 @@ def test_stream_commit_splices_when_no_hypothesis_keeps_the_fixed_words(tmp_path
     # The best reads "cot" and its "|" starts inside the fixed part; the other one agrees.
     best = SimpleNamespace(tokens=path("co|--on--"), score=-1.0)
     agree = SimpleNamespace(tokens=path("cat|-an--"), score=-2.0)
-    hyp, _ = stream._read([agree, best])
+    hyp, _ = stream._read([(-1.0, best), (-2.0, agree)])
     assert hyp.text == "cat an"  # the best that agrees
-    hyp, ends = stream._read([best])
+    hyp, ends = stream._read([(-1.0, best)])
     assert hyp.text == "cat on"  # spliced: fixed "cat", a "|", then the best's "on"
     assert hyp.timesteps == [0, 1, 2, 3, 5, 6] and ends == [1, 2, 3, 3, 6, 7]
     # A path that reads one word across the fixed end still gets the "|" after the fixed words.
     across = SimpleNamespace(tokens=path("ca-tton--"), score=-1.0)
-    assert stream._read([across])[0].text == "cat ton"
+    assert stream._read([(-1.0, across)])[0].text == "cat ton"

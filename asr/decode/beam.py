@@ -310,6 +310,15 @@ class BeamStream:
     after a word ("a" of "about") do not show that it ended (fixing it then took
     speechocean762 dev from 68.02% to 85.24% WER at 100 ms). None (the default): words may
     change until the final, which then equals the offline search.
+
+    Partials in lexicon mode (characters) rank the beam as :meth:`finish` would if the stream
+    ended now: a hypothesis spelling a lexicon word gets that word's LM score in place of the
+    trie's look-ahead, one in mid-spelling of no word drops out (as at the end, where the
+    closing "|" must complete a word), and each gets the LM's end-of-sentence score. So
+    once the audio of a segment's last word has been decoded, the partial already reads as
+    the final will: without this, the best path mid-search is ranked by look-ahead scores and
+    the last word changed only with the final, after the endpoint's 0.5 s of blanks. Finals
+    are unaffected.
     """
 
     def __init__(self, decoder: BeamSearchDecoder, commit_frames: int | None = None) -> None:
@@ -325,6 +334,10 @@ class BeamStream:
         self._fixed: tuple[list[int], list[int], list[int]] = ([], [], [])
         self._fixed_end = 0
         self._current: tuple[Hypothesis, list[int]] | None = None  # the best path now, its run ends
+        fl = decoder._search
+        self._ended_ranking = decoder._lexicon_mode and not decoder._pieces
+        self._lm, self._spellings = fl.lm, fl.spellings
+        self._lm_scores: dict[tuple[int, ...], tuple[Any, float]] = {(): (fl.lm.start(False), 0.0)}
 
     def step(self, log_probs: Tensor) -> None:
         em = log_probs.detach().to(device="cpu", dtype=torch.float32).contiguous()
@@ -349,7 +362,7 @@ class BeamStream:
             # "|" after it, about 300 ms later than greedy shows it, and the last word of a
             # segment until the final. The current frame's hypotheses (unsorted until
             # decode_end) include the word being spelled, scored with the LM's look-ahead.
-            self._current = self._read(self._search.get_all_final_hypothesis())
+            self._current = self._read(self._rank(self._search.get_all_final_hypothesis()))
         return self._current[0]
 
     def finish(self) -> Hypothesis:
@@ -366,35 +379,88 @@ class BeamStream:
             return EMPTY_HYPOTHESIS
         if self.commit_frames is None:
             return self._decoder._to_hypothesis(results[0], self.frames)
-        return self._read(results)[0]
+        return self._read(sorted(((float(h.score), h) for h in results), key=lambda k: k[0], reverse=True))[0]
 
     def _runs(self, result: Any) -> tuple[list[int], list[int], list[int]]:
         # result.tokens: one entry per frame, after a start-of-sentence entry (see _to_hypothesis).
         path = torch.tensor(list(result.tokens)[1 : self.frames + 1], dtype=torch.long)
         return label_runs(path, self._decoder.tokenizer.blank_id)
 
-    def _read(self, results: list[Any]) -> tuple[Hypothesis, list[int]]:
-        """The best of ``results`` that agrees with the fixed prefix, else the best spliced
-        onto it (see the class docstring); and the end frames of its token runs."""
-        if not results:
+    def _rank(self, results: list[Any]) -> list[tuple[float, Any]]:
+        """The current frame's hypotheses with their scores, best first. Lexicon mode with
+        characters: scored as if the stream ended now (see the class docstring), those that
+        could not end now after the rest, with their score so far; else their score so far."""
+        if not self._ended_ranking:
+            return sorted(((float(h.score), h) for h in results), key=lambda k: k[0], reverse=True)
+        keyed = []
+        for h in results:
+            ended = self._ended_score(h)
+            keyed.append((ended is not None, float(h.score) if ended is None else ended, h))
+        keyed.sort(key=lambda k: k[:2], reverse=True)
+        return [(score, h) for _, score, h in keyed]
+
+    def _ended_score(self, result: Any) -> float | None:
+        """``result``'s score had the stream ended at this frame, or None if it cannot end here
+        (it is spelling no lexicon word). What flashlight's last steps would add: the closing
+        "|" completes the word being spelled (its LM score replaces the trie look-ahead that
+        ``result.lmScore`` holds, plus the word score), then ``decode_end`` adds the LM's
+        end-of-sentence score. The "|" itself scores the same for every hypothesis."""
+        words = [w for w in result.words if w >= 0]
+        tokens = list(result.tokens)[1 : self.frames + 1]
+        # The tokens after the last completed word's frame (flashlight marks a word where its
+        # spelling's last token, the "|", is first emitted): the word being spelled.
+        last = max((i for i, w in enumerate(result.words) if w >= 0), default=0)
+        spelled: list[int] = []
+        prev = None
+        blank, sil = self._decoder.tokenizer.blank_id, self._decoder._sil_id
+        for t in tokens[last:]:
+            if t != prev and t != blank and not (t == sil and not spelled):
+                spelled.append(t)
+            prev = t
+        extra = 0.0
+        if spelled:
+            ids = self._spellings.get(tuple(spelled) + (sil,))
+            if not ids:
+                return None
+            best = max(ids, key=lambda w: self._lm_score(tuple(words) + (w,))[1])
+            words.append(best)
+            extra = self._decoder.options.word_score or 0.0
+        state, lm_total = self._lm_score(tuple(words))
+        lm_total += self._lm.finish(state)[1]
+        weight = self._decoder.options.lm_weight or 0.0
+        return float(result.score) + weight * (lm_total - float(result.lmScore)) + extra
+
+    def _lm_score(self, words: tuple[int, ...]) -> tuple[Any, float]:
+        """The LM state after ``words`` and their summed LM score (cached per stream)."""
+        hit = self._lm_scores.get(words)
+        if hit is None:
+            state, total = self._lm_score(words[:-1])
+            state, score = self._lm.score(state, words[-1])
+            hit = self._lm_scores[words] = (state, total + score)
+        return hit
+
+    def _read(self, ranked: list[tuple[float, Any]]) -> tuple[Hypothesis, list[int]]:
+        """The best of ``ranked`` ((score, result) pairs, best first) that agrees with the fixed
+        prefix, else the best spliced onto it (see the class docstring), with its score; and
+        the end frames of its token runs."""
+        if not ranked:
             return EMPTY_HYPOTHESIS, []
-        ranked = sorted(results, key=lambda h: h.score, reverse=True)
         if not self._fixed_end:
-            best = ranked[0]
+            score, best = ranked[0]
             tokens, starts, ends = self._runs(best)
         else:
             fixed_tokens, fixed_starts, fixed_ends = self._fixed
             # A path agrees when its tokens before the fixed end are the fixed ones (word
             # delimiters trailing them aside: a path may start the "|" a frame earlier).
             delim = None if self._decoder._pieces else self._decoder._sil_id
-            best, (tokens, starts, ends) = ranked[0], self._runs(ranked[0])  # if none agrees
-            for h in ranked:
-                runs = (tokens, starts, ends) if h is ranked[0] else self._runs(h)
+            (score, best), (tokens, starts, ends) = ranked[0], self._runs(ranked[0][1])  # if none agrees
+            for k_score, h in ranked:
+                runs = (tokens, starts, ends) if h is best else self._runs(h)
                 head = runs[0][: bisect.bisect_left(runs[1], self._fixed_end)]
                 while head and head[-1] == delim:
                     head = head[:-1]
                 if head == fixed_tokens:
-                    best, (tokens, starts, ends) = h, runs
+                    score, best, (tokens, starts, ends) = k_score, h, runs
                     break
             # The fixed runs, then this path's runs that start after them (a run that began
             # inside the fixed part belongs to it: for an agreeing path it is the same token).
@@ -408,7 +474,7 @@ class BeamStream:
             starts = fixed_starts + gap[1] + starts[k:]
             ends = fixed_ends + gap[1] + ends[k:]
         words = split_words(tokens, starts, ends, self._decoder.tokenizer)
-        return make_hypothesis(tokens, starts, words, float(best.score)), ends
+        return make_hypothesis(tokens, starts, words, score), ends
 
     def _fix(self, hyp: Hypothesis, ends: list[int]) -> None:
         """Fix the words of ``hyp`` that ended ``commit_frames`` or more frames ago and have a

@@ -75,6 +75,9 @@ class FlashlightSearch:
         # The decoder holds the LM and the trie by reference only (pybind11): they live as
         # long as this object (torchaudio keeps `lm` for the same reason, pytorch/audio#3218).
         self.trie: Any = None
+        # Lexicon mode: token ids of each spelling (as in the trie) -> its word ids, i.e. which
+        # word a hypothesis would complete if its spelling ended now (BeamStream's partials).
+        self.spellings: dict[tuple[int, ...], list[int]] = {}
         common: dict[str, Any] = {
             "beam_size": beam_size,
             "beam_size_token": tokens.index_size(),
@@ -94,7 +97,9 @@ class FlashlightSearch:
             word_id = self.word_dict.get_index(word)
             _, score = self.lm.score(start, word_id)
             for spelling in spellings:
-                self.trie.insert([tokens.get_index(t) for t in spelling], word_id, score)
+                ids = [tokens.get_index(t) for t in spelling]
+                self.trie.insert(ids, word_id, score)
+                self.spellings.setdefault(tuple(ids), []).append(word_id)
         self.trie.smear(fl.SmearingMode.MAX)
         lex_options = fl.LexiconDecoderOptions(**common, word_score=word_score, unk_score=float("-inf"))
         unk_id = self.word_dict.get_index(unk_word)
