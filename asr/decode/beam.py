@@ -295,9 +295,9 @@ class BeamSearchDecoder:
 class BeamStream:
     """Flashlight's incremental search, for :class:`asr.infer.streaming.StreamingRecognizer`:
     :meth:`step` frames (T, V) in any pieces, :meth:`partial` the best path so far (its
-    tokens, words split at "|" or "▁" as greedy decoding does: in lexicon mode the last word
-    may be unfinished), :meth:`finish` the final hypothesis, which equals
-    :class:`BeamSearchDecoder` on all the frames at once.
+    tokens, words split at "|" or "▁" as greedy decoding does; see below for how the beam is
+    ranked), :meth:`finish` the final hypothesis, which equals :class:`BeamSearchDecoder` on
+    all the frames at once.
 
     ``commit_frames``: a word of the best path is fixed once the search has decoded this many
     frames past its end (and the word after it has begun). From then on the partials and the
@@ -311,14 +311,14 @@ class BeamStream:
     speechocean762 dev from 68.02% to 85.24% WER at 100 ms). None (the default): words may
     change until the final, which then equals the offline search.
 
-    Partials in lexicon mode (characters) rank the beam as :meth:`finish` would if the stream
-    ended now: a hypothesis spelling a lexicon word gets that word's LM score in place of the
+    Partials in lexicon mode with characters rank the beam as :meth:`finish` would if the
+    stream ended now: a hypothesis spelling a lexicon word gets that word's LM score in place of the
     trie's look-ahead, one in mid-spelling of no word drops out (as at the end, where the
     closing "|" must complete a word), and each gets the LM's end-of-sentence score. So
     once the audio of a segment's last word has been decoded, the partial already reads as
     the final will: without this, the best path mid-search is ranked by look-ahead scores and
     the last word changed only with the final, after the endpoint's 0.5 s of blanks. Finals
-    are unaffected.
+    are unaffected. (Lexicon-free search and word pieces rank by the score so far.)
     """
 
     def __init__(self, decoder: BeamSearchDecoder, commit_frames: int | None = None) -> None:
@@ -361,7 +361,7 @@ class BeamStream:
             # frame that completed a word (findBestAncestor), which holds a word back until the
             # "|" after it, about 300 ms later than greedy shows it, and the last word of a
             # segment until the final. The current frame's hypotheses (unsorted until
-            # decode_end) include the word being spelled, scored with the LM's look-ahead.
+            # decode_end) include the word being spelled; _rank orders them.
             self._current = self._read(self._rank(self._search.get_all_final_hypothesis()))
         return self._current[0]
 
