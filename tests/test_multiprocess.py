@@ -4,6 +4,8 @@ items balanced by duration, and the results are those of one device, in input or
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,12 @@ from asr.cli import main
 from asr.config import ExperimentConfig, to_dict
 from asr.data.manifest import Utterance, write_manifest
 from asr.decode.decoding import DecodingOptions
-from asr.infer.parallel import split_by_duration, transcribe_segments_parallel, worker_devices
+from asr.infer.parallel import (
+    _starting_workers,
+    split_by_duration,
+    transcribe_segments_parallel,
+    worker_devices,
+)
 from asr.infer.segments import Segment
 from asr.model import AcousticModel, ModelConfig
 from asr.text import CharTokenizer
@@ -44,6 +51,23 @@ def test_shares_cover_every_item_once_and_balance_the_audio(parts):
 def test_more_workers_than_items_leaves_some_idle():
     assert split_by_duration([3.0, 1.0], 4) == [[0], [1], [], []]
     assert split_by_duration([], 2) == [[], []]
+
+
+def test_a_sigterm_while_workers_start_is_held_until_all_have_started():
+    """A spawn cut short by the SIGTERM handler leaves its child reading start-up data from a
+    closed pipe (an EOFError traceback on stderr): the signal waits for the start loop."""
+    seen: list[object] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with _starting_workers():
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("started")
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # children inherit it
+        seen.append("after")
+    finally:
+        handler = signal.signal(signal.SIGTERM, previous)
+    assert seen == ["started", signal.SIGTERM, "after"]
+    assert handler is not signal.SIG_IGN and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def test_worker_devices():

@@ -139,20 +139,22 @@ def transcribe_segments_parallel(
     ctx = multiprocessing.get_context("spawn")  # CUDA and torch's thread pools do not survive fork
     results: list[SegmentResult | None] = [None] * n
     queue = ctx.Queue()
-    workers = []
-    with _sigint_ignored_by_children():
-        for rank, (device, share) in enumerate(zip(devices, shares)):
-            if not share:
-                continue
-            p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
-                rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
-                decoder_options or DecodingOptions(), [segments[i] for i in share], share, options, queue))
-            p.start()
-            workers.append((rank, p))
-    running = {rank for rank, _ in workers}
-    silent = dict.fromkeys(running, 0)
-    next_out = 0
+    workers: list[tuple[int, Any]] = []
+    running: set[int] = set()
+    finished = False  # every worker said "done"
     try:
+        with _starting_workers():
+            for rank, (device, share) in enumerate(zip(devices, shares)):
+                if not share:
+                    continue
+                p = ctx.Process(target=_segments_worker, daemon=True, name=f"asr-inference-{rank}", args=(
+                    rank, str(package_path), device, threads if torch.device(device).type == "cpu" else None,
+                    decoder_options or DecodingOptions(), [segments[i] for i in share], share, options, queue))
+                p.start()
+                workers.append((rank, p))
+        running = {rank for rank, _ in workers}
+        silent = dict.fromkeys(running, 0)
+        next_out = 0
         with progress_bar(progress) as bar:
             task = bar.add_task(description or f"transcribing {n} item(s) on {len(workers)} worker(s)",
                                 total=sum(durations))
@@ -180,9 +182,10 @@ def transcribe_segments_parallel(
                     if on_result is not None:
                         on_result(next_out, results[next_out])  # type: ignore[arg-type]
                     next_out += 1
+        finished = True
     finally:
         for _, p in workers:
-            if not running:  # all done: they are exiting
+            if finished:  # they are exiting
                 p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
@@ -192,20 +195,32 @@ def transcribe_segments_parallel(
 
 
 @contextlib.contextmanager
-def _sigint_ignored_by_children() -> Iterator[None]:
-    """Start processes that ignore SIGINT. Ctrl-C reaches the terminal's whole process group:
-    the parent alone handles it (and stops the workers, in the ``finally`` above) instead of
-    every worker printing a KeyboardInterrupt traceback. An ignored signal stays ignored
-    across the spawn's exec, and Python then installs no KeyboardInterrupt handler."""
+def _starting_workers() -> Iterator[None]:
+    """Start processes that ignore SIGINT, and hold a SIGTERM that arrives meanwhile until
+    they have all started.
+
+    Ctrl-C reaches the terminal's whole process group: the parent alone handles it (and stops
+    the workers, in the ``finally`` above) instead of every worker printing a KeyboardInterrupt
+    traceback. An ignored signal stays ignored across the spawn's exec, and Python then
+    installs no KeyboardInterrupt handler. SIGTERM is held because a spawn cut short (the
+    handler raising inside ``Process.start()``) leaves the new child reading its start-up
+    data from a closed pipe, and it prints an EOFError traceback; once all have started, the
+    held signal goes to the previous handler (``asr.signals``: stop, and the ``finally``
+    terminates every worker)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal dispositions can only be changed from the main thread
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held: list[int] = []
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, previous in ((signal.SIGINT, previous_int), (signal.SIGTERM, previous_term)):
+            # None: a handler installed outside Python, which cannot be put back
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _header_seconds(segment: Segment) -> float:

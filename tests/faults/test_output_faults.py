@@ -454,3 +454,34 @@ def test_signal_stops_the_workers_removes_the_lock_and_exits(command, sig, statu
     while _alive(children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(children)
+
+
+# Run as `python -c SPAWN_THEN_SIGTERM asr-args...`: SIGTERM arrives right after the first
+# worker process is created, before its start-up data is written to it (the same call starts
+# multiprocessing's resource tracker: that one is let be).
+SPAWN_THEN_SIGTERM = """
+import multiprocessing.util, os, signal, sys
+spawn = multiprocessing.util.spawnv_passfds
+def spawn_then_sigterm(path, args, passfds):
+    pid = spawn(path, args, passfds)
+    if "--multiprocessing-fork" in args:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+multiprocessing.util.spawnv_passfds = spawn_then_sigterm
+from asr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_while_a_worker_is_spawned_waits_for_it(package, tmp_path):
+    """Cut short, the spawn left a child reading a closed pipe: an EOFError traceback on stderr
+    (seen as a rare failure of the test above)."""
+    audio = [wav(tmp_path / "in" / f"{i}.wav", 5.0, i) for i in range(2)]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", SPAWN_THEN_SIGTERM, "transcribe", str(package), *map(str, audio),
+                           "--out", str(out), "--devices", "2", "--quiet"],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert one_error_line(proc.stderr) == f"error: {out}: interrupted by SIGTERM"
+    assert not (out / ".lock").exists()
