@@ -405,11 +405,12 @@ class BeamStream:
         "|" completes the word being spelled (its LM score replaces the trie look-ahead that
         ``result.lmScore`` holds, plus the word score), then ``decode_end`` adds the LM's
         end-of-sentence score. The "|" itself scores the same for every hypothesis."""
-        words = [w for w in result.words if w >= 0]
+        word_ids = list(result.words)  # one entry per frame (-1: none), read once: a copy each time
+        words = [w for w in word_ids if w >= 0]
         tokens = list(result.tokens)[1 : self.frames + 1]
         # The tokens after the last completed word's frame (flashlight marks a word where its
         # spelling's last token, the "|", is first emitted): the word being spelled.
-        last = max((i for i, w in enumerate(result.words) if w >= 0), default=0)
+        last = max((i for i, w in enumerate(word_ids) if w >= 0), default=0)
         spelled: list[int] = []
         prev = None
         blank, sil = self._decoder.tokenizer.blank_id, self._decoder._sil_id
